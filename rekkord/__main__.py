@@ -1,0 +1,3 @@
+from rekkord.cli.main import main
+
+main()

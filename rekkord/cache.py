@@ -1,0 +1,158 @@
+"""The local cache: an optimisation only, never a source of truth.
+
+One SQLite file per repository (and key role) in the user cache directory:
+
+* ``blobs``: blob ids known to exist in the repository, with stored sizes;
+* ``files``: the stat cache, path -> (dev, inode, size, mtime, ctime) and the
+  extents of its content, so an unchanged file costs one ``stat``;
+* ``verified``: when ``check --read-data-subset`` last verified a blob;
+* ``meta``: the garbage-collection generation the rest was built under.
+
+Deleting the file is always safe: the next save lists the repository's blobs
+again and re-reads files.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (id BLOB PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS files (
+    path BLOB PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER,
+    mtime INTEGER, ctime INTEGER, extents BLOB NOT NULL, seen INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS verified (id BLOB PRIMARY KEY, time INTEGER NOT NULL) WITHOUT ROWID;
+"""
+
+
+class Cache:
+    def __init__(self, path: str | None):
+        """``path=None`` gives a throw-away in-memory cache."""
+        self.path = path
+        if path is not None:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        self.db = sqlite3.connect(path or ":memory:", check_same_thread=False, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL" if path else "PRAGMA journal_mode=MEMORY")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.executescript(SCHEMA)
+        self.lock = threading.RLock()
+        self._in_tx = False
+        self._last_commit = time.monotonic()
+
+    # ---- transactions (one writer thread at a time, guarded by the lock) ------
+
+    def begin(self):
+        with self.lock:
+            if not self._in_tx:
+                self.db.execute("BEGIN")
+                self._in_tx = True
+
+    def commit(self):
+        with self.lock:
+            if self._in_tx:
+                self.db.execute("COMMIT")
+                self._in_tx = False
+            self._last_commit = time.monotonic()
+
+    def maybe_commit(self, every: float = 5.0):
+        if time.monotonic() - self._last_commit > every:
+            self.commit()
+            self.begin()
+
+    def close(self):
+        with self.lock:
+            self.commit()
+            self.db.close()
+
+    # ---- meta -------------------------------------------------------------------
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        with self.lock:
+            row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value) -> None:
+        with self.lock:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, str(value)))
+
+    # ---- known blobs ------------------------------------------------------------------
+
+    def blob_size(self, blob_id: bytes) -> int | None:
+        with self.lock:
+            row = self.db.execute("SELECT size FROM blobs WHERE id=?", (blob_id,)).fetchone()
+        return row[0] if row else None
+
+    def add_blob(self, blob_id: bytes, size: int) -> None:
+        with self.lock:
+            self.db.execute("INSERT OR REPLACE INTO blobs VALUES (?, ?)", (blob_id, size))
+
+    def add_blobs(self, items) -> None:
+        with self.lock:
+            self.db.executemany("INSERT OR REPLACE INTO blobs VALUES (?, ?)", items)
+
+    def forget_blobs(self, ids) -> None:
+        """Forget blobs (found missing or damaged) and every cached file using them."""
+        ids = list(ids)
+        with self.lock:
+            self.db.executemany("DELETE FROM blobs WHERE id=?", [(i,) for i in ids])
+            self.db.executemany("DELETE FROM verified WHERE id=?", [(i,) for i in ids])
+            if ids:
+                bad = set(ids)
+                doomed = []
+                for path, ext in self.db.execute("SELECT path, extents FROM files"):
+                    for o in range(0, len(ext), 40):
+                        if ext[o:o + 32] in bad:
+                            doomed.append((path,))
+                            break
+                self.db.executemany("DELETE FROM files WHERE path=?", doomed)
+
+    def reset_blobs(self) -> None:
+        with self.lock:
+            self.db.execute("DELETE FROM blobs")
+            self.db.execute("DELETE FROM files")
+
+    def blob_count(self) -> int:
+        with self.lock:
+            return self.db.execute("SELECT count(*) FROM blobs").fetchone()[0]
+
+    # ---- stat cache -------------------------------------------------------------------
+
+    def lookup_file(self, path: bytes, st: os.stat_result) -> bytes | None:
+        with self.lock:
+            row = self.db.execute(
+                "SELECT dev, ino, size, mtime, ctime, extents FROM files WHERE path=?", (path,)
+            ).fetchone()
+        if row is None:
+            return None
+        if (row[0], row[1], row[2], row[3], row[4]) != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                                          st.st_ctime_ns):
+            return None
+        return row[5]
+
+    def store_file(self, path: bytes, st: os.stat_result, extents: bytes, seen: int) -> None:
+        with self.lock:
+            self.db.execute(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, extents, seen),
+            )
+
+    # ---- verification memory (check --read-data-subset) -------------------------------
+
+    def mark_verified(self, ids, when: int | None = None) -> None:
+        when = int(when or time.time())
+        with self.lock:
+            self.db.executemany("INSERT OR REPLACE INTO verified VALUES (?, ?)", [(i, when) for i in ids])
+
+    def last_verified(self, blob_id: bytes) -> int | None:
+        with self.lock:
+            row = self.db.execute("SELECT time FROM verified WHERE id=?", (blob_id,)).fetchone()
+        return row[0] if row else None
+
+
+def cache_path(cache_dir: str, repo_id: str, role: str) -> str:
+    return os.path.join(cache_dir, f"{repo_id}-{role}.sqlite")

@@ -1,0 +1,50 @@
+"""rekkord init"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from ..errors import KeyFileExists
+from .context import Settings, pass_settings
+
+
+@click.command("init")
+@click.option("--compression", type=click.IntRange(0, 22), default=3, show_default=True,
+              help="zstd level for new data (0: none)")
+@pass_settings
+def init_cmd(s: Settings, compression: int):
+    """Create a repository and a new master key.
+
+    The master key is written to the key file (-k / REKKORD_KEY_FILE), never
+    to the repository. It is protected with a passphrase when one is given
+    (prompt on a terminal, or REKKORD_PASSPHRASE); keep it offline and derive
+    keys for daily use with `rekkord key derive`.
+    """
+    from ..keys import Key
+    from ..repository import Repository
+
+    key_path = s.key_path()
+    url = s.repository_url()
+    if os.path.lexists(key_path):
+        raise KeyFileExists(f"key file {key_path} already exists; refusing to overwrite it")
+    storage = s.open_storage()
+    master = Key.generate_master()
+    passphrase = s.passphrase(prompt_text="Passphrase to protect the master key (empty for none)",
+                              confirm=True)
+    # Write the key first (exclusively): a repository without its key is useless.
+    master.save(key_path, passphrase)
+    try:
+        Repository.init(storage, master, compression=compression)
+    except BaseException:
+        os.unlink(key_path)
+        raise
+    if not s.quiet:
+        click.echo(f"created repository {master.repo} at {url}")
+        click.echo(f"master key written to {key_path}" + (" (passphrase-protected)" if passphrase else
+                                                           " (not protected: keep it offline)"))
+        click.echo("next: rekkord key derive --role write --label HOST --output HOST.key")
+
+
+COMMANDS = [init_cmd]

@@ -1,0 +1,98 @@
+"""Entry point: the ``rekkord`` group, global options and error mapping."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from .. import __version__
+from ..errors import ExitCode, RekkordError
+from .context import Settings, load_toml
+
+
+class RekkordGroup(click.Group):
+    """Maps every RekkordError to one line on stderr and its exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except RekkordError as e:
+            _log_error(str(e))
+            click.echo(f"rekkord: error: {e}", err=True)
+            sys.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("rekkord: interrupted", err=True)
+            sys.exit(ExitCode.INTERRUPTED)
+        except BrokenPipeError:
+            sys.stderr.close()
+            sys.exit(ExitCode.ERROR)
+        except OSError as e:
+            # Anything the library did not translate: still one clear line.
+            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+            click.echo(f"rekkord: error: {e.strerror or e}{where}", err=True)
+            sys.exit(ExitCode.NO_SPACE if e.errno == 28 else ExitCode.ERROR)
+
+
+def _log_error(msg: str):
+    log = logging.getLogger("rekkord")
+    if log.handlers:
+        log.error(msg)
+
+
+@click.group(cls=RekkordGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-r", "--repository", metavar="URL", help="Repository: a path, s3://BUCKET/PREFIX or "
+              "sftp://USER@HOST[:PORT]/PATH  [env: REKKORD_REPOSITORY]")
+@click.option("-k", "--key-file", metavar="FILE", help="Key file  [env: REKKORD_KEY_FILE]")
+@click.option("-c", "--config", "config_path", metavar="FILE", envvar="REKKORD_CONFIG",
+              help="TOML config file  [env: REKKORD_CONFIG]")
+@click.option("--cache-dir", metavar="DIR", help="Local cache directory  [env: REKKORD_CACHE_DIR]")
+@click.option("--no-cache", is_flag=True, help="Use a throw-away cache (slower, always correct)")
+@click.option("-j", "--threads", type=click.IntRange(1, 256), help="Parallel storage connections")
+@click.option("-q", "--quiet", is_flag=True, help="Only errors and a one-line summary")
+@click.option("-v", "--verbose", count=True, help="More detail")
+@click.option("--log-file", metavar="FILE", help="Append a timestamped log to FILE")
+@click.version_option(__version__, prog_name="rekkord")
+@click.pass_context
+def cli(ctx, repository, key_file, config_path, cache_dir, no_cache, threads, quiet, verbose, log_file):
+    """Encrypted, deduplicating backups where servers hold only a write key.
+
+    Exit codes: 0 ok, 1 error, 2 usage, 3 saved/restored with warnings,
+    4 damage found, 5 key problem, 6 not found, 7 storage error, 8 no space,
+    9 refusing to overwrite, 10 stale channel, 130 interrupted.
+    """
+    file_cfg = load_toml(config_path) if config_path else {}
+    s = Settings(
+        flags={"repository": repository, "key_file": key_file, "cache_dir": cache_dir},
+        file=file_cfg, config_path=config_path, quiet=quiet, verbose=verbose, threads=threads,
+        no_cache=no_cache, log_file=log_file or file_cfg.get("log_file"),
+    )
+    if s.log_file:
+        handler = logging.FileHandler(os.path.expanduser(s.log_file))
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log = logging.getLogger("rekkord")
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.info("rekkord %s", " ".join(sys.argv[1:]))
+    ctx.obj = s
+
+
+def _register():
+    from . import check, init, key, ls, restore, save, snapshots
+
+    for mod in (init, key, save, snapshots, ls, restore, check):
+        for c in mod.COMMANDS:
+            cli.add_command(c)
+
+
+_register()
+
+
+def main():
+    cli(prog_name="rekkord")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Byte formats of stored objects (format version 1; see docs/format.md).
+
+Blob::
+
+    0   4  magic  b"RKB1"
+    4   1  type   1 data, 2 index, 3 reference list
+    5   1  sealing 1 = session key (X25519 to the data key, mixed with psk)
+                   2 = list key (derived from psk; audit keys can open it)
+    6   2  reserved, zero
+    8  32  ephemeral X25519 public key (zero for sealing 2)
+   40  24  nonce
+   64   n  XChaCha20-Poly1305(ciphertext || tag), AD = bytes 0..63 || blob id
+  -32  32  MAC = keyed BLAKE3(mac_key, blob id || all preceding bytes)
+
+The sealed plaintext is ``compression (1) | body length (u64 LE) | body |
+zero padding`` padded with Padmé.  The blob id is keyed BLAKE3(id_key,
+type || plaintext) of the *uncompressed* content.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+
+import zstandard
+
+from . import crypto
+from .errors import IntegrityError, UnsupportedFormat
+
+BLOB_MAGIC = b"RKB1"
+SNAP_MAGIC = b"RKS1"
+HEADER_SIZE = 64
+BLOB_OVERHEAD = HEADER_SIZE + crypto.TAG_SIZE + crypto.MAC_SIZE
+
+T_DATA = 1
+T_INDEX = 2
+T_REFLIST = 3
+TYPE_NAMES = {T_DATA: "data", T_INDEX: "index", T_REFLIST: "reference list"}
+
+SEAL_SESSION = 1
+SEAL_LIST = 2
+
+COMP_NONE = 0
+COMP_ZSTD = 1
+
+REFLIST_RECORD = struct.Struct("<32sI")  # child id, stored size
+
+_zero_pk = bytes(32)
+
+
+def blob_name(blob_id: bytes) -> str:
+    h = blob_id.hex()
+    return f"blobs/{h[:2]}/{h}"
+
+
+def blob_id_from_name(name: str) -> bytes | None:
+    parts = name.split("/")
+    if len(parts) != 3 or parts[0] != "blobs" or len(parts[2]) != 64 or parts[2][:2] != parts[1]:
+        return None
+    try:
+        return bytes.fromhex(parts[2])
+    except ValueError:
+        return None
+
+
+class _Compressors:
+    """zstd contexts are not thread-safe; keep one per thread."""
+
+    def __init__(self, level: int):
+        import threading
+
+        self.level = level
+        self.local = threading.local()
+
+    def compressor(self):
+        c = getattr(self.local, "c", None)
+        if c is None:
+            c = self.local.c = zstandard.ZstdCompressor(level=self.level)
+        return c
+
+    def decompressor(self):
+        d = getattr(self.local, "d", None)
+        if d is None:
+            d = self.local.d = zstandard.ZstdDecompressor()
+        return d
+
+
+@dataclass
+class BlobKeys:
+    """The key material a role has for blobs (any may be None)."""
+
+    id_key: bytes | None
+    mac_key: bytes
+    list_key: bytes
+    session_mix: bytes
+    data_pk: bytes
+    data_sk: bytes | None
+
+
+class BlobCodec:
+    def __init__(self, keys: BlobKeys, compression_level: int = 3):
+        self.keys = keys
+        self.comp = _Compressors(compression_level)
+        self.compression_level = compression_level
+        self._eph_sk, self._eph_pk = crypto.new_ephemeral()
+        shared = crypto.x25519(self._eph_sk, keys.data_pk)
+        self._session_key = crypto.session_key(keys.session_mix, shared, self._eph_pk, keys.data_pk)
+        self._open_cache: dict[bytes, bytes] = {self._eph_pk: self._session_key} if keys.data_sk else {}
+
+    # ---- ids ---------------------------------------------------------------
+
+    def blob_id(self, btype: int, plaintext) -> bytes:
+        if self.keys.id_key is None:
+            raise IntegrityError("this key cannot compute blob ids")
+        return crypto.keyed_hash(self.keys.id_key, bytes([btype]), plaintext)
+
+    # ---- sealing -------------------------------------------------------------
+
+    def _compress(self, plaintext) -> tuple[int, bytes]:
+        n = len(plaintext)
+        if self.compression_level <= 0 or n < 64:
+            return COMP_NONE, bytes(plaintext)
+        c = self.comp.compressor()
+        if n > 256 * 1024:
+            # Probe a sample first: skip incompressible data cheaply.
+            probe = c.compress(plaintext[: 64 * 1024])
+            if len(probe) > 0.97 * 64 * 1024:
+                return COMP_NONE, bytes(plaintext)
+        out = c.compress(plaintext)
+        if len(out) >= n * 0.97:
+            return COMP_NONE, bytes(plaintext)
+        return COMP_ZSTD, out
+
+    def seal(self, btype: int, blob_id: bytes, plaintext, *, pad: bool = True) -> bytes:
+        comp, body = self._compress(plaintext)
+        inner_len = 9 + len(body)
+        total = crypto.padme(inner_len) if pad else inner_len
+        inner = bytearray(total)
+        inner[0] = comp
+        struct.pack_into("<Q", inner, 1, len(body))
+        inner[9:9 + len(body)] = body
+        if btype == T_REFLIST:
+            sealing, eph, key = SEAL_LIST, _zero_pk, self.keys.list_key
+        else:
+            sealing, eph, key = SEAL_SESSION, self._eph_pk, self._session_key
+        nonce = crypto.random_bytes(crypto.NONCE_SIZE)
+        header = BLOB_MAGIC + bytes([btype, sealing, 0, 0]) + eph + nonce
+        ct = crypto.aead_encrypt(key, nonce, bytes(inner), header + blob_id)
+        mac = crypto.keyed_hash(self.keys.mac_key, blob_id, header, ct)
+        return header + ct + mac
+
+    # ---- opening ---------------------------------------------------------------
+
+    def verify_mac(self, blob_id: bytes, raw: bytes) -> str | None:
+        """Structural check any key holding psk can do.  Returns a problem or None."""
+        if len(raw) < BLOB_OVERHEAD:
+            return f"truncated ({len(raw)} bytes)"
+        if raw[:4] != BLOB_MAGIC:
+            return "not a rekkord blob (bad magic)"
+        expected = crypto.keyed_hash(self.keys.mac_key, blob_id, raw[:HEADER_SIZE], raw[HEADER_SIZE:-32])
+        if expected != raw[-32:]:
+            return "MAC mismatch (damaged, truncated, forged or stored under another name)"
+        return None
+
+    def blob_type(self, raw: bytes) -> int:
+        return raw[4]
+
+    def open(self, blob_id: bytes, raw: bytes, expected_type: int | None = None) -> bytes:
+        """Verify, decrypt, decompress and (when the key can) re-hash a blob."""
+        name = blob_id.hex()
+        problem = self.verify_mac(blob_id, raw)
+        if problem:
+            raise IntegrityError(f"blob {name}: {problem}")
+        btype, sealing = raw[4], raw[5]
+        if expected_type is not None and btype != expected_type:
+            raise IntegrityError(f"blob {name}: is a {TYPE_NAMES.get(btype, btype)} blob, "
+                                 f"expected {TYPE_NAMES.get(expected_type)}")
+        header = raw[:HEADER_SIZE]
+        nonce = raw[40:64]
+        if sealing == SEAL_LIST:
+            key = self.keys.list_key
+        elif sealing == SEAL_SESSION:
+            if self.keys.data_sk is None:
+                raise IntegrityError(f"blob {name}: this key cannot decrypt file data")
+            eph = bytes(raw[8:40])
+            key = self._open_cache.get(eph)
+            if key is None:
+                shared = crypto.x25519(self.keys.data_sk, eph)
+                key = crypto.session_key(self.keys.session_mix, shared, eph, self.keys.data_pk)
+                if len(self._open_cache) > 4096:
+                    self._open_cache.clear()
+                self._open_cache[eph] = key
+        else:
+            raise UnsupportedFormat(f"blob {name}: unknown sealing {sealing}")
+        inner = crypto.aead_decrypt(key, nonce, raw[HEADER_SIZE:-32], header + blob_id)
+        if inner is None:
+            raise IntegrityError(f"blob {name}: decryption failed (damaged or forged)")
+        comp = inner[0]
+        (n,) = struct.unpack_from("<Q", inner, 1)
+        if 9 + n > len(inner):
+            raise IntegrityError(f"blob {name}: bad body length")
+        body = inner[9:9 + n]
+        if comp == COMP_ZSTD:
+            try:
+                plaintext = self.comp.decompressor().decompress(body)
+            except zstandard.ZstdError as e:
+                raise IntegrityError(f"blob {name}: cannot decompress ({e})") from None
+        elif comp == COMP_NONE:
+            plaintext = body
+        else:
+            raise UnsupportedFormat(f"blob {name}: unknown compression {comp}")
+        if self.keys.id_key is not None and self.blob_id(btype, plaintext) != blob_id:
+            raise IntegrityError(f"blob {name}: content does not match its id")
+        return plaintext
+
+
+# --- reference lists ----------------------------------------------------------
+
+
+def pack_reflist(records: list[tuple[bytes, int]]) -> bytes:
+    return b"".join(REFLIST_RECORD.pack(i, s) for i, s in records)
+
+
+def unpack_reflist(data: bytes) -> list[tuple[bytes, int]]:
+    if len(data) % REFLIST_RECORD.size:
+        raise IntegrityError("reference list has a bad length")
+    return [REFLIST_RECORD.unpack_from(data, o) for o in range(0, len(data), REFLIST_RECORD.size)]
+
+
+# --- snapshot records ---------------------------------------------------------
+
+
+def seal_record(sid: str, record: dict, sign_seed: bytes, log_pk: bytes, log_mix: bytes) -> bytes:
+    """Sign then seal a snapshot record to the repository's log key."""
+    body = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    sig = crypto.sign(sign_seed, b"rekkord snapshot v1\0" + sid.encode() + b"\0" + body)
+    plaintext = struct.pack("<I", len(body)) + body + sig
+    eph_sk, eph_pk = crypto.new_ephemeral()
+    key = crypto.session_key(log_mix, crypto.x25519(eph_sk, log_pk), eph_pk, log_pk)
+    nonce = crypto.random_bytes(crypto.NONCE_SIZE)
+    header = SNAP_MAGIC + eph_pk + nonce
+    return header + crypto.aead_encrypt(key, nonce, plaintext, header + sid.encode())
+
+
+def open_record(sid: str, raw: bytes, log_sk: bytes, log_mix: bytes) -> tuple[dict, bytes, bytes]:
+    """Returns (record, signed message, signature); the caller checks the
+    signature against the certificate of ``record['kid']``."""
+    if len(raw) < 60 + crypto.TAG_SIZE or raw[:4] != SNAP_MAGIC:
+        raise IntegrityError(f"snapshot {sid}: not a snapshot record (truncated or bad magic)")
+    eph_pk, nonce = raw[4:36], raw[36:60]
+    log_pk = crypto.x25519_public(log_sk)
+    key = crypto.session_key(log_mix, crypto.x25519(log_sk, eph_pk), eph_pk, log_pk)
+    plaintext = crypto.aead_decrypt(key, nonce, raw[60:], raw[:60] + sid.encode())
+    if plaintext is None:
+        raise IntegrityError(f"snapshot {sid}: cannot be opened (damaged, forged or renamed)")
+    (n,) = struct.unpack_from("<I", plaintext, 0)
+    body = plaintext[4:4 + n]
+    sig = plaintext[4 + n:]
+    try:
+        record = json.loads(body)
+    except ValueError:
+        raise IntegrityError(f"snapshot {sid}: damaged record") from None
+    return record, b"rekkord snapshot v1\0" + sid.encode() + b"\0" + body, sig

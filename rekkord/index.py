@@ -1,0 +1,192 @@
+"""The snapshot index: one record per file system entry, in depth-first order.
+
+Record layout (format v1, little endian)::
+
+    u32  length of the rest of the record
+    u8   kind (see K_*)
+    u8   flags (F_*)
+    u16  path length, then the path: bytes, relative, '/'-separated
+    u32 mode, u32 uid, u32 gid
+    i64 mtime_ns, i64 atime_ns
+    u64 size, u64 rdev
+    u8  user name length, name; u8 group name length, name
+    u16 target length, target (symlink target, or hardlink's first path)
+    u16 xattr count, each: u16 name length, name, u32 value length, value
+    u32 extent count, each: 32-byte blob id, u32 offset, u32 length
+
+A file's content is the concatenation of its extents' byte ranges.
+"""
+
+from __future__ import annotations
+
+import stat as statmod
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from .errors import IntegrityError
+
+K_FILE = 1
+K_DIR = 2
+K_SYMLINK = 3
+K_HARDLINK = 4
+K_FIFO = 5
+K_CHAR = 6
+K_BLOCK = 7
+K_SOCKET = 8
+KIND_NAMES = {K_FILE: "file", K_DIR: "dir", K_SYMLINK: "symlink", K_HARDLINK: "hardlink",
+              K_FIFO: "fifo", K_CHAR: "chardev", K_BLOCK: "blockdev", K_SOCKET: "socket"}
+
+F_UNREADABLE = 1  # content could not be read; size is what stat said
+F_CHANGED = 2  # the file changed while it was read; content may be inconsistent
+F_PARTIAL = 4  # reading stopped part-way through (I/O error)
+
+_HEAD = struct.Struct("<BBH")
+_META = struct.Struct("<IIIqqQQ")
+_EXT = struct.Struct("<32sII")
+
+
+@dataclass(slots=True)
+class Extent:
+    blob: bytes
+    offset: int
+    length: int
+
+
+@dataclass(slots=True)
+class Entry:
+    kind: int
+    path: bytes
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    mtime_ns: int = 0
+    atime_ns: int = 0
+    size: int = 0
+    rdev: int = 0
+    user: bytes = b""
+    group: bytes = b""
+    target: bytes = b""
+    xattrs: list[tuple[bytes, bytes]] = field(default_factory=list)
+    extents: list[Extent] = field(default_factory=list)
+    flags: int = 0
+
+    @property
+    def name(self) -> bytes:
+        return self.path.rsplit(b"/", 1)[-1]
+
+    @property
+    def parent(self) -> bytes:
+        return self.path.rsplit(b"/", 1)[0] if b"/" in self.path else b""
+
+    @property
+    def kind_name(self) -> str:
+        return KIND_NAMES.get(self.kind, "?")
+
+    @property
+    def has_content(self) -> bool:
+        return self.kind in (K_FILE, K_HARDLINK)
+
+    def type_char(self) -> str:
+        return {K_DIR: "d", K_SYMLINK: "l", K_FIFO: "p", K_CHAR: "c", K_BLOCK: "b", K_SOCKET: "s"}.get(self.kind, "-")
+
+    def mode_string(self) -> str:
+        return self.type_char() + statmod.filemode(self.mode)[1:]
+
+
+def kind_from_mode(mode: int) -> int:
+    if statmod.S_ISREG(mode):
+        return K_FILE
+    if statmod.S_ISDIR(mode):
+        return K_DIR
+    if statmod.S_ISLNK(mode):
+        return K_SYMLINK
+    if statmod.S_ISFIFO(mode):
+        return K_FIFO
+    if statmod.S_ISCHR(mode):
+        return K_CHAR
+    if statmod.S_ISBLK(mode):
+        return K_BLOCK
+    if statmod.S_ISSOCK(mode):
+        return K_SOCKET
+    raise ValueError(f"unknown file type {mode:o}")
+
+
+def encode(e: Entry) -> bytes:
+    parts = [
+        _HEAD.pack(e.kind, e.flags, len(e.path)), e.path,
+        _META.pack(e.mode, e.uid, e.gid, e.mtime_ns, e.atime_ns, e.size, e.rdev),
+        bytes([len(e.user)]), e.user, bytes([len(e.group)]), e.group,
+        struct.pack("<H", len(e.target)), e.target,
+        struct.pack("<H", len(e.xattrs)),
+    ]
+    for k, v in e.xattrs:
+        parts.append(struct.pack("<H", len(k)))
+        parts.append(k)
+        parts.append(struct.pack("<I", len(v)))
+        parts.append(v)
+    parts.append(struct.pack("<I", len(e.extents)))
+    parts.extend(_EXT.pack(x.blob, x.offset, x.length) for x in e.extents)
+    body = b"".join(parts)
+    return struct.pack("<I", len(body)) + body
+
+
+def decode_one(buf, pos: int) -> tuple[Entry, int]:
+    try:
+        (n,) = struct.unpack_from("<I", buf, pos)
+        end = pos + 4 + n
+        if end > len(buf):
+            raise IntegrityError("index record runs past the end of the index")
+        p = pos + 4
+        kind, flags, plen = _HEAD.unpack_from(buf, p)
+        p += 4
+        path = bytes(buf[p:p + plen])
+        p += plen
+        mode, uid, gid, mtime, atime, size, rdev = _META.unpack_from(buf, p)
+        p += _META.size
+        ul = buf[p]
+        user = bytes(buf[p + 1:p + 1 + ul])
+        p += 1 + ul
+        gl = buf[p]
+        group = bytes(buf[p + 1:p + 1 + gl])
+        p += 1 + gl
+        (tl,) = struct.unpack_from("<H", buf, p)
+        target = bytes(buf[p + 2:p + 2 + tl])
+        p += 2 + tl
+        (nx,) = struct.unpack_from("<H", buf, p)
+        p += 2
+        xattrs = []
+        for _ in range(nx):
+            (kl,) = struct.unpack_from("<H", buf, p)
+            k = bytes(buf[p + 2:p + 2 + kl])
+            p += 2 + kl
+            (vl,) = struct.unpack_from("<I", buf, p)
+            v = bytes(buf[p + 4:p + 4 + vl])
+            p += 4 + vl
+            xattrs.append((k, v))
+        (ne,) = struct.unpack_from("<I", buf, p)
+        p += 4
+        extents = [Extent(*_EXT.unpack_from(buf, p + i * _EXT.size)) for i in range(ne)]
+        p += ne * _EXT.size
+        if p != end:
+            raise IntegrityError("index record has a bad length")
+    except (struct.error, IndexError):
+        raise IntegrityError("damaged index record") from None
+    return Entry(kind, path, mode, uid, gid, mtime, atime, size, rdev, user, group, target,
+                 xattrs, extents, flags), end
+
+
+def decode_all(buf) -> Iterator[Entry]:
+    pos = 0
+    n = len(buf)
+    while pos < n:
+        e, pos = decode_one(buf, pos)
+        yield e
+
+
+def encode_extents(extents: list[Extent]) -> bytes:
+    return b"".join(_EXT.pack(x.blob, x.offset, x.length) for x in extents)
+
+
+def decode_extents(data: bytes) -> list[Extent]:
+    return [Extent(*_EXT.unpack_from(data, o)) for o in range(0, len(data), _EXT.size)]

@@ -1,0 +1,353 @@
+"""A repository: storage + config + the key in use.
+
+Layout (format v1; docs/format.md)::
+
+    config                signed JSON: format, id, public keys, chunker, compression
+    keys/<kid>            certificates of derived keys (signed by the master key)
+    revoked/<kid>         revocations (signed by the master key)
+    snapshots/<sid>       snapshot records, sealed to the log key, signed by the writer
+    blobs/<xx>/<id>       content-addressed blobs
+    generations/<n>       garbage-collection generations (written by prune)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+
+from . import crypto, format as fmt, keys as keymod
+from .chunker import Chunker, ChunkerParams, PackCutter, chunker_seed
+from .errors import (
+    IntegrityError,
+    ObjectNotFound,
+    RepositoryExists,
+    RepositoryNotFound,
+    SnapshotNotFound,
+    UnsupportedFormat,
+    UsageError,
+)
+from .keys import Key
+from .storage.base import Storage
+
+FORMAT_VERSION = 1
+SUPPORTED_FORMATS = (1,)
+
+
+@dataclass
+class Snapshot:
+    id: str
+    channel: str
+    time_ns: int
+    host: str
+    kid: str
+    record: dict
+    signature_ok: bool = True
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def time(self) -> float:
+        return self.time_ns / 1e9
+
+    @property
+    def index(self) -> list[tuple[bytes, int]]:
+        return [(bytes.fromhex(i), s) for i, s in self.record["index"]]
+
+    @property
+    def reflist(self) -> list[tuple[bytes, int]]:
+        return [(bytes.fromhex(i), s) for i, s in self.record["reflist"]]
+
+    @property
+    def stats(self) -> dict:
+        return self.record.get("stats", {})
+
+    @property
+    def tags(self) -> list[str]:
+        return self.record.get("tags", [])
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "short_id": self.id[:8],
+            "channel": self.channel,
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.time)),
+            "time_ns": self.time_ns,
+            "host": self.host,
+            "key": self.kid,
+            "tags": self.tags,
+            **{k: v for k, v in self.stats.items()},
+        }
+
+
+def signed_json(obj: dict, sign_seed: bytes, what: bytes) -> bytes:
+    body = keymod.canonical(obj)
+    sig = crypto.sign(sign_seed, what + body)
+    return json.dumps({"body": obj, "sig": sig.hex()}, indent=1, sort_keys=True).encode()
+
+
+def open_signed_json(raw: bytes, pk: bytes, what: bytes, name: str) -> dict:
+    try:
+        d = json.loads(raw)
+        body, sig = d["body"], bytes.fromhex(d["sig"])
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError(f"{name}: damaged (not valid signed JSON)") from None
+    if not crypto.verify(pk, what + keymod.canonical(body), sig):
+        raise IntegrityError(f"{name}: bad signature (damaged or forged)")
+    return body
+
+
+class Repository:
+    def __init__(self, storage: Storage, config: dict, key: Key):
+        self.storage = storage
+        self.config = config
+        self.key = key
+        self.id = config["repo"]
+        self.chunker_params = ChunkerParams.from_json(config["chunker"])
+        self.compression = config.get("compression", 3)
+        self.master_sign_pk = bytes.fromhex(config["master_sign_pk"])
+        psk = key.psk
+        self.codec = None
+        if psk is not None:
+            self.log_mix = crypto.derive(crypto.CTX_LOG, psk)
+            self.codec = fmt.BlobCodec(
+                fmt.BlobKeys(
+                    id_key=key.id_key,
+                    mac_key=crypto.derive(crypto.CTX_MAC, psk),
+                    list_key=crypto.derive(crypto.CTX_LIST, psk),
+                    session_mix=crypto.derive(crypto.CTX_SESSION, psk),
+                    data_pk=bytes.fromhex(config["data_pk"]),
+                    data_sk=key.data_sk,
+                ),
+                self.compression,
+            )
+        self._certs: dict[str, dict] | None = None
+        self._revoked: dict[str, dict] | None = None
+
+    # ---- creation / opening ---------------------------------------------------
+
+    @classmethod
+    def init(cls, storage: Storage, master: Key, *, chunker: ChunkerParams | None = None,
+             compression: int = 3) -> "Repository":
+        storage.create()
+        if storage.exists("config"):
+            raise RepositoryExists(f"a repository already exists at {storage.url}")
+        for _ in storage.list(""):
+            raise RepositoryExists(f"{storage.url} is not empty; refusing to create a repository there")
+        config = {
+            "format": FORMAT_VERSION,
+            "repo": master.repo,
+            "created": int(time.time()),
+            "master_sign_pk": master.sign_pk.hex(),
+            "data_pk": master.data_pk.hex(),
+            "log_pk": master.log_pk.hex(),
+            "chunker": (chunker or ChunkerParams()).to_json(),
+            "compression": compression,
+        }
+        storage.write("config", signed_json(config, master.sign_seed, b"rekkord config v1\0"))
+        return cls(storage, config, master)
+
+    @staticmethod
+    def read_config(storage: Storage) -> dict:
+        try:
+            raw = storage.read("config")
+        except ObjectNotFound:
+            raise RepositoryNotFound(f"no rekkord repository at {storage.url}") from None
+        try:
+            unverified = json.loads(raw)["body"]
+            pk = bytes.fromhex(unverified["master_sign_pk"])
+        except (ValueError, KeyError, TypeError):
+            raise IntegrityError(f"config at {storage.url} is damaged") from None
+        return unverified, raw, pk
+
+    @classmethod
+    def open(cls, storage: Storage, key: Key) -> "Repository":
+        unverified, raw, _ = cls.read_config(storage)
+        if unverified.get("format") not in SUPPORTED_FORMATS:
+            raise UnsupportedFormat(f"repository format {unverified.get('format')} is not supported "
+                                    f"by this rekkord (supports {SUPPORTED_FORMATS})")
+        keymod.check_belongs(key, unverified)  # the key pins the repo id and public keys
+        # The master signing key is trusted only once the key file agrees with it.
+        config = open_signed_json(raw, bytes.fromhex(unverified["master_sign_pk"]),
+                                  b"rekkord config v1\0", "config")
+        keymod.check_belongs(key, config)
+        return cls(storage, config, key)
+
+    # ---- certificates ------------------------------------------------------------
+
+    def publish_cert(self, cert: dict) -> None:
+        self.storage.write(f"keys/{cert['kid']}", json.dumps(cert, indent=1, sort_keys=True).encode())
+
+    def certificates(self) -> dict[str, dict]:
+        if self._certs is None:
+            certs = {}
+            for name, _ in self.storage.list("keys/"):
+                kid = name.split("/", 1)[1]
+                try:
+                    cert = json.loads(self.storage.read(name))
+                except (ValueError, ObjectNotFound):
+                    continue
+                if keymod.verify_cert(cert, self.master_sign_pk, self.id) and cert.get("kid") == kid:
+                    certs[kid] = cert
+            self._certs = certs
+        return self._certs
+
+    def revocations(self) -> dict[str, dict]:
+        if self._revoked is None:
+            rev = {}
+            for name, _ in self.storage.list("revoked/"):
+                kid = name.split("/", 1)[1]
+                try:
+                    body = open_signed_json(self.storage.read(name), self.master_sign_pk,
+                                            b"rekkord revocation v1\0", name)
+                except (IntegrityError, ObjectNotFound):
+                    continue
+                if body.get("kid") == kid and body.get("repo") == self.id:
+                    rev[kid] = body
+            self._revoked = rev
+        return self._revoked
+
+    def revoke(self, kid: str) -> dict:
+        self.key.require("revoke", "revoke keys")
+        body = {"v": 1, "repo": self.id, "kid": kid, "time_ns": time.time_ns()}
+        self.storage.write(f"revoked/{kid}", signed_json(body, self.key.sign_seed, b"rekkord revocation v1\0"),
+                           exclusive=False)
+        self._revoked = None
+        return body
+
+    def signer_pk(self, kid: str) -> bytes | None:
+        if kid == keymod.kid_of(self.master_sign_pk):
+            return self.master_sign_pk
+        cert = self.certificates().get(kid)
+        return bytes.fromhex(cert["sign_pk"]) if cert else None
+
+    # ---- blobs ---------------------------------------------------------------------
+
+    def chunker(self) -> Chunker:
+        return Chunker(self.chunker_params, chunker_seed(self.key.id_key))
+
+    def pack_cutter(self) -> PackCutter:
+        return PackCutter(self.key.id_key)
+
+    def read_blob(self, blob_id: bytes, expected_type: int | None = None) -> bytes:
+        name = fmt.blob_name(blob_id)
+        try:
+            raw = self.storage.read(name)
+        except ObjectNotFound:
+            raise IntegrityError(f"blob {blob_id.hex()} is missing from the repository") from None
+        return self.codec.open(blob_id, raw, expected_type)
+
+    # ---- snapshots -------------------------------------------------------------------
+
+    def new_snapshot_id(self) -> str:
+        # Time-ordered prefix keeps listings readable; the random part makes it unguessable.
+        return crypto.random_bytes(16).hex()
+
+    def write_snapshot(self, record: dict) -> str:
+        self.key.require("save", "save snapshots")
+        sid = self.new_snapshot_id()
+        record = {**record, "v": 1, "id": sid, "kid": self.key.kid, "repo": self.id}
+        raw = fmt.seal_record(sid, record, self.key.sign_seed, bytes.fromhex(self.config["log_pk"]), self.log_mix)
+        self.storage.write(f"snapshots/{sid}", raw)
+        return sid
+
+    def _open_snapshot(self, sid: str, raw: bytes) -> Snapshot:
+        record, msg, sig = fmt.open_record(sid, raw, self.key.log_sk, self.log_mix)
+        problems = []
+        if record.get("id") != sid:
+            problems.append("record names another snapshot id (replayed or renamed)")
+        if record.get("repo") != self.id:
+            problems.append("record belongs to another repository")
+        kid = record.get("kid", "")
+        pk = self.signer_pk(kid)
+        ok = pk is not None and crypto.verify(pk, msg, sig)
+        if not ok:
+            problems.append(f"signature by key {kid} is invalid or the key is not certified")
+        rev = self.revocations().get(kid)
+        if rev is not None and record.get("time_ns", 0) >= rev.get("time_ns", 0):
+            problems.append(f"signed by key {kid} after it was revoked")
+        return Snapshot(sid, record.get("channel", "?"), record.get("time_ns", 0), record.get("host", ""),
+                        kid, record, ok and not problems, problems)
+
+    def snapshot_ids(self) -> list[str]:
+        return [name.split("/", 1)[1] for name, _ in self.storage.list("snapshots/")]
+
+    def load_snapshot(self, sid: str) -> Snapshot:
+        self.key.require("list", "read snapshot records")
+        try:
+            raw = self.storage.read(f"snapshots/{sid}")
+        except ObjectNotFound:
+            raise SnapshotNotFound(f"snapshot {sid} not found") from None
+        return self._open_snapshot(sid, raw)
+
+    def snapshots(self, *, strict: bool = False, on_problem=None) -> list[Snapshot]:
+        """All snapshot records, oldest first.  Records that cannot be opened
+        are reported through ``on_problem(sid, message)`` (or raise when strict)."""
+        self.key.require("list", "list snapshots")
+        out = []
+        for sid in self.snapshot_ids():
+            try:
+                snap = self.load_snapshot(sid)
+            except (IntegrityError, SnapshotNotFound) as e:
+                if strict:
+                    raise
+                if on_problem:
+                    on_problem(sid, str(e))
+                continue
+            if not snap.signature_ok and on_problem:
+                on_problem(sid, "; ".join(snap.problems))
+            out.append(snap)
+        out.sort(key=lambda s: (s.time_ns, s.id))
+        return out
+
+    def resolve(self, spec: str) -> Snapshot:
+        """A full id, a unique id prefix, or a channel name (its latest snapshot)."""
+        self.key.require("list", "find snapshots")
+        if not spec:
+            raise UsageError("no snapshot given")
+        ids = self.snapshot_ids()
+        if spec in ids:
+            return self.load_snapshot(spec)
+        matches = [i for i in ids if i.startswith(spec)] if len(spec) >= 4 else []
+        if len(matches) == 1:
+            return self.load_snapshot(matches[0])
+        if len(matches) > 1:
+            raise UsageError(f"snapshot prefix {spec!r} is ambiguous ({len(matches)} snapshots match)")
+        in_channel = [s for s in self.snapshots() if s.channel == spec]
+        if in_channel:
+            return in_channel[-1]
+        raise SnapshotNotFound(f"no snapshot or channel named {spec!r}")
+
+    def private(self, snap: Snapshot) -> dict:
+        """The part of a record only data-key holders can read (saved paths)."""
+        blob = snap.record.get("private")
+        if not blob:
+            return {}
+        bid = bytes.fromhex(blob["id"])
+        raw = bytes.fromhex(blob["sealed"])
+        return json.loads(self.codec.open(bid, raw, fmt.T_INDEX))
+
+    # ---- generations -------------------------------------------------------------
+
+    def generation(self) -> int:
+        best = 0
+        for name, _ in self.storage.list("generations/"):
+            try:
+                best = max(best, int(name.split("/", 1)[1]))
+            except ValueError:
+                continue
+        return best
+
+
+def default_host() -> str:
+    return socket.gethostname()
+
+
+def user_name() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (KeyError, ImportError):
+        return str(os.getuid())

@@ -1,0 +1,420 @@
+"""Restoring a snapshot (or part of it) into a directory.
+
+Files are written under a temporary name in their final directory, with
+positional writes (holes for all-zero extents and the tail, so sparse files
+stay sparse), then given their metadata and renamed into place.  A file whose
+data is damaged is never left under its final name (unless ``keep_damaged``);
+every other file still restores.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import os
+import stat as statmod
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from .errors import IntegrityError, NoSpace, RekkordError, StorageError, UsageError
+from .index import (
+    F_UNREADABLE,
+    K_BLOCK,
+    K_CHAR,
+    K_DIR,
+    K_FIFO,
+    K_FILE,
+    K_HARDLINK,
+    K_SOCKET,
+    K_SYMLINK,
+    Entry,
+)
+from .repository import Repository, Snapshot
+from .snapshot import BlobFetcher, iter_entries, normalize_subpath, select
+
+HOLE_BLOCK = 64 * 1024
+ZERO_BLOCK = bytes(HOLE_BLOCK)
+
+
+@dataclass
+class RestoreOptions:
+    overwrite: bool = False
+    dry_run: bool = False
+    owner: bool | None = None  # None: restore owners when running as root
+    keep_damaged: bool = False
+    includes: list[str] = field(default_factory=list)
+    excludes: list[str] = field(default_factory=list)
+    threads: int | None = None
+    verify: bool = False
+
+
+@dataclass
+class RestoreStats:
+    files: int = 0
+    dirs: int = 0
+    others: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    damaged: int = 0
+    warnings: int = 0
+    duration: float = 0.0
+
+
+class Restorer:
+    def __init__(self, repo: Repository, snap: Snapshot, options: RestoreOptions | None = None,
+                 progress=None, warn=None):
+        repo.key.require("read", "restore files")
+        self.repo = repo
+        self.snap = snap
+        self.opts = options or RestoreOptions()
+        self.progress = progress
+        self.warn_cb = warn
+        self.stats = RestoreStats()
+        self.problems: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self.owner = self.opts.owner if self.opts.owner is not None else (os.geteuid() == 0)
+        cores = os.cpu_count() or 2
+        self.threads = self.opts.threads or max(2, cores)
+        self._last_progress = 0.0
+
+    def warn(self, path: str, message: str, *, damaged: bool = False):
+        with self.lock:
+            self.problems.append((path, message))
+            self.stats.warnings += 1
+            if damaged:
+                self.stats.damaged += 1
+        if self.warn_cb:
+            self.warn_cb(path, message)
+
+    def _tick(self, force=False):
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_progress > 0.2:
+            self._last_progress = now
+            self.progress(self.stats)
+
+    def _wanted(self, rel: bytes, e: Entry) -> bool:
+        if not self.opts.includes and not self.opts.excludes:
+            return True
+        s = "/" + os.fsdecode(e.path)
+        name = os.fsdecode(e.name)
+
+        def match(p):
+            return fnmatch.fnmatchcase(name, p) if "/" not in p else (
+                fnmatch.fnmatchcase(s, p) or s.startswith(p.rstrip("/") + "/"))
+
+        if any(match(p) for p in self.opts.excludes):
+            return False
+        if self.opts.includes and e.kind != K_DIR:
+            return any(match(p) for p in self.opts.includes)
+        return True
+
+    def restore(self, subpath: str | bytes | None, dest: str) -> RestoreStats:
+        started = time.monotonic()
+        sub = normalize_subpath(subpath)
+        dest_b = os.path.abspath(os.fsencode(dest))
+        entries = select(iter_entries(self.repo, self.snap), sub)
+        first = None
+        try:
+            first = next(entries)
+        except StopIteration:
+            pass
+        if first is None:
+            return self.stats
+        entry0, rel0 = first
+        # A single file lands at DEST/<name>; a directory's content lands in DEST.
+        if sub and entry0.kind != K_DIR:
+            def target(rel: bytes) -> bytes:
+                return dest_b + b"/" + entry0.name
+        elif sub:
+            def target(rel: bytes) -> bytes:
+                return dest_b + b"/" + rel if rel else dest_b
+        else:
+            def target(rel: bytes) -> bytes:
+                return dest_b + b"/" + rel
+
+        if not self.opts.dry_run:
+            try:
+                os.makedirs(dest_b, exist_ok=True)
+            except OSError as e:
+                raise UsageError(f"cannot create {os.fsdecode(dest_b)}: {e.strerror}") from None
+        fetcher = BlobFetcher(self.repo, max(4, self.threads * 2, min(self.repo.storage.connections, 32)))
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rekkord-restore")
+        inflight = threading.BoundedSemaphore(64)
+        dirs: list[tuple[bytes, Entry]] = []
+        restored: dict[bytes, Future] = {}  # snapshot path -> future of final path
+        links: list[tuple[bytes, Entry]] = []
+
+        def run_file(path: bytes, e: Entry) -> bytes | None:
+            try:
+                return self._restore_file(path, e, fetcher)
+            finally:
+                inflight.release()
+
+        def handle(e: Entry, rel: bytes):
+            if not self._wanted(rel, e):
+                return
+            path = target(rel)
+            if e.kind == K_DIR:
+                self.stats.dirs += 1
+                if rel or not sub:
+                    dirs.append((path, e))
+                if not self.opts.dry_run:
+                    try:
+                        os.makedirs(path, exist_ok=True)
+                    except OSError as err:
+                        self.warn(os.fsdecode(path), f"cannot create directory: {err.strerror}")
+                return
+            if e.kind == K_HARDLINK and e.target in restored:
+                links.append((path, e))
+                return
+            if e.kind in (K_FILE, K_HARDLINK):
+                if e.flags & F_UNREADABLE:
+                    self.warn(os.fsdecode(path), "was unreadable when saved; not restored")
+                    return
+                self.stats.files += 1
+                self.stats.bytes += e.size
+                if self.opts.dry_run:
+                    return
+                if not self.opts.overwrite and os.path.lexists(path):
+                    self._skip(path)
+                    return
+                inflight.acquire()
+                restored[e.path] = pool.submit(run_file, path, e)
+                return
+            self.stats.others += 1
+            if self.opts.dry_run:
+                return
+            if not self.opts.overwrite and os.path.lexists(path):
+                self._skip(path)
+                return
+            self._restore_special(path, e)
+
+        try:
+            handle(entry0, rel0)
+            for e, rel in entries:
+                handle(e, rel)
+                self._tick()
+            for fut in list(restored.values()):
+                fut.exception()
+            for path, e in links:
+                self._restore_hardlink(path, e, restored)
+            if not self.opts.dry_run:
+                for path, e in reversed(dirs):
+                    self._apply_meta(path, e, is_dir=True)
+        finally:
+            pool.shutdown(wait=True)
+            fetcher.close()
+        self.stats.duration = round(time.monotonic() - started, 3)
+        self._tick(force=True)
+        return self.stats
+
+    def _skip(self, path: bytes):
+        with self.lock:
+            self.stats.skipped += 1
+        self.warn(os.fsdecode(path), "exists; not overwritten (use --overwrite)")
+
+    # ---- files -----------------------------------------------------------------
+
+    def _tmp_name(self, path: bytes) -> bytes:
+        d = os.path.dirname(path)
+        return d + b"/.rekkord-tmp-" + os.urandom(6).hex().encode()
+
+    def _restore_file(self, path: bytes, e: Entry, fetcher: BlobFetcher) -> bytes | None:
+        tmp = self._tmp_name(path)
+        spath = os.fsdecode(path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(f"no space left writing {spath}") from None
+            self.warn(spath, f"cannot create: {err.strerror}")
+            return None
+        damaged = None
+        try:
+            pos = 0
+            window = 8
+            futs = [fetcher.get(x.blob) for x in e.extents[:window]]
+            for i, x in enumerate(e.extents):
+                if i + window < len(e.extents):
+                    futs.append(fetcher.get(e.extents[i + window].blob))
+                try:
+                    blob = futs[i].result()
+                except (IntegrityError, StorageError) as err:
+                    damaged = str(err)
+                    futs[i] = None
+                    pos += x.length  # leave a hole; keep going only to report
+                    break
+                futs[i] = None
+                data = blob[x.offset:x.offset + x.length]
+                if len(data) != x.length:
+                    damaged = f"blob {x.blob.hex()} is shorter than the index says"
+                    break
+                _write_sparse(fd, data, pos)
+                pos += x.length
+            if damaged is None:
+                os.ftruncate(fd, e.size if pos == e.size else pos)
+                self._apply_meta_fd(fd, spath, e)
+        except OSError as err:
+            os.close(fd)
+            _unlink(tmp)
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(f"no space left writing {spath}") from None
+            self.warn(spath, f"cannot write: {err.strerror}")
+            return None
+        os.close(fd)
+        if damaged is not None:
+            if self.opts.keep_damaged:
+                os.replace(tmp, path)
+                self.warn(spath, f"DAMAGED (kept, with holes): {damaged}", damaged=True)
+            else:
+                _unlink(tmp)
+                self.warn(spath, f"DAMAGED, not restored: {damaged}", damaged=True)
+            return None
+        try:
+            os.utime(tmp, ns=(e.atime_ns or e.mtime_ns, e.mtime_ns), follow_symlinks=False)
+            os.replace(tmp, path)
+        except OSError as err:
+            _unlink(tmp)
+            self.warn(spath, f"cannot rename into place: {err.strerror}")
+            return None
+        if self.opts.verify:
+            self._verify(path, e, fetcher)
+        return path
+
+    def _verify(self, path: bytes, e: Entry, fetcher: BlobFetcher):
+        with open(path, "rb") as f:
+            for x in e.extents:
+                expect = fetcher.get(x.blob).result()[x.offset:x.offset + x.length]
+                if f.read(x.length) != expect:
+                    self.warn(os.fsdecode(path), "verification failed: content differs after writing",
+                              damaged=True)
+                    return
+
+    def _apply_meta_fd(self, fd: int, spath: str, e: Entry):
+        if self.owner:
+            try:
+                os.fchown(fd, e.uid, e.gid)
+            except OSError as err:
+                self.warn(spath, f"cannot set owner: {err.strerror}")
+        os.fchmod(fd, e.mode)
+        self._xattrs(fd, spath, e)
+
+    def _xattrs(self, target, spath: str, e: Entry, follow=True):
+        for k, v in e.xattrs:
+            name = k.decode(errors="surrogateescape")
+            if not (name.startswith("user.") or self.owner):
+                continue
+            try:
+                os.setxattr(target, name, v, follow_symlinks=follow)
+            except OSError as err:
+                if name.startswith("user."):
+                    self.warn(spath, f"cannot set xattr {name}: {err.strerror}")
+
+    def _apply_meta(self, path: bytes, e: Entry, is_dir=False):
+        spath = os.fsdecode(path)
+        try:
+            if self.owner:
+                os.chown(path, e.uid, e.gid, follow_symlinks=False)
+            os.chmod(path, e.mode)
+            self._xattrs(path, spath, e)
+            os.utime(path, ns=(e.atime_ns or e.mtime_ns, e.mtime_ns), follow_symlinks=False)
+        except OSError as err:
+            self.warn(spath, f"cannot set metadata: {err.strerror}")
+
+    # ---- links and special files ------------------------------------------------------
+
+    def _restore_hardlink(self, path: bytes, e: Entry, restored: dict[bytes, Future]):
+        spath = os.fsdecode(path)
+        fut = restored.get(e.target)
+        first = fut.result() if fut is not None and fut.exception() is None else None
+        if first is None:
+            self.warn(spath, "hard link target was not restored; link skipped")
+            return
+        if not self.opts.overwrite and os.path.lexists(path):
+            self._skip(path)
+            return
+        tmp = self._tmp_name(path)
+        try:
+            os.link(first, tmp)
+            os.replace(tmp, path)
+            self.stats.files += 1
+        except OSError as err:
+            _unlink(tmp)
+            self.warn(spath, f"cannot create hard link: {err.strerror}")
+
+    def _restore_special(self, path: bytes, e: Entry):
+        spath = os.fsdecode(path)
+        tmp = self._tmp_name(path)
+        try:
+            if e.kind == K_SYMLINK:
+                os.symlink(e.target, tmp)
+            elif e.kind == K_FIFO:
+                os.mkfifo(tmp, 0o600)
+            elif e.kind in (K_CHAR, K_BLOCK):
+                kind = statmod.S_IFCHR if e.kind == K_CHAR else statmod.S_IFBLK
+                try:
+                    os.mknod(tmp, 0o600 | kind, e.rdev)
+                except PermissionError:
+                    self.warn(spath, "device node not recreated (needs root)")
+                    return
+            elif e.kind == K_SOCKET:
+                return  # sockets belong to running programs; nothing to restore
+            else:
+                return
+        except OSError as err:
+            _unlink(tmp)
+            self.warn(spath, f"cannot create {e.kind_name}: {err.strerror}")
+            return
+        try:
+            if e.kind == K_SYMLINK:
+                if self.owner:
+                    os.chown(tmp, e.uid, e.gid, follow_symlinks=False)
+                self._xattrs(tmp, spath, e, follow=False)
+                os.utime(tmp, ns=(e.atime_ns or e.mtime_ns, e.mtime_ns), follow_symlinks=False)
+            else:
+                self._apply_meta(tmp, e)
+            os.replace(tmp, path)
+        except OSError as err:
+            _unlink(tmp)
+            self.warn(spath, f"cannot restore {e.kind_name}: {err.strerror}")
+
+
+def _write_sparse(fd: int, data: bytes, pos: int) -> None:
+    """Write ``data`` at ``pos``, leaving aligned all-zero blocks as holes."""
+    mv = memoryview(data)
+    n = len(mv)
+    if n < HOLE_BLOCK or data[:HOLE_BLOCK] != ZERO_BLOCK and data[-HOLE_BLOCK:] != ZERO_BLOCK and \
+            data[n // 2:n // 2 + HOLE_BLOCK] != ZERO_BLOCK:
+        # Quick path: no zero block at the start, middle or end (nearly always
+        # true for real data); write it whole.
+        _pwrite_all(fd, mv, pos)
+        return
+    start = 0  # beginning of the pending non-zero run
+    i = 0
+    while i < n:
+        end = min(i + HOLE_BLOCK, n)
+        if end - i == HOLE_BLOCK and data[i:end] == ZERO_BLOCK:
+            if start < i:
+                _pwrite_all(fd, mv[start:i], pos + start)
+            start = end
+        i = end
+    if start < n:
+        _pwrite_all(fd, mv[start:], pos + start)
+
+
+def _pwrite_all(fd: int, mv: memoryview, off: int) -> None:
+    while mv:
+        k = os.pwrite(fd, mv, off)
+        mv = mv[k:]
+        off += k
+
+
+def _unlink(path: bytes):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass

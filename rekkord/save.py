@@ -1,0 +1,739 @@
+"""Saving a snapshot: walk → read → chunk → hash → dedup → compress → seal → upload.
+
+Threads: the main thread walks the tree in a deterministic depth-first order
+and keeps the pipeline's order; a *file pool* reads and chunks files; a
+*store pool* hashes, compresses, seals and uploads blobs.  The hot calls
+(read, FastCDC, BLAKE3, zstd, XChaCha20) release the GIL.  Memory is bounded by
+a cap on bytes in flight and on pending entries.
+
+Write ordering (what makes an interrupted save harmless, docs/integrity.md):
+every blob is written atomically and never replaced; the snapshot record is
+written last, after every blob it references is stored.  A save killed at any
+point leaves only unreferenced blobs, which the next save finds and reuses.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import fnmatch
+import os
+import stat as statmod
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from . import format as fmt
+from .cache import Cache
+from .errors import ObjectExists, RekkordError, StorageError, UsageError
+from .index import (
+    F_CHANGED,
+    F_PARTIAL,
+    F_UNREADABLE,
+    K_DIR,
+    K_FILE,
+    K_HARDLINK,
+    K_SYMLINK,
+    Entry,
+    Extent,
+    decode_extents,
+    encode,
+    encode_extents,
+    kind_from_mode,
+)
+from .chunker import INDEX_PARAMS, Chunker, StreamCutter
+from .repository import Repository, default_host, user_name
+
+CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+READ_BLOCK = 1024 * 1024
+
+
+@dataclass
+class SaveOptions:
+    excludes: list[str] = field(default_factory=list)
+    exclude_caches: bool = False
+    one_file_system: bool = False
+    host: str | None = None
+    tags: list[str] = field(default_factory=list)
+    threads: int | None = None
+    xattrs: bool = True
+    atime: bool = False  # off by default: reading files changes it, churning the index
+
+
+@dataclass
+class SaveStats:
+    files: int = 0
+    dirs: int = 0
+    others: int = 0
+    files_unchanged: int = 0
+    bytes_total: int = 0  # size of all regular files in the snapshot
+    bytes_read: int = 0  # bytes actually read (not served by the stat cache)
+    bytes_new: int = 0  # plaintext bytes of new blobs
+    bytes_stored: int = 0  # stored bytes of new blobs
+    blobs_new: int = 0
+    blobs_known: int = 0
+    warnings: int = 0
+    duration: float = 0.0
+
+
+@dataclass
+class SaveResult:
+    snapshot_id: str
+    channel: str
+    stats: SaveStats
+    warnings: list[tuple[str, str]]
+
+    def to_json(self) -> dict:
+        return {"id": self.snapshot_id, "channel": self.channel, **asdict(self.stats),
+                "problems": [{"path": p, "message": m} for p, m in self.warnings]}
+
+
+class Excluder:
+    """restic-like patterns: a pattern without '/' matches a name anywhere; one
+    with '/' matches the absolute path (``*`` does not cross '/', ``**`` does)."""
+
+    def __init__(self, patterns: list[str]):
+        self.name_patterns = []
+        self.path_patterns = []
+        for p in patterns:
+            p = p.strip()
+            if not p or p.startswith("#"):
+                continue
+            if "/" in p.rstrip("/"):
+                self.path_patterns.append(_glob_regex(p.rstrip("/")))
+            else:
+                self.name_patterns.append(p.rstrip("/"))
+
+    def excluded(self, path: bytes, name: bytes) -> bool:
+        if self.name_patterns:
+            n = os.fsdecode(name)
+            if any(fnmatch.fnmatchcase(n, p) for p in self.name_patterns):
+                return True
+        if self.path_patterns:
+            s = os.fsdecode(path)
+            return any(r.fullmatch(s) for r in self.path_patterns)
+        return False
+
+
+def _glob_regex(pattern: str):
+    import re
+
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out))
+
+
+def read_exclude_file(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            return [line.rstrip("\n") for line in f if line.strip() and not line.lstrip().startswith("#")]
+    except OSError as e:
+        raise UsageError(f"cannot read exclude file {path}: {e.strerror}") from None
+
+
+class _ByteBudget:
+    """Bounds the bytes in flight between pipeline stages."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.cond = threading.Condition()
+
+    def acquire(self, n: int):
+        with self.cond:
+            while self.used > 0 and self.used + n > self.limit:
+                self.cond.wait()
+            self.used += n
+
+    def release(self, n: int):
+        with self.cond:
+            self.used -= n
+            self.cond.notify_all()
+
+
+class _Pack:
+    __slots__ = ("future",)
+
+    def __init__(self):
+        self.future: Future | None = None
+
+
+class _Item:
+    """An entry on its way to the index, in walk order."""
+
+    __slots__ = ("entry", "abspath", "st", "job", "small", "pack", "pack_off", "ready_extents", "cacheable")
+
+    def __init__(self, entry: Entry, abspath: bytes, st):
+        self.entry = entry
+        self.abspath = abspath
+        self.st = st
+        self.job: Future | None = None  # file read (small) or whole-file store (large)
+        self.small = False
+        self.pack: _Pack | None = None
+        self.pack_off = 0
+        self.ready_extents = None
+        self.cacheable = False
+
+
+class Saver:
+    def __init__(self, repo: Repository, cache: Cache, options: SaveOptions | None = None,
+                 progress=None, warn=None):
+        repo.key.require("save", "save snapshots")
+        self.repo = repo
+        self.cache = cache
+        self.opts = options or SaveOptions()
+        self.progress = progress
+        self.warn_cb = warn
+        self.stats = SaveStats()
+        self.warnings: list[tuple[str, str]] = []
+        self.codec = repo.codec
+        self.chunker: Chunker = repo.chunker()
+        self.small_limit = repo.chunker_params.min_size
+        self.cutter = repo.pack_cutter()
+        self.excluder = Excluder(self.opts.excludes)
+        cores = os.cpu_count() or 2
+        self.threads = self.opts.threads or max(2, cores)
+        store_threads = max(self.threads, min(repo.storage.connections, 32))
+        self.file_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rekkord-read")
+        self.store_pool = ThreadPoolExecutor(store_threads, thread_name_prefix="rekkord-store")
+        self.budget = _ByteBudget(max(128 << 20, store_threads * 2 * repo.chunker_params.max_size))
+        self.stats_lock = threading.Lock()
+        self.names: dict[int, bytes] = {}
+        self.groups: dict[int, bytes] = {}
+        self.hardlinks: dict[tuple[int, int], _Item] = {}
+        self.failed: BaseException | None = None
+        self._last_progress = 0.0
+
+    # ---- warnings / progress ---------------------------------------------------
+
+    def warn(self, path: bytes, message: str):
+        p = os.fsdecode(path)
+        with self.stats_lock:
+            self.warnings.append((p, message))
+            self.stats.warnings += 1
+        if self.warn_cb:
+            self.warn_cb(p, message)
+
+    def _tick(self, force=False):
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_progress > 0.2:
+            self._last_progress = now
+            self.progress(self.stats)
+
+    # ---- blob store (store pool) ---------------------------------------------
+
+    def store_blob(self, btype: int, data) -> tuple[bytes, int]:
+        blob_id = self.codec.blob_id(btype, data)
+        size = self.cache.blob_size(blob_id)
+        if size is not None:
+            with self.stats_lock:
+                self.stats.blobs_known += 1
+            return blob_id, size
+        raw = self.codec.seal(btype, blob_id, data)
+        name = fmt.blob_name(blob_id)
+        try:
+            self.repo.storage.write(name, raw, exclusive=True)
+            size = len(raw)
+            new = True
+        except ObjectExists:
+            size = self.repo.storage.stat(name) or len(raw)
+            new = False
+        self.cache.add_blob(blob_id, size)
+        with self.stats_lock:
+            if new:
+                self.stats.blobs_new += 1
+                self.stats.bytes_new += len(data)
+                self.stats.bytes_stored += size
+            else:
+                self.stats.blobs_known += 1
+        return blob_id, size
+
+    def submit_store(self, btype: int, data: bytes) -> Future:
+        n = len(data)
+        self.budget.acquire(n)
+        fut = self.store_pool.submit(self.store_blob, btype, data)
+        fut.add_done_callback(lambda _f: self.budget.release(n))
+        return fut
+
+    # ---- file reading (file pool) ----------------------------------------------
+
+    def _open(self, path: bytes):
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0)
+        try:
+            return os.open(path, flags | getattr(os, "O_NOATIME", 0))
+        except PermissionError:
+            return os.open(path, flags)  # O_NOATIME needs ownership
+
+    def _changed(self, before, after) -> bool:
+        return (before.st_size != after.st_size or before.st_mtime_ns != after.st_mtime_ns
+                or before.st_ctime_ns != after.st_ctime_ns or before.st_ino != after.st_ino)
+
+    def read_small(self, path: bytes, st) -> tuple[bytes | None, int, str | None]:
+        try:
+            fd = self._open(path)
+        except OSError as e:
+            return None, F_UNREADABLE, f"cannot open: {e.strerror}"
+        try:
+            parts = []
+            total = 0
+            flags = 0
+            msg = None
+            try:
+                while True:
+                    b = os.read(fd, max(st.st_size - total + 1, 65536))
+                    if not b:
+                        break
+                    parts.append(b)
+                    total += len(b)
+                    if total > self.small_limit * 4:
+                        break
+            except OSError as e:
+                flags |= F_PARTIAL
+                msg = f"read error after {total} bytes: {e.strerror}"
+            after = os.fstat(fd)
+            if self._changed(st, after) or total != st.st_size:
+                flags |= F_CHANGED
+                msg = msg or "file changed while it was being read"
+            data = parts[0] if len(parts) == 1 else b"".join(parts)
+            with self.stats_lock:
+                self.stats.bytes_read += total
+            return data, flags, msg
+        finally:
+            os.close(fd)
+
+    def save_large(self, path: bytes, st) -> tuple[list[Extent], int, str | None, int]:
+        try:
+            fd = self._open(path)
+        except OSError as e:
+            return [], F_UNREADABLE, f"cannot open: {e.strerror}", 0
+        futures = []
+        flags = 0
+        msg = None
+        total = 0
+        try:
+            f = os.fdopen(fd, "rb", buffering=0, closefd=False)
+            try:
+                for chunk in self.chunker.cut_stream(f):
+                    total += len(chunk)
+                    futures.append((self.submit_store(fmt.T_DATA, chunk), len(chunk)))
+                    with self.stats_lock:
+                        self.stats.bytes_read += len(chunk)
+            except OSError as e:
+                flags |= F_PARTIAL
+                msg = f"read error after {total} bytes: {e.strerror}"
+            after = os.fstat(fd)
+            if self._changed(st, after) or total != st.st_size:
+                flags |= F_CHANGED
+                msg = msg or "file changed while it was being read"
+        finally:
+            os.close(fd)
+        extents = [Extent(fut.result()[0], 0, n) for fut, n in futures]
+        return extents, flags, msg, total
+
+    # ---- walking (main thread) -------------------------------------------------
+
+    def _owner(self, uid: int, gid: int) -> tuple[bytes, bytes]:
+        u = self.names.get(uid)
+        if u is None:
+            try:
+                import pwd
+
+                u = pwd.getpwuid(uid).pw_name.encode()[:255]
+            except (KeyError, ImportError):
+                u = b""
+            self.names[uid] = u
+        g = self.groups.get(gid)
+        if g is None:
+            try:
+                import grp
+
+                g = grp.getgrgid(gid).gr_name.encode()[:255]
+            except (KeyError, ImportError):
+                g = b""
+            self.groups[gid] = g
+        return u, g
+
+    def _xattrs(self, path: bytes) -> list[tuple[bytes, bytes]]:
+        if not self.opts.xattrs:
+            return []
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+        except OSError:
+            return []
+        out = []
+        for n in sorted(names):
+            try:
+                out.append((n.encode(), os.getxattr(path, n, follow_symlinks=False)))
+            except OSError:
+                continue
+        return out
+
+    def _entry(self, rel: bytes, abspath: bytes, st) -> Entry:
+        u, g = self._owner(st.st_uid, st.st_gid)
+        return Entry(
+            kind=kind_from_mode(st.st_mode), path=rel, mode=statmod.S_IMODE(st.st_mode),
+            uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns, atime_ns=st.st_atime_ns if self.opts.atime else 0,
+            size=st.st_size if statmod.S_ISREG(st.st_mode) else 0,
+            rdev=st.st_rdev if (statmod.S_ISCHR(st.st_mode) or statmod.S_ISBLK(st.st_mode)) else 0,
+            user=u, group=g, xattrs=self._xattrs(abspath),
+        )
+
+    def _walk(self, roots: list[bytes]):
+        """Yield (abspath, relpath, stat) depth-first, parents before children,
+        names in byte order.  Parents of the saved paths are yielded too."""
+        emitted: set[bytes] = set()
+        for root in roots:
+            comps = [c for c in root.split(b"/") if c]
+            for i in range(1, len(comps)):
+                rel = b"/".join(comps[:i])
+                if rel in emitted:
+                    continue
+                emitted.add(rel)
+                try:
+                    yield b"/" + rel, rel, os.lstat(b"/" + rel), False
+                except OSError as e:
+                    self.warn(b"/" + rel, f"cannot stat: {e.strerror}")
+            try:
+                st = os.lstat(root)
+            except OSError as e:
+                self.warn(root, f"cannot stat: {e.strerror}")
+                continue
+            rel = b"/".join(comps)
+            yield from self._walk_tree(root, rel, st, st.st_dev)
+
+    def _walk_tree(self, abspath: bytes, rel: bytes, st, root_dev: int):
+        stack = [(abspath, rel, st)]
+        while stack:
+            abspath, rel, st = stack.pop()
+            if not statmod.S_ISDIR(st.st_mode):
+                yield abspath, rel, st, False
+                continue
+            descend = not (self.opts.one_file_system and st.st_dev != root_dev)
+            yield abspath, rel, st, descend
+            if not descend:
+                continue
+            try:
+                with os.scandir(abspath) as it:
+                    names = sorted(de.name for de in it)
+            except OSError as e:
+                self.warn(abspath, f"cannot list directory: {e.strerror}")
+                continue
+            if self.opts.exclude_caches and b"CACHEDIR.TAG" in names:
+                try:
+                    with open(abspath + b"/CACHEDIR.TAG", "rb") as f:
+                        if f.read(len(CACHEDIR_SIGNATURE)) == CACHEDIR_SIGNATURE:
+                            names = [b"CACHEDIR.TAG"]
+                except OSError:
+                    pass
+            children = []
+            for name in names:
+                child = abspath + b"/" + name if abspath != b"/" else b"/" + name
+                crel = rel + b"/" + name if rel else name
+                if self.excluder.excluded(child, name):
+                    continue
+                try:
+                    cst = os.lstat(child)
+                except FileNotFoundError:
+                    continue  # vanished between listing and stat
+                except OSError as e:
+                    self.warn(child, f"cannot stat: {e.strerror}")
+                    continue
+                children.append((child, crel, cst))
+            stack.extend(reversed(children))
+
+    # ---- the pipeline -----------------------------------------------------------
+
+    def save(self, channel: str, paths: list[str], *, time_ns: int | None = None) -> SaveResult:
+        if not channel or "/" in channel:
+            raise UsageError(f"invalid channel name {channel!r}")
+        roots = []
+        for p in paths:
+            ap = os.path.abspath(os.fsencode(p))
+            if not os.path.lexists(ap):
+                raise UsageError(f"path {p} does not exist")
+            roots.append(os.path.normpath(ap))
+        roots = sorted(set(roots))
+        # Drop paths inside other saved paths.
+        roots = [r for r in roots if not any(r != o and r.startswith(o.rstrip(b"/") + b"/") for o in roots)]
+        if b"/" in roots:
+            roots = [b"/"]
+        started = time.monotonic()
+        time_ns = time_ns or time.time_ns()
+        self._prepare_cache()
+        self.cache.begin()
+        try:
+            index_ids, reflist_ids = self._run(roots)
+        except BaseException:
+            self._shutdown(cancel=True)
+            self.cache.commit()
+            raise
+        self._shutdown()
+        self.stats.duration = round(time.monotonic() - started, 3)
+        private = {"paths": [os.fsdecode(r) for r in roots]}
+        import json
+
+        pbody = json.dumps(private).encode()
+        pid = self.codec.blob_id(fmt.T_INDEX, pbody)
+        record = {
+            "channel": channel,
+            "time_ns": time_ns,
+            "host": self.opts.host or default_host(),
+            "user": user_name(),
+            "tags": list(self.opts.tags),
+            "index": [[i.hex(), s] for i, s in index_ids],
+            "reflist": [[i.hex(), s] for i, s in reflist_ids],
+            "stats": asdict(self.stats),
+            "private": {"id": pid.hex(), "sealed": self.codec.seal(fmt.T_INDEX, pid, pbody).hex()},
+        }
+        sid = self.repo.write_snapshot(record)
+        self.cache.set_meta("last_snapshot", sid)
+        self.cache.commit()
+        self._tick(force=True)
+        return SaveResult(sid, channel, self.stats, self.warnings)
+
+    def _prepare_cache(self):
+        gen = self.repo.generation()
+        if self.cache.get_meta("generation") != str(gen) or self.cache.get_meta("listed") != "1":
+            self.cache.begin()
+            self.cache.reset_blobs()
+            batch = []
+            for name, size in self.repo.storage.list("blobs/"):
+                bid = fmt.blob_id_from_name(name)
+                if bid is not None:
+                    batch.append((bid, size))
+                    if len(batch) >= 10000:
+                        self.cache.add_blobs(batch)
+                        batch = []
+            self.cache.add_blobs(batch)
+            self.cache.set_meta("generation", gen)
+            self.cache.set_meta("listed", "1")
+            self.cache.commit()
+
+    def _shutdown(self, cancel=False):
+        self.file_pool.shutdown(wait=True, cancel_futures=cancel)
+        self.store_pool.shutdown(wait=True, cancel_futures=cancel)
+
+    def _run(self, roots: list[bytes]):
+        stage1: collections.deque[_Item] = collections.deque()
+        stage2: collections.deque[_Item] = collections.deque()
+        index_cutter = StreamCutter(Chunker(INDEX_PARAMS, self.chunker.seed))
+        index_futs: list[Future] = []
+        reflist_futs: list[Future] = []
+        reflist = _ReflistBuilder(self)
+        pack = {"buf": bytearray(), "files": 0, "members": [], "obj": _Pack()}
+        seen = int(time.time())
+
+        def flush_pack():
+            if not pack["members"]:
+                return
+            obj = pack["obj"]
+            obj.future = self.submit_store(fmt.T_DATA, bytes(pack["buf"]))
+            pack["buf"] = bytearray()
+            pack["files"] = 0
+            pack["members"] = []
+            pack["obj"] = _Pack()
+
+        def to_stage2(item: _Item):
+            e = item.entry
+            if item.job is not None:
+                if item.small:
+                    data, flags, msg = item.job.result()
+                    e.flags |= flags
+                    if msg:
+                        self.warn(item.abspath, msg)
+                    if data:
+                        e.size = len(data) if flags else e.size
+                        off = len(pack["buf"])
+                        pack["buf"] += data
+                        pack["files"] += 1
+                        pack["members"].append(item)
+                        item.pack = pack["obj"]
+                        item.pack_off = off
+                        item.ready_extents = [Extent(b"", off, len(data))]
+                        if self.cutter.should_cut(len(pack["buf"]), pack["files"], data):
+                            flush_pack()
+                    else:
+                        item.ready_extents = []
+                else:
+                    extents, flags, msg, total = item.job.result()
+                    e.flags |= flags
+                    if msg:
+                        self.warn(item.abspath, msg)
+                    if flags:
+                        e.size = total
+                    item.ready_extents = extents
+                item.cacheable = e.flags == 0
+            stage2.append(item)
+
+        def emit(item: _Item):
+            e = item.entry
+            if item.pack is not None:
+                bid, _ = item.pack.future.result()
+                e.extents = [Extent(bid, item.pack_off, x.length) for x in item.ready_extents]
+            elif item.ready_extents is not None:
+                e.extents = item.ready_extents
+            if e.kind == K_HARDLINK and not e.extents:
+                first = self.hardlinks.get((item.st.st_dev, item.st.st_ino))
+                if first is not None:
+                    e.extents = first.entry.extents
+            for ch in index_cutter.feed(encode(e)):
+                index_futs.append(self.submit_store(fmt.T_INDEX, ch))
+            for x in e.extents:
+                reflist.add(x.blob)
+            if item.cacheable and e.kind == K_FILE:
+                self.cache.store_file(item.abspath, item.st, encode_extents(e.extents), seen)
+
+        def drain(block: bool):
+            while stage1:
+                head = stage1[0]
+                if head.job is not None and not head.job.done() and not block:
+                    break
+                to_stage2(stage1.popleft())
+            # A pending pack must be closed before its members can be emitted
+            # when we are draining everything.
+            if block and not stage1:
+                flush_pack()
+            while stage2:
+                head = stage2[0]
+                if head.pack is not None and (head.pack.future is None or
+                                              (not head.pack.future.done() and not block)):
+                    break
+                emit(stage2.popleft())
+            self.cache.maybe_commit()
+            self._tick()
+
+        for abspath, rel, st, _descend in self._walk(roots):
+            item = self._classify(abspath, rel, st)
+            if item is None:
+                continue
+            stage1.append(item)
+            if len(stage1) + len(stage2) > 4096:
+                # Back-pressure: wait for the oldest work before walking further.
+                if stage1 and stage1[0].job is not None:
+                    stage1[0].job.result()
+                drain(block=False)
+                if len(stage2) > 4096:
+                    flush_pack()
+                    drain(block=True)
+            else:
+                drain(block=False)
+        drain(block=True)
+        for ch in index_cutter.finish():
+            index_futs.append(self.submit_store(fmt.T_INDEX, ch))
+        reflist.finish()
+        reflist_futs = reflist.futures
+        index_ids = [f.result() for f in index_futs]
+        reflist_ids = [f.result() for f in reflist_futs]
+        if not index_ids:
+            # An empty snapshot still has one (empty) index chunk.
+            index_ids = [self.store_blob(fmt.T_INDEX, b"")]
+        return index_ids, reflist_ids
+
+    def _classify(self, abspath: bytes, rel: bytes, st) -> _Item | None:
+        try:
+            e = self._entry(rel, abspath, st)
+        except ValueError:
+            self.warn(abspath, "unknown file type; skipped")
+            return None
+        item = _Item(e, abspath, st)
+        if e.kind == K_DIR:
+            self.stats.dirs += 1
+        elif e.kind == K_SYMLINK:
+            self.stats.others += 1
+            try:
+                e.target = os.readlink(abspath)
+            except OSError as err:
+                self.warn(abspath, f"cannot read link: {err.strerror}")
+        elif e.kind == K_FILE:
+            self.stats.files += 1
+            self.stats.bytes_total += st.st_size
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                first = self.hardlinks.get(key)
+                if first is not None:
+                    e.kind = K_HARDLINK
+                    e.target = first.entry.path
+                    item.job = first.job
+                    item.small = first.small
+                    # Content comes from the first link once it is emitted.
+                    item.job = None
+                    return item
+                self.hardlinks[key] = item
+            cached = self.cache.lookup_file(abspath, st)
+            if cached is not None:
+                e.extents = decode_extents(cached)
+                item.ready_extents = e.extents
+                self.stats.files_unchanged += 1
+                item.cacheable = False
+            elif st.st_size == 0:
+                item.ready_extents = []
+                # Still open it: an unreadable empty file should be reported.
+                if not os.access(abspath, os.R_OK):
+                    e.flags |= F_UNREADABLE
+                    self.warn(abspath, "cannot open: Permission denied")
+            elif st.st_size < self.small_limit:
+                item.small = True
+                item.job = self.file_pool.submit(self.read_small, abspath, st)
+            else:
+                item.job = self.file_pool.submit(self.save_large, abspath, st)
+        else:
+            self.stats.others += 1
+        return item
+
+
+class _ReflistBuilder:
+    """The snapshot's reference list: every blob id the index points at, in
+    first-use order, cut at content-defined record boundaries."""
+
+    MIN = 1024
+    MAX = 65536
+
+    def __init__(self, saver: Saver):
+        self.saver = saver
+        self.records: list[bytes] = []
+        self.futures: list[Future] = []
+        self.last: bytes | None = None
+
+    def add(self, blob_id: bytes):
+        if blob_id == self.last:
+            return
+        self.last = blob_id
+        self.records.append(blob_id)
+        n = len(self.records)
+        if n >= self.MAX or (n >= self.MIN and blob_id[0] == 0 and blob_id[1] < 32):
+            self._cut()
+
+    def _cut(self):
+        if not self.records:
+            return
+        # Sizes come from the cache, filled by the store jobs that created or
+        # found each blob (they have all completed: the index waited for them).
+        recs = []
+        for bid in self.records:
+            size = self.saver.cache.blob_size(bid)
+            if size is None:
+                size = self.saver.repo.storage.stat(fmt.blob_name(bid))
+                if size is None:
+                    raise StorageError(f"blob {bid.hex()} vanished from the repository during the save")
+            recs.append((bid, size))
+        self.records = []
+        self.futures.append(self.saver.submit_store(fmt.T_REFLIST, fmt.pack_reflist(recs)))
+
+    def finish(self):
+        self._cut()

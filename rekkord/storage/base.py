@@ -1,0 +1,96 @@
+"""The storage interface.
+
+A backend stores opaque byte strings under ``/``-separated names such as
+``config`` or ``blobs/ab/ab12...``.  It never sees keys or plaintext and never
+imports crypto.  Semantics every backend must honour (checked by
+``tests/test_storage_contract.py``):
+
+* ``write`` is atomic: a reader sees either nothing or the whole object.
+  With ``exclusive=True`` (the default) an existing name is never replaced and
+  :class:`ObjectExists` is raised instead.
+* ``read`` raises :class:`ObjectNotFound` for a missing name; with ``offset``
+  and ``length`` it returns that range (shorter at the end of the object).
+* ``stat`` returns the size, or ``None`` when the object does not exist.
+* ``list(prefix)`` yields ``(name, size)`` for every object whose name starts
+  with ``prefix`` (in no particular order); temporary files are never listed.
+* ``delete`` removes a name; deleting a missing name is not an error.
+* Transient failures are retried inside the backend (see :func:`retry`);
+  what escapes is final.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+from ..errors import TransientStorageError
+
+T = TypeVar("T")
+
+
+class Storage(ABC):
+    #: A printable location, without secrets, used in error messages.
+    url: str = ""
+    #: How many requests the backend serves well in parallel.
+    connections: int = 4
+    #: Whether ``write(exclusive=True)`` is enforced by the server itself
+    #: (otherwise it is a best-effort check-then-write).
+    atomic_exclusive: bool = True
+
+    @abstractmethod
+    def write(self, name: str, data: bytes, *, exclusive: bool = True) -> None: ...
+
+    @abstractmethod
+    def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes: ...
+
+    @abstractmethod
+    def stat(self, name: str) -> int | None: ...
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]: ...
+
+    @abstractmethod
+    def delete(self, name: str) -> None: ...
+
+    def exists(self, name: str) -> bool:
+        return self.stat(name) is not None
+
+    def create(self) -> None:
+        """Make the location (directory, bucket) when it does not exist."""
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def retry(
+    op: Callable[[], T],
+    *,
+    what: str,
+    attempts: int = 6,
+    base_delay: float = 0.2,
+    max_delay: float = 10.0,
+    on_retry: Callable[[Exception], None] | None = None,
+) -> T:
+    """Run ``op``; retry :class:`TransientStorageError` with exponential
+    backoff and full jitter.  After the last attempt the error is re-raised
+    with ``what`` (server and operation) in its message."""
+    for attempt in range(attempts):
+        try:
+            return op()
+        except TransientStorageError as e:
+            if attempt == attempts - 1:
+                raise TransientStorageError(f"{what}: {e} (gave up after {attempts} attempts)") from e
+            if on_retry is not None:
+                on_retry(e)
+            delay = min(max_delay, base_delay * (2**attempt))
+            time.sleep(random.uniform(0, delay))
+    raise AssertionError("unreachable")

@@ -1,0 +1,63 @@
+"""Shared fixtures: repositories and keys on a local directory, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+
+@pytest.fixture
+def local_repo(tmp_path):
+    """A fresh local repository with keys of every role.
+
+    Returns a namespace with .url, .master, .keys (role -> Key), .key_files
+    (role -> path), .repo(role) to open it, and .cache_dir."""
+    from types import SimpleNamespace
+
+    from rekkord.keys import Key
+    from rekkord.repository import Repository
+    from rekkord.storage.local import LocalStorage
+
+    url = str(tmp_path / "repo")
+    master = Key.generate_master()
+    storage = LocalStorage(url, sync=False)
+    Repository.init(storage, master)
+    repo = Repository.open(storage, master)
+    keys = {"admin": master}
+    files = {}
+    for role in ("full", "read", "write", "audit"):
+        k = master.derive(role, f"test-{role}")
+        repo.publish_cert(k.cert)
+        keys[role] = k
+    for role, k in keys.items():
+        p = tmp_path / f"{role}.key"
+        k.save(str(p))
+        files[role] = str(p)
+
+    def open_repo(role="admin"):
+        return Repository.open(LocalStorage(url, sync=False), keys[role])
+
+    return SimpleNamespace(url=url, master=master, keys=keys, key_files=files, repo=open_repo,
+                           cache_dir=str(tmp_path / "cache"), tmp=tmp_path)
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Run the real `rekkord` CLI in a subprocess; returns CompletedProcess."""
+
+    def run(*args, env=None, input=None, check=None, timeout=300):
+        e = {k: v for k, v in os.environ.items() if not k.startswith("REKKORD_")}
+        e.setdefault("REKKORD_CACHE_DIR", str(tmp_path / "cli-cache"))
+        e.update(env or {})
+        p = subprocess.run([sys.executable, "-m", "rekkord", *map(str, args)], env=e, input=input,
+                           capture_output=True, timeout=timeout)
+        if check is not None:
+            assert p.returncode == check, (p.returncode, p.stdout.decode(), p.stderr.decode())
+        return p
+
+    return run
