@@ -44,7 +44,8 @@ INDEX_PARAMS = ChunkerParams(64 * 1024, 256 * 1024, 1 * MiB)
 
 
 def chunker_seed(id_key: bytes) -> int:
-    seed = int.from_bytes(crypto.derive(crypto.CTX_CHUNKER_SEED, id_key, 8), "little")
+    # 63 bits: pyfastcdc shifts the seed left by one inside a uint64.
+    seed = int.from_bytes(crypto.derive(crypto.CTX_CHUNKER_SEED, id_key, 8), "little") & ((1 << 63) - 1)
     return seed or 1
 
 

@@ -29,11 +29,24 @@ class RekkordGroup(click.Group):
         except BrokenPipeError:
             sys.stderr.close()
             sys.exit(ExitCode.ERROR)
+        except click.exceptions.Exit:
+            raise
+        except (click.ClickException, click.Abort, SystemExit):
+            raise
         except OSError as e:
             # Anything the library did not translate: still one clear line.
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
             click.echo(f"rekkord: error: {e.strerror or e}{where}", err=True)
             sys.exit(ExitCode.NO_SPACE if e.errno == 28 else ExitCode.ERROR)
+        except Exception as e:  # a bug: still one line, the traceback only with -v
+            s = ctx.obj
+            if s is not None and getattr(s, "verbose", 0):
+                import traceback
+
+                traceback.print_exc()
+            click.echo(f"rekkord: internal error: {type(e).__name__}: {e} (run with -v for details; "
+                       "please report this)", err=True)
+            sys.exit(ExitCode.ERROR)
 
 
 def _log_error(msg: str):
