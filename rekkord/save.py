@@ -477,6 +477,7 @@ class Saver:
         time_ns = time_ns or time.time_ns()
         self._prepare_cache()
         self.cache.begin()
+        self.repo.storage.defer_sync()
         try:
             index_ids, reflist_ids = self._run(roots)
         except BaseException:
@@ -501,6 +502,8 @@ class Saver:
             "stats": asdict(self.stats),
             "private": {"id": pid.hex(), "sealed": self.codec.seal(fmt.T_INDEX, pid, pbody).hex()},
         }
+        # Every blob must be durable before the record that references them.
+        self.repo.storage.flush()
         sid = self.repo.write_snapshot(record)
         self.cache.set_meta("last_snapshot", sid)
         self.cache.commit()

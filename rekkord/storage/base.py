@@ -58,6 +58,14 @@ class Storage(ABC):
     def exists(self, name: str) -> bool:
         return self.stat(name) is not None
 
+    def defer_sync(self) -> None:
+        """Writes from now on need not be durable one by one; :meth:`flush`
+        makes every completed write durable at once.  (The saver defers
+        syncing blobs and flushes before it writes the snapshot record.)"""
+
+    def flush(self) -> None:
+        """Make every completed write durable (no-op where each write is)."""
+
     def create(self) -> None:
         """Make the location (directory, bucket) when it does not exist."""
 

@@ -20,6 +20,18 @@ from .base import Storage
 TMP_PREFIX = ".tmp-"
 
 
+def _syncfs(fd: int) -> None:
+    """syncfs(2) where libc has it, else sync(2)."""
+    try:
+        import ctypes
+
+        if ctypes.CDLL("libc.so.6", use_errno=True).syncfs(fd) == 0:
+            return
+    except (OSError, AttributeError):
+        pass
+    os.sync()
+
+
 def _translate(e: OSError, what: str) -> StorageError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace(f"{what}: no space left on device")
@@ -37,6 +49,7 @@ class LocalStorage(Storage):
         self.root = os.path.abspath(os.fspath(path))
         self.url = self.root
         self.sync = sync
+        self._deferred = False
         self._made: set[str] = set()
 
     def _path(self, name: str) -> str:
@@ -67,7 +80,7 @@ class LocalStorage(Storage):
                 while view:
                     n = os.write(fd, view)
                     view = view[n:]
-                if self.sync:
+                if self.sync and not self._deferred:
                     os.fsync(fd)
             finally:
                 os.close(fd)
@@ -79,7 +92,7 @@ class LocalStorage(Storage):
             else:
                 os.replace(tmp, path)
                 tmp = None
-            if self.sync:
+            if self.sync and not self._deferred:
                 dfd = os.open(d, os.O_RDONLY)
                 try:
                     os.fsync(dfd)
@@ -93,6 +106,22 @@ class LocalStorage(Storage):
                     os.unlink(tmp)
                 except OSError:
                     pass
+
+    def defer_sync(self) -> None:
+        self._deferred = True
+
+    def flush(self) -> None:
+        if not (self.sync and self._deferred):
+            return
+        # One syncfs() makes every file and directory entry written so far durable.
+        try:
+            fd = os.open(self.root, os.O_RDONLY)
+        except OSError as e:
+            raise _translate(e, f"flush {self.url}") from e
+        try:
+            _syncfs(fd)
+        finally:
+            os.close(fd)
 
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(name)
