@@ -50,6 +50,7 @@ class LocalStorage(Storage):
         self.url = self.root
         self.sync = sync
         self._deferred = False
+        self._unsynced: list[str] = []
         self._made: set[str] = set()
 
     def _path(self, name: str) -> str:
@@ -92,7 +93,10 @@ class LocalStorage(Storage):
             else:
                 os.replace(tmp, path)
                 tmp = None
-            if self.sync and not self._deferred:
+            if self._deferred:
+                if len(self._unsynced) <= 512:
+                    self._unsynced.append(path)
+            elif self.sync:
                 dfd = os.open(d, os.O_RDONLY)
                 try:
                     os.fsync(dfd)
@@ -109,17 +113,43 @@ class LocalStorage(Storage):
 
     def defer_sync(self) -> None:
         self._deferred = True
+        self._unsynced = []
 
     def flush(self) -> None:
         if not (self.sync and self._deferred):
             return
-        # One syncfs() makes every file and directory entry written so far durable.
+        paths, self._unsynced = self._unsynced, []
+        if len(paths) <= 512:  # (the list stops growing past 512)
+            # Few files: fsync them (in parallel, so the file system batches
+            # the journal commits) and their directories.
+            from concurrent.futures import ThreadPoolExecutor
+
+            dirs = sorted({os.path.dirname(p) for p in paths})
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(self._fsync_path, paths))
+                list(pool.map(self._fsync_path, dirs))
+            return
+        # Many files: one syncfs() is far cheaper than an fsync each.
         try:
             fd = os.open(self.root, os.O_RDONLY)
         except OSError as e:
             raise _translate(e, f"flush {self.url}") from e
         try:
             _syncfs(fd)
+        finally:
+            os.close(fd)
+
+    def _fsync_path(self, path: str) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # deleted since (e.g. by prune); nothing to make durable
+        except OSError as e:
+            raise _translate(e, f"flush {path}") from e
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            raise _translate(e, f"flush {path}") from e
         finally:
             os.close(fd)
 
