@@ -6,6 +6,11 @@ One SQLite file per repository (and key role) in the user cache directory:
 * ``files``: the stat cache, path -> (dev, inode, size, mtime, ctime) and the
   extents of its content, so an unchanged file costs one ``stat``;
 * ``verified``: when ``check --read-data-subset`` last verified a blob;
+* ``pending``: blobs a save wrote but has not yet made durable (storage
+  ``flush``); a save that finds rows here knows the previous one died before
+  its flush and re-verifies those blobs (docs/integrity.md);
+* ``snapshots_seen``: snapshot records ``check`` has seen (first seen, gone
+  since), to notice records that vanish, reappear or arrive backdated;
 * ``meta``: the garbage-collection generation the rest was built under.
 
 Deleting the file is always safe: the next save lists the repository's blobs
@@ -27,6 +32,10 @@ CREATE TABLE IF NOT EXISTS files (
     mtime INTEGER, ctime INTEGER, extents BLOB NOT NULL, seen INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS verified (id BLOB PRIMARY KEY, time INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending (id BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS snapshots_seen (
+    id TEXT PRIMARY KEY, first_seen INTEGER NOT NULL, gone_since INTEGER
+) WITHOUT ROWID;
 """
 
 
@@ -152,6 +161,43 @@ class Cache:
         with self.lock:
             row = self.db.execute("SELECT time FROM verified WHERE id=?", (blob_id,)).fetchone()
         return row[0] if row else None
+
+
+    # ---- blobs written but not yet durable (crash recovery; docs/integrity.md) -------
+
+    def add_pending(self, blob_id: bytes) -> None:
+        with self.lock:
+            self.db.execute("INSERT OR IGNORE INTO pending VALUES (?)", (blob_id,))
+
+    def pending_blobs(self) -> list[bytes]:
+        with self.lock:
+            return [r[0] for r in self.db.execute("SELECT id FROM pending")]
+
+    def clear_pending(self) -> None:
+        with self.lock:
+            self.db.execute("DELETE FROM pending")
+
+    # ---- snapshot records seen by check --------------------------------------------
+
+    def seen_snapshots(self) -> dict[str, tuple[int, int | None]]:
+        """sid -> (first_seen, gone_since) as unix times."""
+        with self.lock:
+            return {r[0]: (r[1], r[2]) for r in self.db.execute("SELECT id, first_seen, gone_since "
+                                                                  "FROM snapshots_seen")}
+
+    def note_snapshots(self, present, when: int | None = None) -> None:
+        """Record that exactly ``present`` exist now: new ones get a first-seen
+        time, vanished ones a gone-since time, reappeared ones lose it."""
+        when = int(when or time.time())
+        present = set(present)
+        with self.lock:
+            rows = self.seen_snapshots()
+            self.db.executemany("INSERT INTO snapshots_seen VALUES (?, ?, NULL)",
+                                [(s, when) for s in present if s not in rows])
+            self.db.executemany("UPDATE snapshots_seen SET gone_since=? WHERE id=?",
+                                [(when, s) for s, (_, gone) in rows.items() if s not in present and gone is None])
+            self.db.executemany("UPDATE snapshots_seen SET gone_since=NULL WHERE id=?",
+                                [(s,) for s, (_, gone) in rows.items() if s in present and gone is not None])
 
 
 def cache_path(cache_dir: str, repo_id: str, role: str) -> str:

@@ -8,10 +8,13 @@ Layout (format v1; docs/format.md)::
     snapshots/<sid>       snapshot records, sealed to the log key, signed by the writer
     blobs/<xx>/<id>       content-addressed blobs
     generations/<n>       garbage-collection generations (written by prune)
+    repairs/<rand>        repair hints: blob ids check found missing or damaged,
+                          MACed with a psk-derived key (docs/integrity.md)
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import socket
@@ -28,12 +31,15 @@ from .errors import (
     SnapshotNotFound,
     UnsupportedFormat,
     UsageError,
+    WrongKey,
 )
 from .keys import Key
 from .storage.base import Storage
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMATS = (1,)
+#: Key for the MAC of repair hints (part of format v1; docs/integrity.md).
+CTX_REPAIR = "rekkord v1 2026-11 repair hint key"
 
 
 @dataclass
@@ -153,6 +159,10 @@ class Repository:
         try:
             raw = storage.read("config")
         except ObjectNotFound:
+            for prefix in ("snapshots/", "keys/", "blobs/"):
+                for _ in storage.list(prefix):
+                    raise IntegrityError(f"config is missing from {storage.url}, which holds other repository "
+                                         "objects (the config was deleted or lost)") from None
             raise RepositoryNotFound(f"no rekkord repository at {storage.url}") from None
         try:
             unverified = json.loads(raw)["body"]
@@ -167,7 +177,15 @@ class Repository:
         if unverified.get("format") not in SUPPORTED_FORMATS:
             raise UnsupportedFormat(f"repository format {unverified.get('format')} is not supported "
                                     f"by this rekkord (supports {SUPPORTED_FORMATS})")
-        keymod.check_belongs(key, unverified)  # the key pins the repo id and public keys
+        try:
+            keymod.check_belongs(key, unverified)  # the key pins the repo id and public keys
+        except WrongKey as e:
+            if unverified.get("repo") == key.repo:
+                # The key was made for this repository id, yet the config's keys
+                # disagree with it: the config was replaced or forged.
+                raise IntegrityError(f"config does not match this key, which was made for repository "
+                                     f"{key.repo} ({e}): the config is forged or replaced") from None
+            raise
         # The master signing key is trusted only once the key file agrees with it.
         config = open_signed_json(raw, bytes.fromhex(unverified["master_sign_pk"]),
                                   b"rekkord config v1\0", "config")
@@ -327,6 +345,41 @@ class Repository:
         bid = bytes.fromhex(blob["id"])
         raw = bytes.fromhex(blob["sealed"])
         return json.loads(self.codec.open(bid, raw, fmt.T_INDEX))
+
+    # ---- repair hints (docs/integrity.md) --------------------------------------------
+
+    def _repair_mac(self, body: dict) -> bytes:
+        return crypto.keyed_hash(crypto.derive(CTX_REPAIR, self.key.psk), b"rekkord repair v1\0",
+                                 keymod.canonical(body))
+
+    def write_repair(self, blob_ids) -> str:
+        """Publish blob ids found missing or damaged, so that savers holding
+        the data forget them from their caches and upload them again.  MACed
+        with a psk-derived key: the storage can neither forge nor alter one."""
+        body = {"v": 1, "repo": self.id, "time_ns": time.time_ns(), "kid": self.key.kid,
+                "ids": sorted(b.hex() for b in blob_ids)}
+        name = f"repairs/{crypto.random_bytes(12).hex()}"
+        raw = json.dumps({"body": body, "mac": self._repair_mac(body).hex()}, sort_keys=True).encode()
+        self.storage.write(name, raw)
+        return name
+
+    def repairs(self, on_problem=None) -> dict[str, list[bytes]]:
+        """Valid repair hints: name -> blob ids.  Invalid ones are reported
+        through ``on_problem(name, message)`` and otherwise ignored."""
+        out = {}
+        for name, _ in self.storage.list("repairs/"):
+            try:
+                d = json.loads(self.storage.read(name))
+                body, mac = d["body"], bytes.fromhex(d["mac"])
+                if body.get("repo") != self.id or not hmac.compare_digest(mac, self._repair_mac(body)):
+                    raise ValueError("bad MAC")
+                out[name] = [bytes.fromhex(i) for i in body["ids"]]
+            except ObjectNotFound:
+                continue  # deleted meanwhile (a check saw it healed)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                if on_problem:
+                    on_problem(name, "repair hint is damaged or forged (bad MAC)")
+        return out
 
     # ---- generations -------------------------------------------------------------
 
