@@ -216,6 +216,7 @@ class Saver:
         self.groups: dict[int, bytes] = {}
         self.hardlinks: dict[tuple[int, int], _Item] = {}
         self.failed: BaseException | None = None
+        self._stream = None  # (name, binary stream, mode) when saving one stream (save_stream)
         self._last_progress = 0.0
 
     # ---- warnings / progress ---------------------------------------------------
@@ -479,7 +480,7 @@ class Saver:
         self.cache.begin()
         self.repo.storage.defer_sync()
         try:
-            index_ids, reflist_ids = self._run(roots)
+            index_ids, reflist_ids = self._run(roots) if self._stream is None else self._run_stream(time_ns)
         except BaseException:
             self._shutdown(cancel=True)
             self.cache.commit()
@@ -487,6 +488,8 @@ class Saver:
         self._shutdown()
         self.stats.duration = round(time.monotonic() - started, 3)
         private = {"paths": [os.fsdecode(r) for r in roots]}
+        if self._stream is not None:
+            private["stdin"] = os.fsdecode(self._stream[0])
         import json
 
         pbody = json.dumps(private).encode()
@@ -509,6 +512,42 @@ class Saver:
         self.cache.commit()
         self._tick(force=True)
         return SaveResult(sid, channel, self.stats, self.warnings)
+
+    def save_stream(self, channel: str, name: str, stream, *, mode: int = 0o600,
+                    time_ns: int | None = None) -> SaveResult:
+        """Save the binary ``stream`` (anything with ``readinto``, e.g. a
+        pipe from pg_dump) as one file ``name`` at the snapshot root, cut by
+        the same chunker as files.  Reading stops at EOF; an exception raised
+        by the stream aborts the save before the snapshot record is written."""
+        n = os.fsencode(name)
+        if not n or b"/" in n or n in (b".", b".."):
+            raise UsageError(f"invalid name {name!r} for the saved stream (a plain file name)")
+        self._stream = (n, stream, mode)
+        return self.save(channel, [], time_ns=time_ns)
+
+    def _run_stream(self, time_ns: int):
+        name, stream, mode = self._stream
+        futs = []
+        total = 0
+        for chunk in self.chunker.cut_stream(stream):
+            futs.append((self.submit_store(fmt.T_DATA, chunk), len(chunk)))
+            total += len(chunk)
+            with self.stats_lock:
+                self.stats.bytes_read += len(chunk)
+                self.stats.bytes_total = total
+            self._tick()
+        uid, gid = os.getuid(), os.getgid()
+        u, g = self._owner(uid, gid)
+        e = Entry(kind=K_FILE, path=name, mode=mode, uid=uid, gid=gid, mtime_ns=time_ns, size=total, user=u,
+                  group=g, extents=[Extent(f.result()[0], 0, k) for f, k in futs])
+        self.stats.files = 1
+        cutter = StreamCutter(Chunker(INDEX_PARAMS, self.chunker.seed))
+        index_ids = [self.store_blob(fmt.T_INDEX, ch) for ch in cutter.feed(encode(e)) + cutter.finish()]
+        reflist = _ReflistBuilder(self)
+        for x in e.extents:
+            reflist.add(x.blob)
+        reflist.finish()
+        return index_ids, [f.result() for f in reflist.futures]
 
     def _prepare_cache(self):
         gen = self.repo.generation()
