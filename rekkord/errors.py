@@ -92,6 +92,13 @@ class IntegrityError(RekkordError):
     exit_code = ExitCode.DAMAGED
 
 
+class ConfigMismatch(WrongKey, IntegrityError):
+    """The key was made for this repository id, yet the config disagrees with
+    it: the config was forged or replaced (or the key file was)."""
+
+    exit_code = ExitCode.DAMAGED
+
+
 class UnsupportedFormat(RekkordError):
     exit_code = ExitCode.ERROR
 

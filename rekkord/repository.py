@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from . import crypto, format as fmt, keys as keymod
 from .chunker import Chunker, ChunkerParams, PackCutter, chunker_seed
 from .errors import (
+    ConfigMismatch,
     IntegrityError,
     ObjectNotFound,
     RepositoryExists,
     RepositoryNotFound,
     SnapshotNotFound,
+    StorageError,
     UnsupportedFormat,
     UsageError,
     WrongKey,
@@ -159,10 +161,9 @@ class Repository:
         try:
             raw = storage.read("config")
         except ObjectNotFound:
-            for prefix in ("snapshots/", "keys/", "blobs/"):
-                for _ in storage.list(prefix):
-                    raise IntegrityError(f"config is missing from {storage.url}, which holds other repository "
-                                         "objects (the config was deleted or lost)") from None
+            if _holds_objects(storage):
+                raise IntegrityError(f"config is missing from {storage.url}, which holds other repository "
+                                     "objects (the config was deleted or lost)") from None
             raise RepositoryNotFound(f"no rekkord repository at {storage.url}") from None
         try:
             unverified = json.loads(raw)["body"]
@@ -183,7 +184,7 @@ class Repository:
             if unverified.get("repo") == key.repo:
                 # The key was made for this repository id, yet the config's keys
                 # disagree with it: the config was replaced or forged.
-                raise IntegrityError(f"config does not match this key, which was made for repository "
+                raise ConfigMismatch(f"config does not match this key, which was made for repository "
                                      f"{key.repo} ({e}): the config is forged or replaced") from None
             raise
         # The master signing key is trusted only once the key file agrees with it.
@@ -391,6 +392,17 @@ class Repository:
             except ValueError:
                 continue
         return best
+
+
+def _holds_objects(storage: Storage) -> bool:
+    """Whether the location holds repository objects (a config-less repository is damaged)."""
+    try:
+        for prefix in ("snapshots/", "keys/", "blobs/"):
+            for _ in storage.list(prefix):
+                return True
+    except StorageError:
+        pass
+    return False
 
 
 def default_host() -> str:
