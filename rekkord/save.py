@@ -73,6 +73,7 @@ class SaveStats:
     bytes_stored: int = 0  # stored bytes of new blobs
     blobs_new: int = 0
     blobs_known: int = 0
+    blobs_repaired: int = 0  # found missing or damaged (repair hint, crash) and uploaded again
     warnings: int = 0
     duration: float = 0.0
 
@@ -217,6 +218,10 @@ class Saver:
         self.hardlinks: dict[tuple[int, int], _Item] = {}
         self.failed: BaseException | None = None
         self._stream = None  # (name, binary stream, mode) when saving one stream (save_stream)
+        # Blobs not to trust without reading them back: named by a repair hint
+        # from check, or written by a save that died before its flush
+        # (docs/integrity.md).  Filled by _prepare_cache.
+        self.suspects: set[bytes] = set()
         self._last_progress = 0.0
 
     # ---- warnings / progress ---------------------------------------------------
@@ -246,15 +251,34 @@ class Saver:
             with self.stats_lock:
                 self.stats.blobs_known += 1
             return blob_id, size
-        raw = self.codec.seal(btype, blob_id, data)
         name = fmt.blob_name(blob_id)
+        suspect = blob_id in self.suspects
+        if suspect:
+            size = self._intact_size(name, blob_id)
+            if size is not None:  # present and intact after all: nothing to upload
+                self.cache.add_blob(blob_id, size)
+                with self.stats_lock:
+                    self.stats.blobs_known += 1
+                return blob_id, size
+        raw = self.codec.seal(btype, blob_id, data)
         try:
             self.repo.storage.write(name, raw, exclusive=True)
             size = len(raw)
             new = True
         except ObjectExists:
-            size = self.repo.storage.stat(name) or len(raw)
+            size = self.repo.storage.stat(name)
             new = False
+            # Same content, same level: same stored size.  A different size
+            # means a damaged object (e.g. left empty by a crash); verify it.
+            if suspect or (size != len(raw) and self._intact_size(name, blob_id) is None):
+                # Missing or damaged in storage (verified above): replace it.
+                self.repo.storage.write(name, raw, exclusive=False)
+                size = len(raw)
+                new = True
+                with self.stats_lock:
+                    self.stats.blobs_repaired += 1
+        if new:
+            self.cache.add_pending(blob_id)
         self.cache.add_blob(blob_id, size)
         with self.stats_lock:
             if new:
@@ -264,6 +288,14 @@ class Saver:
             else:
                 self.stats.blobs_known += 1
         return blob_id, size
+
+    def _intact_size(self, name: str, blob_id: bytes) -> int | None:
+        """The stored size if the object exists with a valid MAC, else None."""
+        try:
+            raw = self.repo.storage.read(name)
+        except StorageError:
+            return None
+        return None if self.codec.verify_mac(blob_id, raw) else len(raw)
 
     def submit_store(self, btype: int, data: bytes) -> Future:
         n = len(data)
@@ -477,12 +509,20 @@ class Saver:
         started = time.monotonic()
         time_ns = time_ns or time.time_ns()
         self._prepare_cache()
+        self.cache.set_meta("save_open", "1")  # cleared once the record is durable
+        self.cache.commit()
         self.cache.begin()
         self.repo.storage.defer_sync()
         try:
             index_ids, reflist_ids = self._run(roots) if self._stream is None else self._run_stream(time_ns)
         except BaseException:
             self._shutdown(cancel=True)
+            try:
+                self.repo.storage.flush()  # what was written is then durable: no need to re-verify it
+                self.cache.clear_pending()
+                self.cache.set_meta("save_open", "0")
+            except RekkordError:
+                pass
             self.cache.commit()
             raise
         self._shutdown()
@@ -507,8 +547,11 @@ class Saver:
         }
         # Every blob must be durable before the record that references them.
         self.repo.storage.flush()
+        self.cache.clear_pending()
         sid = self.repo.write_snapshot(record)
+        self.repo.storage.flush()  # the record too, before we say it is saved
         self.cache.set_meta("last_snapshot", sid)
+        self.cache.set_meta("save_open", "0")
         self.cache.commit()
         self._tick(force=True)
         return SaveResult(sid, channel, self.stats, self.warnings)
@@ -557,7 +600,7 @@ class Saver:
             batch = []
             for name, size in self.repo.storage.list("blobs/"):
                 bid = fmt.blob_id_from_name(name)
-                if bid is not None:
+                if bid is not None and size >= fmt.BLOB_OVERHEAD:  # (an empty object is damaged)
                     batch.append((bid, size))
                     if len(batch) >= 10000:
                         self.cache.add_blobs(batch)
@@ -566,6 +609,34 @@ class Saver:
             self.cache.set_meta("generation", gen)
             self.cache.set_meta("listed", "1")
             self.cache.commit()
+            relisted = True
+        else:
+            relisted = False
+        # Crash recovery and healing (docs/integrity.md).  Blobs written by a
+        # save that died before its flush may be lost or empty (power loss),
+        # and blobs a check found missing or damaged must be uploaded again:
+        # forget them (and the cached files using them) and verify each one
+        # by reading it back before trusting it.
+        suspects = set(self.cache.pending_blobs())
+        if self.cache.get_meta("save_open") == "1" and not relisted:
+            # The dead save may have stored blobs its cache never recorded.
+            known = self.cache.blob_size
+            for name, _size in self.repo.storage.list("blobs/"):
+                bid = fmt.blob_id_from_name(name)
+                if bid is not None and known(bid) is None:
+                    suspects.add(bid)
+        hints = self.repo.repairs()
+        done = set(filter(None, (self.cache.get_meta("repairs_done") or "").split(",")))
+        for name, ids in hints.items():
+            if name not in done:  # each hint once: what it names is then re-uploaded and cached
+                suspects.update(ids)
+        self.cache.set_meta("repairs_done", ",".join(sorted(hints)))
+        if suspects:
+            self.cache.begin()
+            self.cache.forget_blobs(suspects)
+            self.cache.clear_pending()
+            self.cache.commit()
+        self.suspects = suspects
 
     def _shutdown(self, cancel=False):
         self.file_pool.shutdown(wait=True, cancel_futures=cancel)
