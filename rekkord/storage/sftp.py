@@ -355,7 +355,7 @@ class SFTPStorage(Storage):
         except ValueError:
             raise ConfigError(f"SFTP URL {url!r}: bad port") from None
         path = unquote(parts.path)
-        if not path or path == "/" and not parts.path:
+        if not path.startswith("/"):
             raise ConfigError(f"SFTP URL {url!r} needs an absolute path: sftp://USER@HOST[:PORT]/ABSOLUTE/PATH")
         fps = options.get("sftp_fingerprint")
         known = options.get("sftp_known_hosts")
@@ -406,6 +406,10 @@ class SFTPStorage(Storage):
             transport = client.get_transport()
             assert transport is not None
             transport.set_keepalive(30)
+            # Without this, Nagle's algorithm and the server's delayed ACKs
+            # stall every request that spans several TCP segments by 40 ms.
+            with contextlib.suppress(OSError, AttributeError):
+                transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sftp = _SFTPClient.from_transport(transport)
             if sftp is None:
                 raise paramiko.SSHException("cannot open the SFTP subsystem")
