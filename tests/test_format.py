@@ -33,7 +33,7 @@ def repos():
 
 def seal(repo, btype, data):
     bid = repo.codec.blob_id(btype, data)
-    return bid, repo.codec.seal(btype, bid, data)
+    return bid, bytes(repo.codec.seal(btype, bid, data))
 
 
 def test_header_layout(repos):
@@ -61,8 +61,9 @@ def test_inner_layout_compression_and_padding(repos):
     eph = raw[8:40]
     shared = crypto.x25519(k.data_sk, eph)
     skey = crypto.session_key(crypto.derive(crypto.CTX_SESSION, k.psk), shared, eph, k.data_pk)
-    inner = crypto.aead_decrypt(skey, raw[40:64], raw[64:-32], raw[:64] + bid)
+    inner = crypto.aead_decrypt(skey, bytes(raw[40:64]), bytes(raw[64:-32]), bytes(raw[:64]) + bid)
     assert inner is not None
+    inner = bytes(inner)
     assert inner[0] == fmt.COMP_ZSTD
     (n,) = struct.unpack_from("<Q", inner, 1)
     assert len(inner) == crypto.padme(9 + n) and inner[9 + n:] == bytes(len(inner) - 9 - n)
