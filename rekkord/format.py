@@ -146,9 +146,16 @@ class BlobCodec:
             sealing, eph, key = SEAL_SESSION, self._eph_pk, self._session_key
         nonce = crypto.random_bytes(crypto.NONCE_SIZE)
         header = BLOB_MAGIC + bytes([btype, sealing, 0, 0]) + eph + nonce
-        ct = crypto.aead_encrypt(key, nonce, bytes(inner), header + blob_id)
-        mac = crypto.keyed_hash(self.keys.mac_key, blob_id, header, ct)
-        return header + ct + mac
+        # One output buffer: header | ciphertext+tag | MAC, no intermediate copies.
+        out = bytearray(HEADER_SIZE + total + crypto.TAG_SIZE + crypto.MAC_SIZE)
+        out[:HEADER_SIZE] = header
+        view = memoryview(out)
+        ct = view[HEADER_SIZE:-crypto.MAC_SIZE]
+        crypto.aead_encrypt_into(ct, key, nonce, inner, header + blob_id)
+        out[-crypto.MAC_SIZE:] = crypto.keyed_hash(self.keys.mac_key, blob_id, header, ct)
+        ct.release()
+        view.release()
+        return out
 
     # ---- opening ---------------------------------------------------------------
 
@@ -158,7 +165,8 @@ class BlobCodec:
             return f"truncated ({len(raw)} bytes)"
         if raw[:4] != BLOB_MAGIC:
             return "not a rekkord blob (bad magic)"
-        expected = crypto.keyed_hash(self.keys.mac_key, blob_id, raw[:HEADER_SIZE], raw[HEADER_SIZE:-32])
+        view = memoryview(raw)
+        expected = crypto.keyed_hash(self.keys.mac_key, blob_id, view[:HEADER_SIZE], view[HEADER_SIZE:-32])
         if expected != raw[-32:]:
             return "MAC mismatch (damaged, truncated, forged or stored under another name)"
         return None
@@ -176,8 +184,8 @@ class BlobCodec:
         if expected_type is not None and btype != expected_type:
             raise IntegrityError(f"blob {name}: is a {TYPE_NAMES.get(btype, btype)} blob, "
                                  f"expected {TYPE_NAMES.get(expected_type)}")
-        header = raw[:HEADER_SIZE]
-        nonce = raw[40:64]
+        header = bytes(raw[:HEADER_SIZE])
+        nonce = bytes(raw[40:64])
         if sealing == SEAL_LIST:
             key = self.keys.list_key
         elif sealing == SEAL_SESSION:
@@ -193,21 +201,21 @@ class BlobCodec:
                 self._open_cache[eph] = key
         else:
             raise UnsupportedFormat(f"blob {name}: unknown sealing {sealing}")
-        inner = crypto.aead_decrypt(key, nonce, raw[HEADER_SIZE:-32], header + blob_id)
+        inner = crypto.aead_decrypt(key, nonce, memoryview(raw)[HEADER_SIZE:-32], bytes(header) + blob_id)
         if inner is None:
             raise IntegrityError(f"blob {name}: decryption failed (damaged or forged)")
         comp = inner[0]
         (n,) = struct.unpack_from("<Q", inner, 1)
         if 9 + n > len(inner):
             raise IntegrityError(f"blob {name}: bad body length")
-        body = inner[9:9 + n]
+        body = memoryview(inner)[9:9 + n]
         if comp == COMP_ZSTD:
             try:
                 plaintext = self.comp.decompressor().decompress(body)
             except zstandard.ZstdError as e:
                 raise IntegrityError(f"blob {name}: cannot decompress ({e})") from None
         elif comp == COMP_NONE:
-            plaintext = body
+            plaintext = body.tobytes()
         else:
             raise UnsupportedFormat(f"blob {name}: unknown compression {comp}")
         if self.keys.id_key is not None and self.blob_id(btype, plaintext) != blob_id:

@@ -211,12 +211,18 @@ class Saver:
         store_threads = max(self.threads, min(repo.storage.connections, 32))
         self.file_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rekkord-read")
         self.store_pool = ThreadPoolExecutor(store_threads, thread_name_prefix="rekkord-store")
-        self.budget = _ByteBudget(max(128 << 20, store_threads * 2 * repo.chunker_params.max_size))
+        # Bytes handed to the store pool and not yet stored: enough to keep every
+        # thread busy, small enough that memory stays flat whatever the data size.
+        self.budget = _ByteBudget(max(16 << 20, store_threads * 2 * repo.chunker_params.avg_size))
         self.stats_lock = threading.Lock()
         self.names: dict[int, bytes] = {}
         self.groups: dict[int, bytes] = {}
         self.hardlinks: dict[tuple[int, int], _Item] = {}
         self.failed: BaseException | None = None
+        # Bytes of small files submitted for reading but not yet packed
+        # (main thread only): bounds the read-ahead.
+        self.small_pending = 0
+        self.small_pending_limit = 16 << 20
         self._stream = None  # (name, binary stream, mode) when saving one stream (save_stream)
         # Blobs not to trust without reading them back: named by a repair hint
         # from check, or written by a save that died before its flush
@@ -667,6 +673,7 @@ class Saver:
             if item.job is not None:
                 if item.small:
                     data, flags, msg = item.job.result()
+                    self.small_pending -= item.st.st_size
                     e.flags |= flags
                     if msg:
                         self.warn(item.abspath, msg)
@@ -736,7 +743,7 @@ class Saver:
             if item is None:
                 continue
             stage1.append(item)
-            if len(stage1) + len(stage2) > 4096:
+            if len(stage1) + len(stage2) > 4096 or self.small_pending > self.small_pending_limit:
                 # Back-pressure: wait for the oldest work before walking further.
                 if stage1 and stage1[0].job is not None:
                     stage1[0].job.result()
@@ -802,6 +809,7 @@ class Saver:
                     self.warn(abspath, "cannot open: Permission denied")
             elif st.st_size < self.small_limit:
                 item.small = True
+                self.small_pending += st.st_size
                 item.job = self.file_pool.submit(self.read_small, abspath, st)
             else:
                 item.job = self.file_pool.submit(self.save_large, abspath, st)

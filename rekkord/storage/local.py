@@ -20,18 +20,6 @@ from .base import Storage
 TMP_PREFIX = ".tmp-"
 
 
-def _syncfs(fd: int) -> None:
-    """syncfs(2) where libc has it, else sync(2)."""
-    try:
-        import ctypes
-
-        if ctypes.CDLL("libc.so.6", use_errno=True).syncfs(fd) == 0:
-            return
-    except (OSError, AttributeError):
-        pass
-    os.sync()
-
-
 def _translate(e: OSError, what: str) -> StorageError:
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         return NoSpace(f"{what}: no space left on device")
@@ -43,14 +31,15 @@ def _translate(e: OSError, what: str) -> StorageError:
 
 
 class LocalStorage(Storage):
-    connections = 4
+    # Writes are memory copies into the page cache: more threads than cores
+    # only add buffers (the save's store pool is sized max(cores, connections)).
+    connections = 2
 
     def __init__(self, path: str | os.PathLike, *, sync: bool = True):
         self.root = os.path.abspath(os.fspath(path))
         self.url = self.root
         self.sync = sync
         self._deferred = False
-        self._unsynced: list[str] = []
         self._made: set[str] = set()
 
     def _path(self, name: str) -> str:
@@ -94,8 +83,7 @@ class LocalStorage(Storage):
                 os.replace(tmp, path)
                 tmp = None
             if self._deferred:
-                if len(self._unsynced) <= 512:
-                    self._unsynced.append(path)
+                self._sync_later(path, d)
             elif self.sync:
                 dfd = os.open(d, os.O_RDONLY)
                 try:
@@ -112,32 +100,39 @@ class LocalStorage(Storage):
                     pass
 
     def defer_sync(self) -> None:
+        # Files are fsynced in the background while the save goes on (the
+        # file system batches concurrent fsyncs into few journal commits);
+        # flush() waits for them and syncs the directories.
+        from concurrent.futures import ThreadPoolExecutor
+
+        if not self.sync or self._deferred:
+            return
         self._deferred = True
-        self._unsynced = []
+        self._sync_pool = ThreadPoolExecutor(8, thread_name_prefix="rekkord-fsync")
+        self._sync_futs = []
+        self._sync_dirs = set()
+
+    def _sync_later(self, path: str, d: str) -> None:
+        self._sync_dirs.add(d)
+        futs = self._sync_futs
+        futs.append(self._sync_pool.submit(self._fsync_path, path))
+        if len(futs) > 1024:
+            self._sync_futs = [f for f in futs if not f.done()]
 
     def flush(self) -> None:
-        if not (self.sync and self._deferred):
+        if not self._deferred:
             return
-        paths, self._unsynced = self._unsynced, []
-        if len(paths) <= 512:  # (the list stops growing past 512)
-            # Few files: fsync them (in parallel, so the file system batches
-            # the journal commits) and their directories.
-            from concurrent.futures import ThreadPoolExecutor
+        futs, self._sync_futs = self._sync_futs, []
+        for f in futs:
+            f.result()
+        dirs, self._sync_dirs = self._sync_dirs, set()
+        for f in [self._sync_pool.submit(self._fsync_path, d) for d in dirs]:
+            f.result()
 
-            dirs = sorted({os.path.dirname(p) for p in paths})
-            with ThreadPoolExecutor(16) as pool:
-                list(pool.map(self._fsync_path, paths))
-                list(pool.map(self._fsync_path, dirs))
-            return
-        # Many files: one syncfs() is far cheaper than an fsync each.
-        try:
-            fd = os.open(self.root, os.O_RDONLY)
-        except OSError as e:
-            raise _translate(e, f"flush {self.url}") from e
-        try:
-            _syncfs(fd)
-        finally:
-            os.close(fd)
+    def close(self) -> None:
+        if self._deferred:
+            self._sync_pool.shutdown(wait=True)
+            self._deferred = False
 
     def _fsync_path(self, path: str) -> None:
         try:
