@@ -419,6 +419,8 @@ class SSHServer:
     known_hosts: str = ""
     #: a directory the tests may use for repositories
     data_dir: Path = Path("/nonexistent")
+    #: extra arguments of ``internal-sftp`` (e.g. ``-P remove,rename`` to deny requests)
+    sftp_args: str = ""
     proc: subprocess.Popen | None = None
 
     def url(self, path: str | None = None) -> str:
@@ -484,7 +486,7 @@ class SSHServer:
                         "MaxStartups 200:30:400",
                         "MaxSessions 200",
                         "LogLevel ERROR",
-                        "Subsystem sftp internal-sftp",
+                        f"Subsystem sftp internal-sftp {self.sftp_args}".rstrip(),
                         "",
                     ]
                 )
@@ -523,9 +525,10 @@ class SSHServer:
 
 
 @contextlib.contextmanager
-def sshd_server(tmp_path: Path) -> Iterator[SSHServer]:
-    """A running sshd with SFTP on loopback; killed on exit."""
-    srv = SSHServer(root=Path(tmp_path))
+def sshd_server(tmp_path: Path, *, sftp_args: str = "") -> Iterator[SSHServer]:
+    """A running sshd with SFTP on loopback; killed on exit.  ``sftp_args``
+    go to ``internal-sftp`` (e.g. ``"-P remove,rename"``)."""
+    srv = SSHServer(root=Path(tmp_path), sftp_args=sftp_args)
     try:
         srv.start()
         yield srv

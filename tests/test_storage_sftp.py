@@ -319,3 +319,43 @@ def test_sshd_restarted_during_writes(own_sshd, caplog):
         assert st.read(name) == data
     assert len(list(st.list("blobs/"))) == 60
     assert "retrying" in caplog.text
+
+
+# --- an append-only account ----------------------------------------------------------------
+
+APPEND_ONLY = "-P remove,rmdir,rename,posix-rename,setstat,fsetstat,lsetstat,symlink,copy-data"
+
+
+def test_append_only_account(tmp_path, caplog):
+    """internal-sftp denying remove/rename/setstat (docs/storage.md): writes
+    still work, nothing can be deleted or replaced, objects are read-only."""
+    if servers.sshd_binary() is None:
+        pytest.skip("OpenSSH sshd not found")
+    caplog.set_level("INFO", logger="rekkord.storage.sftp")
+    with servers.sshd_server(tmp_path / "sshd", sftp_args=APPEND_ONLY) as srv:
+        url = srv.url()
+        st = open_storage(url, srv.options(**FAST))
+        st.create()
+        blobs = {f"blobs/{i:02x}/{i:064x}": os.urandom(1000 + i) for i in range(20)}
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda kv: st.write(*kv), blobs.items()))
+        st.write("snapshots/s1", b"record")
+        with pytest.raises(ObjectExists):
+            st.write("snapshots/s1", b"forged")
+        with pytest.raises(StoragePermissionDenied):
+            st.delete("snapshots/s1")
+        with pytest.raises(StoragePermissionDenied):
+            st.write("snapshots/s1", b"forged", exclusive=False)
+        assert st.read("snapshots/s1") == b"record"
+        assert sorted(st.list()) == sorted([(k, len(v)) for k, v in blobs.items()] + [("snapshots/s1", 6)])
+        assert "denies remove" in caplog.text
+        # the leftover temporary names are second links to the objects: no extra space
+        root = local_dir(srv, url)
+        obj = root / "snapshots" / "s1"
+        assert oct(obj.stat().st_mode & 0o777) == oct(0o440)
+        assert obj.stat().st_nlink == 2
+        temps = list(root.rglob(TMP_PREFIX + "*"))
+        orphans = [t for t in temps if t.stat().st_nlink == 1]
+        assert len(temps) >= len(blobs)
+        # only the refused replacement left data of its own
+        assert [t.read_bytes() for t in orphans] == [b"forged"]

@@ -45,7 +45,22 @@ from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import paramiko
-from paramiko.sftp import CMD_DATA, CMD_EXTENDED, CMD_INIT, CMD_READ, CMD_STATUS, CMD_VERSION, SFTPError, int64
+from paramiko.sftp import (
+    CMD_DATA,
+    CMD_EXTENDED,
+    CMD_HANDLE,
+    CMD_INIT,
+    CMD_OPEN,
+    CMD_READ,
+    CMD_STATUS,
+    CMD_VERSION,
+    SFTP_FLAG_CREATE,
+    SFTP_FLAG_EXCL,
+    SFTP_FLAG_TRUNC,
+    SFTP_FLAG_WRITE,
+    SFTPError,
+    int64,
+)
 from paramiko.ssh_exception import NoValidConnectionsError
 
 from ..errors import (
@@ -64,6 +79,9 @@ T = TypeVar("T")
 
 DEFAULT_CONNECTIONS = 8
 TMP_PREFIX = ".tmp-"
+#: Objects are created read-only: on a server that denies setstat (see
+#: docs/storage.md), not even their owner can open them for writing again.
+OBJECT_MODE = 0o440
 
 
 class HostKeyError(StorageError):
@@ -167,6 +185,17 @@ class _SFTPClient(paramiko.SFTPClient):
             pass
         self.extensions = ext
         return version
+
+    def create_exclusive(self, path: str, mode: int) -> paramiko.SFTPFile:
+        """Open a new file for writing (O_CREAT|O_EXCL) with ``mode``
+        (paramiko's ``open`` cannot pass permissions)."""
+        attrs = paramiko.SFTPAttributes()
+        attrs.st_mode = mode
+        imode = SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL | SFTP_FLAG_TRUNC
+        t, msg = self._request(CMD_OPEN, path, imode, attrs)
+        if t != CMD_HANDLE:
+            raise SFTPError("Expected handle")
+        return paramiko.SFTPFile(self, msg.get_binary(), "wb")
 
     def has(self, name: str) -> bool:
         return name.encode() in getattr(self, "extensions", {})
@@ -339,6 +368,7 @@ class SFTPStorage(Storage):
         self._slots = threading.BoundedSemaphore(connections)
         self._made: set[str] = set()
         self._closed = False
+        self._no_remove = False
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> SFTPStorage:
@@ -573,13 +603,13 @@ class SFTPStorage(Storage):
 
     def _put_file(self, sftp: _SFTPClient, tmp: str, data: bytes, d: str) -> None:
         try:
-            f = sftp.open(tmp, "wbx")
+            f = sftp.create_exclusive(tmp, OBJECT_MODE)
         except OSError as e:
             if e.errno != errno.ENOENT:
                 raise
             self._made.discard(d)
             self._makedirs(sftp, d)
-            f = sftp.open(tmp, "wbx")
+            f = sftp.create_exclusive(tmp, OBJECT_MODE)
         try:
             with f:
                 f.set_pipelined(True)
@@ -593,6 +623,21 @@ class SFTPStorage(Storage):
                 if free is not None and free < max(len(data), 1):
                     raise NoSpace(f"write {self.url}: no space left on the server ({free} bytes free)") from e
             raise
+
+    def _remove_temp(self, sftp: _SFTPClient, tmp: str) -> None:
+        """Remove a temporary name.  On an append-only account (the server
+        denies ``remove``) it stays: after a successful write it is just a
+        second name of the object's inode, costing no space, never listed."""
+        if self._no_remove:
+            return
+        try:
+            sftp.remove(tmp)
+        except OSError as e:
+            if e.errno == errno.EACCES:
+                self._no_remove = True
+                log.info("%s: the server denies remove (append-only account); leaving temporary names", self.url)
+        except Exception:
+            pass
 
     def _same_content(self, sftp: _SFTPClient, path: str, data: bytes) -> bool:
         try:
@@ -620,6 +665,18 @@ class SFTPStorage(Storage):
         def fn(sftp: _SFTPClient) -> None:
             nonlocal attempts
             attempts += 1
+            if exclusive and self._no_remove:
+                # Append-only account: a refused write would leave its
+                # temporary file for good, so look before writing.
+                try:
+                    sftp.stat(path)
+                except OSError as e:
+                    if e.errno != errno.ENOENT or isinstance(e, ConnectionError):
+                        raise
+                else:
+                    if attempts > 1 and self._same_content(sftp, path, data):
+                        return
+                    raise ObjectExists(f"write {self.url}/{name}: already exists")
             tmp = f"{d}/{TMP_PREFIX}{secrets.token_hex(8)}"
             self._put_file(sftp, tmp, data, d)
             placed = False
@@ -651,8 +708,7 @@ class SFTPStorage(Storage):
                     placed = True
             finally:
                 if not placed:
-                    with contextlib.suppress(Exception):
-                        sftp.remove(tmp)
+                    self._remove_temp(sftp, tmp)
 
         self._run("write", name, fn)
 
