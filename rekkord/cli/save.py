@@ -1,17 +1,187 @@
-"""rekkord save"""
+"""rekkord save: one channel from the command line, every channel of the
+config file (--all), or standard input as one file (--stdin), with pre/post
+hooks.
+
+Config file::
+
+    [channels.etc]
+    paths = ["/etc"]
+    exclude = ["*.swp"]
+
+    [channels.db]
+    stdin = "app.sql"                  # save a command's output as one file
+    command = "pg_dump app"            # its failure fails the save
+    pre = "systemctl is-active postgresql"
+    post = "/usr/local/bin/notify-backup"   # gets REKKORD_STATUS etc.
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
 import click
 
-from ..errors import ExitCode
+from ..errors import ConfigError, ExitCode, RekkordError, UsageError
 from .context import Settings, echo_json, human_bytes, pass_settings
-from .progress import Progress, warn_printer
+from .progress import Progress, log, log_info, warn_printer
+
+CHANNEL_KEYS = {"paths", "exclude", "exclude_file", "exclude_caches", "one_file_system", "host", "tags", "xattrs",
+                "pre", "post", "stdin", "command"}
+
+
+class HookFailed(RekkordError):
+    exit_code = ExitCode.ERROR
+
+
+@dataclass
+class Job:
+    channel: str
+    paths: list[str] = field(default_factory=list)
+    stdin_name: str | None = None
+    command: str | list | None = None  # produces the stdin content
+    excludes: list[str] = field(default_factory=list)
+    exclude_caches: bool = False
+    one_file_system: bool = False
+    host: str | None = None
+    tags: list[str] = field(default_factory=list)
+    xattrs: bool = True
+    pre: str | list | None = None
+    post: str | list | None = None
+
+
+@dataclass
+class Outcome:
+    channel: str
+    status: str = "failure"  # success | warning | failure
+    result: object = None  # SaveResult
+    error: str | None = None
+    exit_code: int = ExitCode.OK
+    exception: BaseException | None = None
+
+    def to_json(self) -> dict:
+        d = {"channel": self.channel, "status": self.status}
+        if self.result is not None:
+            d.update(self.result.to_json())
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+def _strings(value, what: str) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ConfigError(f"{what} must be a string or a list of strings")
+
+
+def _command(value, what: str):
+    if value is None or isinstance(value, str):
+        return value or None
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise ConfigError(f"{what} must be a command line (string) or an argument list")
+
+
+def config_channels(s: Settings) -> dict[str, dict]:
+    chans = s.file.get("channels", {})
+    if not isinstance(chans, dict) or not all(isinstance(v, dict) for v in chans.values()):
+        raise ConfigError(f"{s.config_path}: [channels] must hold [channels.NAME] tables")
+    for name, c in chans.items():
+        unknown = set(c) - CHANNEL_KEYS
+        if unknown:
+            raise ConfigError(f"{s.config_path}: [channels.{name}] has unknown keys: {', '.join(sorted(unknown))} "
+                              f"(known: {', '.join(sorted(CHANNEL_KEYS))})")
+    return chans
+
+
+def job_from_config(name: str, c: dict) -> Job:
+    from ..save import read_exclude_file
+
+    where = f"[channels.{name}]"
+    excludes = _strings(c.get("exclude"), f"{where} exclude")
+    for f in _strings(c.get("exclude_file"), f"{where} exclude_file"):
+        excludes += read_exclude_file(os.path.expanduser(f))
+    job = Job(name, paths=[os.path.expanduser(p) for p in _strings(c.get("paths"), f"{where} paths")],
+              stdin_name=c.get("stdin"), command=_command(c.get("command"), f"{where} command"),
+              excludes=excludes, exclude_caches=bool(c.get("exclude_caches", False)),
+              one_file_system=bool(c.get("one_file_system", False)), host=c.get("host"),
+              tags=_strings(c.get("tags"), f"{where} tags"), xattrs=bool(c.get("xattrs", True)),
+              pre=_command(c.get("pre"), f"{where} pre"), post=_command(c.get("post"), f"{where} post"))
+    if job.stdin_name is not None and not isinstance(job.stdin_name, str):
+        raise ConfigError(f"{where} stdin must be a file name")
+    if job.stdin_name and job.paths:
+        raise ConfigError(f"{where} has both paths and stdin; a channel saves one or the other")
+    if job.command and not job.stdin_name:
+        raise ConfigError(f"{where} command needs stdin = \"NAME\" (the file name its output is saved as)")
+    if not job.paths and not job.stdin_name:
+        raise ConfigError(f"{where} has no paths to save")
+    return job
+
+
+# ---- hooks and stdin commands -----------------------------------------------------
+
+
+def run_hook(which: str, cmd, env: dict, channel: str) -> None:
+    """Run a hook; its output goes to our stderr (stdout may carry JSON)."""
+    log_info(f"channel {channel}: {which} hook: {cmd}")
+    try:
+        p = subprocess.run(cmd, shell=isinstance(cmd, str), env=env, stdin=subprocess.DEVNULL,
+                           stdout=sys.stderr.fileno(), stderr=None)
+    except OSError as e:
+        raise HookFailed(f"{which} hook for channel {channel} cannot run: {e.strerror}") from None
+    if p.returncode != 0:
+        raise HookFailed(f"{which} hook for channel {channel} failed with exit code {p.returncode}")
+
+
+class CommandStream:
+    """A command's stdout for Saver.save_stream: at EOF, a failed command
+    raises, so the save is abandoned before its snapshot record is written."""
+
+    def __init__(self, cmd, channel: str):
+        self.cmd = cmd
+        self.channel = channel
+        try:
+            self.proc = subprocess.Popen(cmd, shell=isinstance(cmd, str), stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.PIPE)
+        except OSError as e:
+            raise HookFailed(f"command for channel {channel} cannot run: {e.strerror}") from None
+
+    def readinto(self, b) -> int:
+        n = self.proc.stdout.readinto(b)
+        if not n:
+            rc = self.proc.wait()
+            if rc != 0:
+                raise HookFailed(f"command for channel {self.channel} failed with exit code {rc}; "
+                                 "nothing was saved")
+        return n
+
+    def close(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+# ---- the command --------------------------------------------------------------------
 
 
 @click.command("save")
-@click.argument("channel")
-@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.argument("channel", required=False)
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--all", "all_channels", is_flag=True, help="Save every [channels.NAME] of the config file")
+@click.option("--stdin", "stdin_name", metavar="NAME", help="Save standard input as one file NAME at the "
+              "snapshot root (`pg_dump app | rekkord save --stdin app.sql db`)")
+@click.option("--stdin-command", metavar="CMD", help="With --stdin: run CMD and save its output; "
+              "if CMD fails, nothing is saved")
+@click.option("--pre", metavar="CMD", help="Run CMD first; if it fails, the channel is not saved")
+@click.option("--post", metavar="CMD", help="Run CMD last, with REKKORD_STATUS=success|warning|failure, "
+              "REKKORD_SNAPSHOT, REKKORD_CHANNEL (and REKKORD_ERROR)")
 @click.option("--exclude", "-e", multiple=True, metavar="PATTERN", help="Skip matching paths (repeatable)")
 @click.option("--exclude-file", multiple=True, type=click.Path(dir_okay=False), help="Patterns, one a line")
 @click.option("--exclude-caches", is_flag=True, help="Skip the content of directories with a CACHEDIR.TAG")
@@ -19,44 +189,168 @@ from .progress import Progress, warn_printer
 @click.option("--host", help="Host name to record (default: this machine's)")
 @click.option("--tag", multiple=True, help="Tag the snapshot (repeatable)")
 @click.option("--no-xattrs", is_flag=True, help="Do not save extended attributes")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (a list with --all)")
 @pass_settings
-def save_cmd(s: Settings, channel, paths, exclude, exclude_file, exclude_caches, one_file_system, host,
-             tag, no_xattrs, as_json):
-    """Save PATHS as a new snapshot in CHANNEL (works with a write key)."""
-    from ..save import SaveOptions, Saver, read_exclude_file
+def save_cmd(s: Settings, channel, paths, all_channels, stdin_name, stdin_command, pre, post, exclude,
+             exclude_file, exclude_caches, one_file_system, host, tag, no_xattrs, as_json):
+    """Save PATHS as a new snapshot in CHANNEL (works with a write key).
 
-    excludes = list(exclude)
+    `rekkord save CHANNEL` alone saves what [channels.CHANNEL] in the config
+    file names; `rekkord save --all` saves every configured channel in turn
+    (a failed channel does not stop the others). Exit status: 0 saved, 3
+    saved with warnings (unreadable or changing files), other codes: failed."""
+    from ..save import read_exclude_file
+
+    extra_excludes = list(exclude)
     for f in exclude_file:
-        excludes += read_exclude_file(f)
+        extra_excludes += read_exclude_file(f)
+    jobs = _jobs(s, channel, paths, all_channels, stdin_name, stdin_command)
+    for job in jobs:
+        job.excludes += extra_excludes
+        job.exclude_caches = job.exclude_caches or exclude_caches
+        job.one_file_system = job.one_file_system or one_file_system
+        job.host = host or job.host
+        job.tags = list(tag) or job.tags
+        job.xattrs = job.xattrs and not no_xattrs
+        job.pre = pre or job.pre
+        job.post = post or job.post
+    if any(j.stdin_name and not j.command for j in jobs) and sys.stdin.isatty():
+        raise UsageError("standard input is a terminal: pipe the data in (`pg_dump app | rekkord save --stdin "
+                         "app.sql db`) or use --stdin-command")
+
     repo = s.open_repo()
     repo.key.require("save", "save snapshots")
     cache = s.open_cache(repo)
-    progress = Progress(not s.quiet and not as_json, "saving")
+    outcomes = []
     try:
-        saver = Saver(repo, cache, SaveOptions(excludes=excludes, exclude_caches=exclude_caches,
-                                               one_file_system=one_file_system, host=host, tags=list(tag),
-                                               threads=s.threads, xattrs=not no_xattrs),
-                      progress=progress.save, warn=warn_printer(s.quiet))
-        result = saver.save(channel, list(paths))
+        for job in jobs:
+            outcomes.append(_run_job(s, repo, cache, job, quiet=s.quiet or as_json))
+            _report(s, outcomes[-1], as_json, several=all_channels)
     finally:
-        progress.done()
         cache.close()
-    st = result.stats
     if as_json:
-        echo_json(result.to_json())
-    elif s.quiet:
-        if st.warnings:
-            click.echo(f"snapshot {result.snapshot_id[:8]} saved with {st.warnings} warnings", err=True)
-    else:
-        click.echo(f"snapshot {result.snapshot_id} saved in channel {channel}")
-        click.echo(f"  files: {st.files} ({st.files_unchanged} unchanged), dirs: {st.dirs}, other: {st.others}")
-        click.echo(f"  bytes: {human_bytes(st.bytes_total)} total, {human_bytes(st.bytes_read)} read, "
-                   f"{human_bytes(st.bytes_new)} new, {human_bytes(st.bytes_stored)} stored "
-                   f"({st.blobs_new} new blobs)")
-        click.echo(f"  time: {st.duration:.2f}s" + (f", warnings: {st.warnings}" if st.warnings else ""))
-    if st.warnings:
+        echo_json([o.to_json() for o in outcomes] if all_channels else outcomes[0].to_json())
+    failed = [o for o in outcomes if o.status == "failure"]
+    warned = [o for o in outcomes if o.status == "warning"]
+    if all_channels and not as_json and (not s.quiet or failed or warned):
+        click.echo(f"saved {len(outcomes) - len(failed)} of {len(outcomes)} channels"
+                   + (f"; {len(warned)} with warnings" if warned else "")
+                   + (f"; failed: {', '.join(o.channel for o in failed)}" if failed else ""),
+                   err=bool(failed or warned))
+    if not all_channels and failed and failed[0].exception is not None:
+        raise failed[0].exception
+    if failed:
+        raise SystemExit(failed[0].exit_code or ExitCode.ERROR)
+    if warned:
         raise SystemExit(ExitCode.WARNINGS)
+
+
+def _jobs(s: Settings, channel, paths, all_channels, stdin_name, stdin_command) -> list[Job]:
+    if all_channels:
+        if channel or paths or stdin_name:
+            raise UsageError("--all saves the channels of the config file; give no CHANNEL, PATHS or --stdin")
+        if not s.config_path:
+            raise UsageError("--all needs a config file with [channels.NAME] sections (-c FILE or REKKORD_CONFIG)")
+        chans = config_channels(s)
+        if not chans:
+            raise ConfigError(f"{s.config_path} defines no [channels.NAME] sections")
+        return [job_from_config(n, c) for n, c in chans.items()]
+    if not channel:
+        raise UsageError("give a CHANNEL (and PATHS), or --all")
+    if stdin_command and not stdin_name:
+        raise UsageError("--stdin-command needs --stdin NAME (the file name its output is saved as)")
+    if stdin_name:
+        if paths:
+            raise UsageError("--stdin saves standard input only; give no PATHS")
+        return [Job(channel, stdin_name=stdin_name, command=stdin_command)]
+    conf = config_channels(s).get(channel) if s.file else None
+    if paths:
+        job = Job(channel, paths=list(paths))
+        if conf is not None:  # hooks and excludes of the configured channel still apply
+            base = job_from_config(channel, conf)
+            job.excludes, job.pre, job.post = base.excludes, base.pre, base.post
+        return [job]
+    if conf is None:
+        raise UsageError(f"no paths given for channel {channel}, and the config file has no [channels.{channel}]")
+    return [job_from_config(channel, conf)]
+
+
+def _run_job(s: Settings, repo, cache, job: Job, *, quiet: bool) -> Outcome:
+    from ..save import SaveOptions, Saver
+
+    out = Outcome(job.channel)
+    env = dict(os.environ, REKKORD_CHANNEL=job.channel)
+    env.pop("REKKORD_PASSPHRASE", None)  # hooks need no secret of ours
+    interrupted = None
+    try:
+        if job.pre:
+            run_hook("pre", job.pre, dict(env, REKKORD_HOOK="pre"), job.channel)
+        estimate = cache.get_meta(f"last_bytes_total:{job.channel}")
+        progress = Progress(not quiet, f"saving {job.channel}", total=int(estimate) if estimate else None)
+        stream = None
+        try:
+            saver = Saver(repo, cache, SaveOptions(excludes=job.excludes, exclude_caches=job.exclude_caches,
+                                                   one_file_system=job.one_file_system, host=job.host,
+                                                   tags=job.tags, threads=s.threads, xattrs=job.xattrs),
+                          progress=progress.save, warn=warn_printer(s.quiet))
+            if job.stdin_name:
+                stream = CommandStream(job.command, job.channel) if job.command else sys.stdin.buffer
+                out.result = saver.save_stream(job.channel, job.stdin_name, stream)
+            else:
+                out.result = saver.save(job.channel, job.paths)
+        finally:
+            progress.done()
+            if isinstance(stream, CommandStream):
+                stream.close()
+        cache.set_meta(f"last_bytes_total:{job.channel}", out.result.stats.bytes_total)
+        out.status = "warning" if out.result.stats.warnings else "success"
+    except RekkordError as e:
+        out.error, out.exit_code, out.exception = str(e), e.exit_code, e
+    except OSError as e:
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        out.error = f"{e.strerror or e}{where}"
+        out.exit_code = ExitCode.NO_SPACE if e.errno == 28 else ExitCode.ERROR
+    except KeyboardInterrupt as e:
+        out.error, out.exit_code, interrupted = "interrupted", ExitCode.INTERRUPTED, e
+    if job.post:
+        penv = dict(env, REKKORD_HOOK="post", REKKORD_STATUS=out.status,
+                    REKKORD_SNAPSHOT=out.result.snapshot_id if out.result else "", REKKORD_ERROR=out.error or "")
+        try:
+            run_hook("post", job.post, penv, job.channel)
+        except HookFailed as e:
+            click.echo(f"rekkord: warning: {e}", err=True)
+            log.warning("%s", e)
+            if out.status == "success":
+                out.status = "warning"
+    if interrupted is not None:
+        raise interrupted
+    return out
+
+
+def _report(s: Settings, o: Outcome, as_json: bool, several: bool) -> None:
+    if o.status == "failure":
+        log.error("channel %s: %s", o.channel, o.error)
+        if several or o.exception is None:  # else raised, and printed by the CLI
+            click.echo(f"rekkord: error: channel {o.channel}: {o.error}", err=True)
+        return
+    r = o.result
+    st = r.stats
+    log_info(f"channel {o.channel}: snapshot {r.snapshot_id} saved: {st.files} files, "
+             f"{human_bytes(st.bytes_total)}, {human_bytes(st.bytes_stored)} stored, {st.warnings} warnings, "
+             f"{st.duration:.1f}s")
+    if as_json:
+        return
+    if s.quiet:
+        if st.warnings or o.status == "warning":
+            click.echo(f"snapshot {r.snapshot_id[:8]} saved in channel {o.channel} with "
+                       f"{st.warnings} warnings", err=True)
+        return
+    click.echo(f"snapshot {r.snapshot_id} saved in channel {o.channel}")
+    click.echo(f"  files: {st.files} ({st.files_unchanged} unchanged), dirs: {st.dirs}, other: {st.others}")
+    click.echo(f"  bytes: {human_bytes(st.bytes_total)} total, {human_bytes(st.bytes_read)} read, "
+               f"{human_bytes(st.bytes_new)} new, {human_bytes(st.bytes_stored)} stored "
+               f"({st.blobs_new} new blobs)")
+    click.echo(f"  time: {st.duration:.2f}s" + (f", warnings: {st.warnings}" if st.warnings else ""))
 
 
 COMMANDS = [save_cmd]
