@@ -58,6 +58,19 @@ class Storage(ABC):
     def exists(self, name: str) -> bool:
         return self.stat(name) is not None
 
+    def rename(self, src: str, dst: str) -> None:
+        """Move ``src`` to ``dst``, which must not exist (garbage collection
+        moves blobs to and from ``fossils/``).  Raises :class:`ObjectNotFound`
+        when ``src`` is missing and :class:`ObjectExists` when ``dst`` exists
+        (``src`` is then kept).  This default reads, writes exclusively,
+        flushes and deletes: a crash in between leaves both names, never
+        neither.  Backends with a cheaper move (a link, a server-side copy)
+        may override it with the same guarantees."""
+        data = self.read(src)
+        self.write(dst, data, exclusive=True)
+        self.flush()
+        self.delete(src)
+
     def defer_sync(self) -> None:
         """Writes from now on need not be durable one by one; :meth:`flush`
         makes every completed write durable at once.  (The saver defers
