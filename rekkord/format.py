@@ -263,8 +263,8 @@ def open_record(sid: str, raw: bytes, log_sk: bytes, log_mix: bytes) -> tuple[di
     if plaintext is None:
         raise IntegrityError(f"snapshot {sid}: cannot be opened (damaged, forged or renamed)")
     (n,) = struct.unpack_from("<I", plaintext, 0)
-    body = plaintext[4:4 + n]
-    sig = plaintext[4 + n:]
+    body = bytes(plaintext[4:4 + n])
+    sig = bytes(plaintext[4 + n:])  # (aead_decrypt returns a bytearray; PyNaCl wants bytes)
     try:
         record = json.loads(body)
     except ValueError:
