@@ -8,6 +8,8 @@ Layout (format v1; docs/format.md)::
     snapshots/<sid>       snapshot records, sealed to the log key, signed by the writer
     blobs/<xx>/<id>       content-addressed blobs
     generations/<n>       garbage-collection generations (written by prune)
+    sessions/<sid>        running save sessions; fossils/<cid>/xx/<id>, gc/<cid>.*:
+                          fossil collections (rekkord/gc.py, docs/maintenance.md)
     repairs/<rand>        repair hints: blob ids check found missing or damaged,
                           MACed with a psk-derived key (docs/integrity.md)
 """
@@ -254,8 +256,21 @@ class Repository:
         try:
             raw = self.storage.read(name)
         except ObjectNotFound:
-            raise IntegrityError(f"blob {blob_id.hex()} is missing from the repository") from None
+            raw = self._read_fossil(blob_id)
+            if raw is None:
+                raise IntegrityError(f"blob {blob_id.hex()} is missing from the repository") from None
         return self.codec.open(blob_id, raw, expected_type)
+
+    def _read_fossil(self, blob_id: bytes) -> bytes | None:
+        """A blob a prune collected while a save was using it is a fossil until
+        the next prune moves it back (rekkord/gc.py): still readable."""
+        from .gc import find_fossil
+
+        try:
+            name = find_fossil(self.storage, blob_id)
+            return None if name is None else self.storage.read(name)
+        except ObjectNotFound:
+            return None
 
     # ---- snapshots -------------------------------------------------------------------
 
