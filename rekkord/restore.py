@@ -199,7 +199,9 @@ class Restorer:
                 handle(e, rel)
                 self._tick()
             for fut in list(restored.values()):
-                fut.exception()
+                err = fut.exception()
+                if err is not None:
+                    raise err  # e.g. NoSpace: never end "successfully" with files missing
             for path, e in links:
                 self._restore_hardlink(path, e, restored)
             if not self.opts.dry_run:
