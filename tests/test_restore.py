@@ -1,0 +1,303 @@
+"""rekkord.restore: round trips through Saver + Restorer on a real local
+repository (hypothesis-generated trees, the awkward tree, real data), sub-path
+selection, overwrite rules, damage and a full disk."""
+
+import json
+import os
+import random
+import shutil
+import stat
+import subprocess
+import sysconfig
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from rekkord import format as fmt
+from rekkord.cache import Cache
+from rekkord.errors import NoSpace, PathNotFound
+from rekkord.restore import RestoreOptions, Restorer
+from rekkord.save import Saver
+from treeutil import assert_same_tree, make_awkward_tree
+
+
+def save(local_repo, paths, role="write"):
+    return Saver(local_repo.repo(role), Cache(None)).save("c", [str(p) for p in paths])
+
+
+def restorer(local_repo, sid, role="read", **opts):
+    repo = local_repo.repo(role)
+    return Restorer(repo, repo.load_snapshot(sid), RestoreOptions(**opts))
+
+
+def leftovers(root) -> list[str]:
+    return [os.path.join(dp, f) for dp, ds, fs in os.walk(os.fsencode(root)) for f in fs + ds
+            if f.startswith(b".rekkord-tmp-")]
+
+
+# ---- hypothesis-generated trees ------------------------------------------------------
+
+names = st.one_of(
+    st.text(st.characters(blacklist_characters="/\0", blacklist_categories=("Cs",)), min_size=1, max_size=24)
+    .map(os.fsencode),
+    st.binary(min_size=1, max_size=24),
+).filter(lambda b: b"/" not in b and b"\0" not in b and b not in (b".", b".."))
+mtimes = st.one_of(st.integers(0, 2**33 * 10**9), st.integers(-(2**31) * 10**9, 0))
+files = st.fixed_dictionaries({
+    "kind": st.just("file"),
+    "size": st.one_of(st.integers(0, 5000), st.integers(0, 5000), st.integers(0, 5000),
+                      st.sampled_from([0, 262_143, 262_144, 300_000, 1_300_000])),
+    "compressible": st.booleans(),
+    "seed": st.integers(0, 2**32),
+    "mode": st.sampled_from([0o644, 0o600, 0o755, 0o400, 0o000, 0o4755, 0o2750, 0o1644]),
+    "mtime": mtimes,
+})
+symlinks = st.fixed_dictionaries({
+    "kind": st.just("symlink"),
+    "target": st.binary(min_size=1, max_size=120).filter(lambda b: b"\0" not in b),
+    "mtime": mtimes,
+})
+dir_modes = st.sampled_from([0o755, 0o700, 0o1777, 0o500, 0o2775])
+trees = st.recursive(
+    st.one_of(files, symlinks, st.fixed_dictionaries({"kind": st.just("dir"), "children": st.just({}),
+                                                       "mode": dir_modes, "mtime": mtimes})),
+    lambda kids: st.fixed_dictionaries({"kind": st.just("dir"), "children": st.dictionaries(names, kids, max_size=6),
+                                        "mode": dir_modes, "mtime": mtimes}),
+    max_leaves=25,
+)
+
+
+def build(path: bytes, node: dict) -> None:
+    kind = node["kind"]
+    if kind == "file":
+        rng = random.Random(node["seed"])
+        if node["compressible"]:
+            data = (rng.randbytes(50) * (node["size"] // 50 + 1))[:node["size"]]
+        else:
+            data = rng.randbytes(node["size"])
+        with open(path, "wb") as f:
+            f.write(data)
+        os.chmod(path, node["mode"])
+    elif kind == "symlink":
+        os.symlink(node["target"], path)
+    else:
+        os.mkdir(path)
+        for name, child in node["children"].items():
+            build(path + b"/" + name, child)
+        os.chmod(path, node["mode"])
+    os.utime(path, ns=(node["mtime"], node["mtime"]), follow_symlinks=False)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(root=st.dictionaries(names, trees, min_size=1, max_size=6))
+def test_round_trip_of_generated_trees(local_repo, root):
+    work = tempfile.mkdtemp(dir=local_repo.tmp)
+    try:
+        src = os.fsencode(work) + b"/src"
+        os.mkdir(src)
+        for name, node in root.items():
+            build(src + b"/" + name, node)
+        res = save(local_repo, [os.fsdecode(src)])
+        assert res.warnings == []
+        out = os.fsencode(work) + b"/out"
+        r = restorer(local_repo, res.snapshot_id)
+        r.restore(src, os.fsdecode(out))
+        assert r.problems == []
+        assert_same_tree(src, out)
+        assert leftovers(out) == []
+    finally:
+        shutil.rmtree(work)
+
+
+# ---- the awkward tree and real data --------------------------------------------------------
+
+
+def test_awkward_tree_round_trip(local_repo, tmp_path):
+    src = tmp_path / "src"
+    make_awkward_tree(src)
+    res = save(local_repo, [src])
+    assert res.warnings == []
+    r = restorer(local_repo, res.snapshot_id)
+    st_ = r.restore(str(src), str(tmp_path / "out"))
+    assert r.problems == [] and st_.damaged == 0
+    assert_same_tree(src, tmp_path / "out")
+    sparse = os.stat(tmp_path / "out" / "sparse.img")
+    assert sparse.st_size == 30 << 20 and sparse.st_blocks * 512 < 1 << 20  # holes stay holes
+    assert os.stat(tmp_path / "out" / "d1" / "hard-a").st_nlink == 3
+    if os.geteuid() == 0:
+        assert os.stat(tmp_path / "out" / "owned-by-other").st_uid == 1234
+        assert os.lstat(tmp_path / "out" / "link-rel").st_gid == 5678
+        assert stat.S_ISCHR(os.lstat(tmp_path / "out" / "null-dev").st_mode)
+    assert leftovers(tmp_path / "out") == []
+
+
+@pytest.fixture(scope="module")
+def real_tree(tmp_path_factory):
+    """Copies of real data: part of /usr/share/doc and of Python's library."""
+    root = tmp_path_factory.mktemp("real")
+    for name in sorted(os.listdir("/usr/share/doc"))[:130]:
+        s = os.path.join("/usr/share/doc", name)
+        if os.path.isdir(s) and not os.path.islink(s):
+            shutil.copytree(s, root / "doc" / name, symlinks=True)
+    lib = sysconfig.get_paths()["stdlib"]
+    for pkg in ("json", "email", "asyncio"):
+        shutil.copytree(os.path.join(lib, pkg), root / "lib" / pkg, symlinks=True,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def test_real_tree_round_trip(local_repo, real_tree, tmp_path):
+    res = save(local_repo, [real_tree / "doc", real_tree / "lib"])
+    assert res.stats.files > 500
+    out = tmp_path / "out"
+    r = restorer(local_repo, res.snapshot_id)
+    r.restore(None, str(out))  # the whole snapshot: saved absolute paths under DEST
+    assert r.problems == []
+    for part in ("doc", "lib"):
+        assert_same_tree(real_tree / part, str(out) + str(real_tree / part))
+
+
+# ---- selection and destination rules ------------------------------------------------------
+
+
+@pytest.fixture
+def small(local_repo, tmp_path):
+    src = tmp_path / "src"
+    (src / "sub" / "deeper").mkdir(parents=True)
+    (src / "top.txt").write_text("top")
+    (src / "sub" / "a.txt").write_text("a")
+    (src / "sub" / "deeper" / "b.txt").write_text("b")
+    (src / "sub2").mkdir()
+    res = save(local_repo, [src])
+    return src, res.snapshot_id
+
+
+def test_restore_whole_snapshot_recreates_absolute_paths(local_repo, small, tmp_path):
+    src, sid = small
+    out = tmp_path / "out"
+    restorer(local_repo, sid).restore(None, str(out))
+    assert (out / str(src).lstrip("/") / "sub" / "deeper" / "b.txt").read_text() == "b"
+
+
+def test_restore_sub_directory_and_single_file(local_repo, small, tmp_path):
+    src, sid = small
+    restorer(local_repo, sid).restore(f"{src}/sub", str(tmp_path / "o1"))
+    assert sorted(os.listdir(tmp_path / "o1")) == ["a.txt", "deeper"]
+    restorer(local_repo, sid).restore(f"{src}/sub/deeper/b.txt", str(tmp_path / "o2"))
+    assert os.listdir(tmp_path / "o2") == ["b.txt"]
+    # A trailing slash or "." components name the same path.
+    restorer(local_repo, sid).restore(f"{src}/./sub/", str(tmp_path / "o3"))
+    assert sorted(os.listdir(tmp_path / "o3")) == ["a.txt", "deeper"]
+
+
+def test_path_not_in_snapshot(local_repo, small, tmp_path):
+    src, sid = small
+    with pytest.raises(PathNotFound, match=f"path {src}/nope is not in the snapshot"):
+        restorer(local_repo, sid).restore(f"{src}/nope", str(tmp_path / "o"))
+    with pytest.raises(PathNotFound, match=r"\.\."):
+        restorer(local_repo, sid).restore(f"{src}/../etc", str(tmp_path / "o"))
+    with pytest.raises(PathNotFound):
+        restorer(local_repo, sid).restore(f"{src}/su", str(tmp_path / "o"))  # a prefix is not a path
+    assert not (tmp_path / "o").exists()
+
+
+def test_existing_files_are_kept_unless_overwrite(local_repo, small, tmp_path):
+    src, sid = small
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "top.txt").write_text("mine")
+    r = restorer(local_repo, sid)
+    st_ = r.restore(str(src), str(out))
+    assert (out / "top.txt").read_text() == "mine" and st_.skipped == 1
+    assert any("not overwritten" in m for _, m in r.problems)
+    assert (out / "sub" / "a.txt").read_text() == "a"
+    restorer(local_repo, sid, overwrite=True).restore(str(src), str(out))
+    assert (out / "top.txt").read_text() == "top"
+    assert leftovers(out) == []
+
+
+def test_dry_run_writes_nothing(local_repo, small, tmp_path):
+    src, sid = small
+    st_ = restorer(local_repo, sid, dry_run=True).restore(str(src), str(tmp_path / "out"))
+    assert st_.files == 3 and st_.bytes == 5
+    assert not (tmp_path / "out").exists()
+
+
+def test_include_exclude_and_verify(local_repo, small, tmp_path):
+    src, sid = small
+    restorer(local_repo, sid, includes=["a.txt"], verify=True).restore(str(src), str(tmp_path / "o1"))
+    assert sorted(p.name for p in (tmp_path / "o1").rglob("*.txt")) == ["a.txt"]
+    restorer(local_repo, sid, excludes=[f"{src}/sub"]).restore(str(src), str(tmp_path / "o2"))
+    assert sorted(os.listdir(tmp_path / "o2")) == ["sub2", "top.txt"]
+
+
+# ---- damage -------------------------------------------------------------------------------
+
+
+def data_blobs(url):
+    out = []
+    for dp, _, fs in os.walk(os.path.join(url, "blobs")):
+        for f in fs:
+            p = os.path.join(dp, f)
+            with open(p, "rb") as fh:
+                if fh.read(5)[4] == fmt.T_DATA:
+                    out.append(p)
+    return out
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete", "truncate"])
+def test_a_damaged_file_is_reported_by_name_and_the_rest_restores(local_repo, tmp_path, damage):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "small.txt").write_text("small file in a pack")
+    (src / "big.bin").write_bytes(os.urandom(600_000))  # its own data blob(s)
+    res = save(local_repo, [src])
+    # Find the blob only big.bin uses.
+    repo = local_repo.repo("read")
+    from rekkord.snapshot import iter_entries
+
+    es = {e.path.rsplit(b"/", 1)[-1]: e for e in iter_entries(repo, repo.load_snapshot(res.snapshot_id))}
+    victim = fmt.blob_name(es[b"big.bin"].extents[0].blob)
+    path = os.path.join(local_repo.url, victim)
+    raw = bytearray(open(path, "rb").read())
+    if damage == "flip":
+        raw[len(raw) // 2] ^= 0x04
+        open(path, "wb").write(raw)
+    elif damage == "truncate":
+        open(path, "wb").write(raw[:-100])
+    else:
+        os.unlink(path)
+    out = tmp_path / "out"
+    r = restorer(local_repo, res.snapshot_id)
+    st_ = r.restore(str(src), str(out))
+    assert st_.damaged == 1
+    assert [p for p, m in r.problems] == [str(out / "big.bin")]
+    assert "DAMAGED, not restored" in r.problems[0][1] and victim.split("/")[-1] in r.problems[0][1]
+    assert not (out / "big.bin").exists()  # never a partial file under its final name
+    assert (out / "small.txt").read_text() == "small file in a pack"
+    assert leftovers(out) == []
+    # With keep_damaged the file stays, with a hole where the blob was.
+    out2 = tmp_path / "out2"
+    r2 = restorer(local_repo, res.snapshot_id, keep_damaged=True)
+    r2.restore(str(src), str(out2))
+    assert (out2 / "big.bin").exists() and "kept" in r2.problems[0][1]
+
+
+def test_full_disk_raises_no_space_and_leaves_no_partial_file(local_repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a-small").write_text("fits")
+    (src / "b-big").write_bytes(os.urandom(3 << 20))
+    res = save(local_repo, [src])
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        with pytest.raises(NoSpace, match="no space left writing .*b-big"):
+            restorer(local_repo, res.snapshot_id).restore(str(src), str(mnt / "out"))
+        assert not (mnt / "out" / "b-big").exists()
+        assert leftovers(mnt) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
