@@ -1,0 +1,731 @@
+"""Garbage collection without locks: save sessions, fossils and prune.
+
+The protocol (two-step fossil collection, after Duplicacy; the full argument
+is in docs/maintenance.md):
+
+* A **save session** announces itself before it looks at the repository:
+  ``sessions/<sid>`` (a small JSON marker, MACed with a psk-derived key,
+  refreshed every minute while the save runs, deleted once its snapshot
+  record is written).  A prune that finds a marker not refreshed for the
+  session timeout declares the session dead by writing ``sessions/<sid>.dead``.
+* **Step 1** (collect): blobs no snapshot references are moved from
+  ``blobs/xx/<id>`` to ``fossils/<cid>/xx/<id>``.  The ids are written first
+  (``gc/<cid>.fossils``); after the moves the generation is bumped
+  (``generations/<n>``), the save sessions present are listed, and the
+  collection is closed with ``gc/<cid>.done`` naming them.
+* **Step 2** (delete): a fossil of a closed collection is deleted only when
+  every session the collection named has finished (marker gone) or was
+  declared dead, judged *before* the snapshots are listed; fossils a snapshot
+  references are moved back (resurrected) instead.  A collection without its
+  ``.done`` (an interrupted prune) is rolled back: all its fossils return.
+
+Why a save can never end with a snapshot referencing a deleted blob: a save
+that could have believed a fossil to exist (its cache was filled before the
+moves, or it uploaded the blob before the moves) announced itself before the
+collection listed the sessions, so it is named by the collection; its record is
+written before its marker goes, so the deleting prune sees the record and
+resurrects instead.  A save that started later reads the bumped generation
+and re-lists the blobs after the moves.  A save declared dead that was only
+slow finds its ``.dead`` marker after writing its record and verifies every
+blob it references (resurrecting fossils; if one is gone it deletes its own
+record and fails).  Deletion never waits on a clock unless a saver died.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+from . import crypto, format as fmt, keys as keymod
+from .errors import IntegrityError, ObjectExists, ObjectNotFound, RekkordError, SnapshotNotFound, StorageError
+
+#: Key for the MAC of save-session markers (format v1; docs/maintenance.md).
+CTX_SESSION_MARKER = "rekkord v1 2026-11 save session marker key"
+#: How often a running save refreshes its marker (seconds).
+SESSION_REFRESH = 60.0
+#: A marker not refreshed for this long belongs to a dead save (prune's default).
+SESSION_TIMEOUT = 30 * 60.0
+#: Dead-session tombstones are kept this long (then removed with their marker).
+DEAD_KEEP = 7 * 86400.0
+#: A save that ran longer than this verifies its blobs whatever it finds.
+LONG_SAVE = DEAD_KEEP / 2
+#: Generations kept below the newest (older ones are removed by prune).
+GENERATIONS_KEPT = 16
+
+SESSIONS = "sessions/"
+FOSSILS = "fossils/"
+GC = "gc/"
+GENERATIONS = "generations/"
+DEAD_SUFFIX = ".dead"
+
+
+# ---- names ----------------------------------------------------------------------
+
+
+def fossil_name(cid: str, blob_id: bytes) -> str:
+    h = blob_id.hex()
+    return f"{FOSSILS}{cid}/{h[:2]}/{h}"
+
+
+def parse_fossil_name(name: str) -> tuple[str, bytes] | None:
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] != "fossils":
+        return None
+    bid = fmt.blob_id_from_name(f"blobs/{parts[2]}/{parts[3]}")
+    return None if bid is None else (parts[1], bid)
+
+
+def _collection_files(storage) -> tuple[set[str], set[str]]:
+    """(cids with an id list, cids closed with .done) from ``gc/``."""
+    intents, done = set(), set()
+    for name, _ in storage.list(GC):
+        base = name[len(GC):]
+        if base.endswith(".fossils"):
+            intents.add(base[: -len(".fossils")])
+        elif base.endswith(".done"):
+            done.add(base[: -len(".done")])
+    return intents, done
+
+
+def new_collection_id() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + crypto.random_bytes(4).hex()
+
+
+# ---- generations ----------------------------------------------------------------
+
+
+def generations(storage) -> list[int]:
+    out = []
+    for name, _ in storage.list(GENERATIONS):
+        try:
+            out.append(int(name[len(GENERATIONS):]))
+        except ValueError:
+            continue
+    return sorted(out)
+
+
+def bump_generation(storage, cid: str) -> int:
+    """Write ``generations/<max+1>`` exclusively: a new generation is always
+    greater than every generation that existed when it was written."""
+    for _ in range(1000):
+        gens = generations(storage)
+        n = (gens[-1] if gens else 0) + 1
+        body = json.dumps({"v": 1, "time": int(time.time()), "collection": cid}).encode()
+        try:
+            storage.write(f"{GENERATIONS}{n}", body, exclusive=True)
+            return n
+        except ObjectExists:
+            continue
+    raise StorageError(f"cannot bump the generation in {storage.url} (too many concurrent prunes)")
+
+
+# ---- collection manifests --------------------------------------------------------
+
+
+def _read_json(storage, name: str) -> dict | None:
+    try:
+        d = json.loads(storage.read(name))
+    except ObjectNotFound:
+        return None
+    except ValueError:
+        raise IntegrityError(f"{name}: damaged (not valid JSON)") from None
+    if not isinstance(d, dict):
+        raise IntegrityError(f"{name}: damaged (not a JSON object)")
+    return d
+
+
+def read_collection_ids(storage, cid: str) -> list[tuple[bytes, int]] | None:
+    """The blob ids (and sizes) collection ``cid`` set out to fossilise."""
+    d = _read_json(storage, f"{GC}{cid}.fossils")
+    if d is None:
+        return None
+    try:
+        return fmt.unpack_reflist(base64.b64decode(d["fossils"]))
+    except (KeyError, TypeError, ValueError, IntegrityError):
+        raise IntegrityError(f"{GC}{cid}.fossils: damaged fossil list") from None
+
+
+def find_fossil(storage, blob_id: bytes) -> str | None:
+    """The name of a fossil of ``blob_id`` in a pending collection, if any."""
+    intents, done = _collection_files(storage)
+    for cid in sorted(intents | done, reverse=True):
+        name = fossil_name(cid, blob_id)
+        if storage.exists(name):
+            return name
+    return None
+
+
+def resurrect(storage, src: str, blob_id: bytes) -> bool:
+    """Move fossil ``src`` back to ``blobs/``.  True when ``blobs/`` holds
+    the blob afterwards (moved now, or already there)."""
+    dst = fmt.blob_name(blob_id)
+    try:
+        storage.rename(src, dst)
+        return True
+    except ObjectExists:
+        storage.delete(src)  # blobs/ has it: the fossil is a spare copy
+        return True
+    except ObjectNotFound:
+        return storage.exists(dst)
+
+
+# ---- save sessions ---------------------------------------------------------------
+
+
+def _marker_key(psk: bytes) -> bytes:
+    return crypto.derive(CTX_SESSION_MARKER, psk)
+
+
+def _marker_mac(key: bytes, body: dict) -> bytes:
+    return crypto.keyed_hash(key, b"rekkord session v1\0", keymod.canonical(body))
+
+
+def open_marker(raw: bytes, key: bytes, sid: str) -> dict | None:
+    """The body of a session marker, or None when it is damaged or forged."""
+    try:
+        d = json.loads(raw)
+        body, mac = d["body"], bytes.fromhex(d["mac"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if not isinstance(body, dict) or body.get("session") != sid:
+        return None
+    if not hmac.compare_digest(mac, _marker_mac(key, body)):
+        return None
+    return body
+
+
+class SaveSession:
+    """Announces a save to prune for as long as it runs (a context manager).
+
+    Use: enter before the save looks at the repository (before the
+    generation is read and the blob cache validated), call
+    :meth:`after_record` once the snapshot record is written, leave at the
+    end.  ``refresh_interval=None`` disables the background refresh (tests
+    call :meth:`refresh` themselves)."""
+
+    def __init__(self, repo, *, refresh_interval: float | None = SESSION_REFRESH, clock=time.time):
+        self.repo = repo
+        self.storage = repo.storage
+        self.id = crypto.random_bytes(16).hex()
+        self.name = f"{SESSIONS}{self.id}"
+        self.dead_name = self.name + DEAD_SUFFIX
+        self.interval = refresh_interval
+        self.clock = clock
+        self.key = _marker_key(repo.key.psk)
+        self.started = clock()
+        self.started_mono = time.monotonic()
+        self.closed_at_start: set[str] = set()
+        self.declared_dead = False
+        self.refreshes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._active = False
+
+    def _marker(self) -> bytes:
+        body = {"v": 1, "session": self.id, "started": int(self.started), "refreshed": int(self.clock()),
+                "n": self.refreshes, "interval": self.interval or 0}
+        return json.dumps({"body": body, "mac": _marker_mac(self.key, body).hex()}, sort_keys=True).encode()
+
+    def begin(self) -> "SaveSession":
+        # Order matters (docs/maintenance.md): marker first, then the list of
+        # closed collections, then (by the caller) the generation.
+        self.storage.write(self.name, self._marker(), exclusive=True)
+        self._active = True
+        try:
+            _, self.closed_at_start = _collection_files(self.storage)
+        except BaseException:
+            self.end()
+            raise
+        if self.interval:
+            self._thread = threading.Thread(target=self._loop, name="rekkord-session", daemon=True)
+            self._thread.start()
+        return self
+
+    def __enter__(self) -> "SaveSession":
+        return self.begin()
+
+    def __exit__(self, *exc):
+        self.end()
+
+    def refresh(self) -> None:
+        self.refreshes += 1
+        self.storage.write(self.name, self._marker(), exclusive=False)
+        if self.storage.exists(self.dead_name):
+            self.declared_dead = True
+
+    def _loop(self):
+        while not self._stop.wait(self.interval):
+            try:
+                self.refresh()
+            except RekkordError:
+                pass  # a missed refresh is safe: after_record checks the .dead marker
+
+    def end(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join()
+        self._thread = None
+        if self._active:
+            self._active = False
+            for name in (self.name, self.dead_name):
+                try:
+                    self.storage.delete(name)
+                except RekkordError:
+                    pass  # a leftover marker only delays a prune until it times out
+
+    def after_record(self, sid: str, refs: bytes | bytearray, cache=None) -> int:
+        """Called once the snapshot record ``sid`` is written; ``refs`` is
+        every blob id it references (32 bytes each).  Moves back the fossils
+        of collections that closed after this save started, and, when a prune
+        presumed the save dead, verifies every referenced blob.  Returns how
+        many blobs were resurrected; raises :class:`StorageError` (after
+        deleting the record) when a referenced blob is gone for good."""
+        storage = self.storage
+        resurrected = 0
+        refset: set[bytes] | None = None
+
+        def ref_set() -> set[bytes]:
+            nonlocal refset
+            if refset is None:
+                mv = memoryview(refs)
+                refset = {bytes(mv[o:o + 32]) for o in range(0, len(mv), 32)}
+            return refset
+
+        intents, _ = _collection_files(storage)
+        for cid in sorted(intents - self.closed_at_start):
+            try:
+                ids = read_collection_ids(storage, cid) or []
+            except IntegrityError:
+                ids = []
+            mine = ref_set()
+            for bid, _ in ids:
+                if bid in mine and storage.exists(fossil_name(cid, bid)):
+                    if resurrect(storage, fossil_name(cid, bid), bid):
+                        resurrected += 1
+        dead = (self.declared_dead or storage.exists(self.dead_name)
+                or self.clock() - self.started > LONG_SAVE or time.monotonic() - self.started_mono > LONG_SAVE)
+        if dead:
+            lost = self._verify(ref_set())
+            if lost:
+                try:
+                    storage.delete(f"snapshots/{sid}")
+                except RekkordError:
+                    pass
+                if cache is not None:
+                    cache.begin()
+                    cache.forget_blobs(lost)
+                    cache.set_meta("listed", "0")
+                    cache.commit()
+                raise StorageError(f"snapshot {sid} withdrawn: a prune presumed this save dead (no refresh of "
+                                  f"{self.name} in time) and deleted {len(lost)} blobs it needed; "
+                                  "run the save again (they will be uploaded anew)")
+        return resurrected
+
+    def _verify(self, refs: set[bytes]) -> list[bytes]:
+        present = set()
+        for name, _ in self.storage.list("blobs/"):
+            bid = fmt.blob_id_from_name(name)
+            if bid is not None:
+                present.add(bid)
+        missing = [b for b in refs if b not in present]
+        if not missing:
+            return []
+        fossils: dict[bytes, list[str]] = defaultdict(list)
+        for name, _ in self.storage.list(FOSSILS):
+            p = parse_fossil_name(name)
+            if p is not None:
+                fossils[p[1]].append(name)
+        lost = []
+        for bid in missing:
+            if not any(resurrect(self.storage, n, bid) for n in fossils.get(bid, ())):
+                lost.append(bid)
+        return lost
+
+
+# ---- prune ----------------------------------------------------------------------
+
+
+@dataclass
+class PruneReport:
+    dry_run: bool = False
+    snapshots: int = 0
+    blobs_total: int = 0  # in blobs/ when step 1 listed them
+    blobs_referenced: int = 0
+    fossilised: int = 0  # moved to a new collection by this run (or would be)
+    fossilised_bytes: int = 0
+    deleted: int = 0  # fossils deleted by this run: space reclaimed
+    deleted_bytes: int = 0
+    resurrected: int = 0
+    resurrected_bytes: int = 0
+    rolled_back: int = 0  # fossils returned from interrupted collections
+    collection: str | None = None  # the collection this run started
+    collections_deleted: list[str] = field(default_factory=list)
+    collections_pending: list[str] = field(default_factory=list)
+    waiting_for_sessions: int = 0  # running saves that pending collections wait for
+    sessions_declared_dead: int = 0
+    generation: int = 0
+    duration: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class _Walk:
+    """Which blobs the snapshots reference (audit key: records and reference
+    lists only).  Reference lists are read once per run, by id."""
+
+    def __init__(self, repo, pool_size: int):
+        self.repo = repo
+        self.pool_size = pool_size
+        self.reflists: dict[bytes, list[bytes]] = {}
+        self.snap_refs: dict[str, list[bytes]] = {}
+
+    def _read_reflist(self, bid: bytes, sid: str) -> list[bytes]:
+        try:
+            data = self.repo.read_blob(bid, fmt.T_REFLIST)
+            return [c for c, _ in fmt.unpack_reflist(data)]
+        except IntegrityError as e:
+            raise IntegrityError(f"prune refused: reference list {bid.hex()} of snapshot {sid} is unreadable "
+                                 f"({e}); run rekkord check") from None
+
+    def update(self) -> set[bytes]:
+        """List the snapshots now; return every blob id they reference."""
+        ids = self.repo.snapshot_ids()
+        present = set(ids)
+        for sid in list(self.snap_refs):
+            if sid not in present:
+                del self.snap_refs[sid]
+        new = [sid for sid in ids if sid not in self.snap_refs]
+        snaps = []
+        for sid in new:
+            try:
+                snaps.append(self.repo.load_snapshot(sid))
+            except SnapshotNotFound:
+                continue  # forgotten meanwhile
+            except IntegrityError as e:
+                raise IntegrityError(f"prune refused: snapshot {sid} cannot be opened ({e}), so what it "
+                                     f"references is unknown; run rekkord check, and forget it if it is "
+                                     "garbage") from None
+        todo = {}
+        for s in snaps:
+            for bid, _ in s.reflist:
+                if bid not in self.reflists:
+                    todo[bid] = s.id
+        if todo:
+            def one(item):
+                bid, sid = item
+                return bid, self._read_reflist(bid, sid)
+
+            if self.pool_size > 1 and len(todo) > 1:
+                with ThreadPoolExecutor(self.pool_size) as pool:
+                    results = list(pool.map(one, todo.items()))
+            else:
+                results = [one(i) for i in todo.items()]
+            self.reflists.update(results)
+        for s in snaps:
+            refs = [b for b, _ in s.index] + [b for b, _ in s.reflist]
+            for bid, _ in s.reflist:
+                refs.extend(self.reflists[bid])
+            self.snap_refs[s.id] = refs
+        out: set[bytes] = set()
+        for refs in self.snap_refs.values():
+            out.update(refs)
+        return out
+
+
+class Pruner:
+    """Runs one prune: step 2 for the collections that are ready, then step 1
+    (a new collection), then step 2 for it at once if no save was running.
+
+    ``progress(phase, done, total)`` reports long phases; ``threads=1`` runs
+    every storage operation in the calling thread."""
+
+    def __init__(self, repo, *, dry_run: bool = False, session_timeout: float = SESSION_TIMEOUT,
+                 threads: int | None = None, progress: Callable[[str, int, int], None] | None = None,
+                 clock=time.time):
+        repo.key.require("prune", "prune the repository")
+        self.repo = repo
+        self.storage = repo.storage
+        self.dry_run = dry_run
+        self.timeout = session_timeout
+        self.threads = threads or max(4, min(repo.storage.connections, 16))
+        self.progress = progress
+        self.clock = clock
+        self.key = _marker_key(repo.key.psk)
+        self.report = PruneReport(dry_run=dry_run)
+        self.walk = _Walk(repo, self.threads)
+        self._session_state: dict[str, str] = {}
+
+    # ---- helpers -----------------------------------------------------------
+
+    def _tick(self, phase: str, done: int, total: int):
+        if self.progress is not None:
+            self.progress(phase, done, total)
+
+    def _map(self, fn, items: list, phase: str):
+        total = len(items)
+        if self.threads <= 1 or total <= 1:
+            out = []
+            for i, x in enumerate(items):
+                out.append(fn(x))
+                if i % 256 == 255:
+                    self._tick(phase, i + 1, total)
+        else:
+            with ThreadPoolExecutor(self.threads) as pool:
+                out = []
+                for i, r in enumerate(pool.map(fn, items)):
+                    out.append(r)
+                    if i % 256 == 255:
+                        self._tick(phase, i + 1, total)
+        self._tick(phase, total, total)
+        return out
+
+    def _fossils_by_collection(self, cid: str | None = None) -> dict[str, dict[bytes, tuple[str, int]]]:
+        out: dict[str, dict[bytes, tuple[str, int]]] = defaultdict(dict)
+        for name, size in self.storage.list(f"{FOSSILS}{cid}/" if cid else FOSSILS):
+            p = parse_fossil_name(name)
+            if p is not None:
+                out[p[0]][p[1]] = (name, size)
+        return out
+
+    def session_state(self, sid: str, *, fresh: bool = False) -> str:
+        """'running', 'finished' or 'dead' (declared dead now if it timed out)."""
+        if not fresh and sid in self._session_state:
+            return self._session_state[sid]
+        name = f"{SESSIONS}{sid}"
+        try:
+            raw = self.storage.read(name)
+        except ObjectNotFound:
+            state = "finished"
+        else:
+            if self.storage.exists(name + DEAD_SUFFIX):
+                state = "dead"
+            else:
+                body = open_marker(raw, self.key, sid)
+                if body is not None and self.clock() - float(body.get("refreshed", 0)) <= self.timeout:
+                    state = "running"
+                else:
+                    state = "dead"
+                    self.report.sessions_declared_dead += 1
+                    if not self.dry_run:
+                        body = json.dumps({"v": 1, "time": int(self.clock()), "by": self.repo.key.kid}).encode()
+                        try:
+                            self.storage.write(name + DEAD_SUFFIX, body, exclusive=True)
+                        except ObjectExists:
+                            pass
+        self._session_state[sid] = state
+        return state
+
+    def _list_sessions(self) -> list[str]:
+        out = []
+        for name, _ in self.storage.list(SESSIONS):
+            sid = name[len(SESSIONS):]
+            if "/" not in sid and not sid.endswith(DEAD_SUFFIX):
+                out.append(sid)
+        return out
+
+    def _move_back(self, cid: str, items: list[tuple[bytes, str, int]]) -> int:
+        """Resurrect fossils (id, name, size); returns bytes moved."""
+        if self.dry_run or not items:
+            return sum(s for _, _, s in items)
+        self._map(lambda it: resurrect(self.storage, it[1], it[0]), items, f"resurrecting from {cid}")
+        return sum(s for _, _, s in items)
+
+    # ---- the run -------------------------------------------------------------
+
+    def run(self) -> PruneReport:
+        started = time.monotonic()
+        storage = self.storage
+        rep = self.report
+        if not self.dry_run:
+            storage.defer_sync()
+        intents, done = _collection_files(storage)
+        fossils = self._fossils_by_collection()
+        # Interrupted collections (no .done): roll back, whatever they hold.
+        for cid in sorted((intents | set(fossils)) - done):
+            items = [(bid, n, s) for bid, (n, s) in fossils.get(cid, {}).items()]
+            self._move_back(cid, items)
+            rep.rolled_back += len(items)
+            if not self.dry_run:
+                storage.flush()
+                storage.delete(f"{GC}{cid}.fossils")
+        # Which closed collections may delete: every session they name has
+        # finished or is dead -- judged before the snapshots are listed.
+        closed = {}
+        for cid in sorted(done):
+            d = _read_json(storage, f"{GC}{cid}.done")
+            if d is None:
+                continue
+            closed[cid] = d
+        ready = [cid for cid, d in closed.items() if self._all_finished(d.get("sessions", {}))]
+        refs = self.walk.update()
+        for cid in sorted(closed):
+            self._settle(cid, fossils.get(cid, {}), refs, delete=cid in ready)
+        # Step 1: a new collection of what nothing references.
+        listing = {}
+        for name, size in storage.list("blobs/"):
+            bid = fmt.blob_id_from_name(name)
+            if bid is not None:
+                listing[bid] = size
+        rep.blobs_total = len(listing)
+        rep.snapshots = len(self.walk.snap_refs)
+        rep.blobs_referenced = len(refs)
+        unused = sorted(b for b in listing if b not in refs)
+        rep.fossilised = len(unused)
+        rep.fossilised_bytes = sum(listing[b] for b in unused)
+        if unused and not self.dry_run:
+            cid = self._collect(unused, listing)
+            # Step 2 at once when no save that could have seen the blobs runs.
+            d = _read_json(storage, f"{GC}{cid}.done") or {}
+            if self._all_finished(d.get("sessions", {}), fresh=True):
+                refs = self.walk.update()
+                self._settle(cid, self._fossils_by_collection(cid).get(cid, {}), refs, delete=True)
+            else:
+                rep.collections_pending.append(cid)
+        elif unused and not any(self.session_state(s) == "running" for s in self._list_sessions()):
+            # Dry run: with no save running, a real run would delete them at once.
+            rep.deleted += len(unused)
+            rep.deleted_bytes += rep.fossilised_bytes
+        if not self.dry_run:
+            self._housekeeping()
+        gens = generations(storage)
+        rep.generation = gens[-1] if gens else 0
+        waiting = set()
+        for cid in rep.collections_pending:
+            d = closed.get(cid) or _read_json(storage, f"{GC}{cid}.done") or {}
+            waiting.update(s for s in d.get("sessions", {}) if self._session_state.get(s) == "running")
+        rep.waiting_for_sessions = len(waiting)
+        rep.duration = round(time.monotonic() - started, 3)
+        return rep
+
+    def _all_finished(self, sessions: Iterable[str], fresh: bool = False) -> bool:
+        # Every session is looked at (so that dead ones get their tombstone).
+        states = [self.session_state(s, fresh=fresh) for s in sessions]
+        return all(s != "running" for s in states)
+
+    def _settle(self, cid: str, fossils: dict[bytes, tuple[str, int]], refs: set[bytes], *, delete: bool):
+        """Step 2 for one closed collection: resurrect what is referenced;
+        when ``delete``, delete the rest and the collection."""
+        rep = self.report
+        back = [(bid, n, s) for bid, (n, s) in fossils.items() if bid in refs]
+        rep.resurrected += len(back)
+        rep.resurrected_bytes += self._move_back(cid, back)
+        if not delete:
+            rep.collections_pending.append(cid)
+            return
+        doomed = [(n, s) for bid, (n, s) in fossils.items() if bid not in refs]
+        rep.deleted += len(doomed)
+        rep.deleted_bytes += sum(s for _, s in doomed)
+        rep.collections_deleted.append(cid)
+        if self.dry_run:
+            return
+        self.storage.flush()  # resurrected blobs are durable before any fossil goes
+        self._map(lambda it: self.storage.delete(it[0]), doomed, f"deleting fossils of {cid}")
+        self.storage.delete(f"{GC}{cid}.fossils")
+        self.storage.delete(f"{GC}{cid}.done")
+
+    def _collect(self, unused: list[bytes], listing: dict[bytes, int]) -> str:
+        storage = self.storage
+        rep = self.report
+        cid = new_collection_id()
+        rep.collection = cid
+        body = {"v": 1, "collection": cid, "created": int(self.clock()), "count": len(unused),
+                "bytes": rep.fossilised_bytes,
+                "fossils": base64.b64encode(fmt.pack_reflist([(b, listing[b]) for b in unused])).decode()}
+        storage.write(f"{GC}{cid}.fossils", json.dumps(body).encode(), exclusive=True)
+        # Move: copy everything, make the copies durable, then delete the originals.
+        if type(storage).rename is not _base_rename():
+            def move(bid):
+                try:
+                    storage.rename(fmt.blob_name(bid), fossil_name(cid, bid))
+                except (ObjectNotFound, ObjectExists):
+                    pass  # gone meanwhile / already moved
+
+            self._map(move, unused, "fossilising")
+        else:
+            def copy(bid) -> bool:
+                try:
+                    data = storage.read(fmt.blob_name(bid))
+                except ObjectNotFound:
+                    return False  # gone meanwhile
+                try:
+                    storage.write(fossil_name(cid, bid), data, exclusive=True)
+                except ObjectExists:
+                    pass
+                return True
+
+            copied = self._map(copy, unused, "fossilising")
+            storage.flush()
+            self._map(lambda bid: storage.delete(fmt.blob_name(bid)),
+                      [b for b, ok in zip(unused, copied) if ok], "fossilising")
+        storage.flush()
+        gen = bump_generation(storage, cid)
+        storage.flush()
+        sessions = self._list_sessions()
+        # Snapshots written while we moved may reference fossils: move those
+        # back now rather than at the next prune.
+        refs = self.walk.update()
+        mine = self._fossils_by_collection(cid).get(cid, {})
+        back = [(bid, n, s) for bid, (n, s) in mine.items() if bid in refs]
+        if back:
+            self.report.resurrected += len(back)
+            self.report.resurrected_bytes += self._move_back(cid, back)
+            storage.flush()
+        done = {"v": 1, "collection": cid, "generation": gen, "closed": int(self.clock()),
+                "sessions": sorted(sessions), "snapshots": sorted(self.walk.snap_refs)}
+        storage.write(f"{GC}{cid}.done", json.dumps(done).encode(), exclusive=False)
+        storage.flush()
+        return cid
+
+    def _housekeeping(self):
+        storage = self.storage
+        gens = generations(storage)
+        if len(gens) > GENERATIONS_KEPT:
+            for n in gens[: len(gens) - GENERATIONS_KEPT]:
+                storage.delete(f"{GENERATIONS}{n}")
+        now = self.clock()
+        markers = set()
+        tombs = set()
+        for name, _ in storage.list(SESSIONS):
+            rest = name[len(SESSIONS):]
+            if rest.endswith(DEAD_SUFFIX):
+                tombs.add(rest[: -len(DEAD_SUFFIX)])
+            else:
+                markers.add(rest)
+        for sid in tombs:
+            d = _read_json_quiet(storage, f"{SESSIONS}{sid}{DEAD_SUFFIX}")
+            if d is None or now - float(d.get("time", 0)) < DEAD_KEEP:
+                continue
+            if sid in markers:
+                try:
+                    body = open_marker(storage.read(f"{SESSIONS}{sid}"), self.key, sid)
+                except ObjectNotFound:
+                    body = None
+                if body is not None and now - float(body.get("refreshed", 0)) <= self.timeout:
+                    continue  # still refreshed: the save lives and will need its tombstone
+                storage.delete(f"{SESSIONS}{sid}")
+            storage.delete(f"{SESSIONS}{sid}{DEAD_SUFFIX}")
+
+
+def _read_json_quiet(storage, name: str) -> dict | None:
+    try:
+        return _read_json(storage, name)
+    except IntegrityError:
+        return None
+
+
+def _base_rename():
+    from .storage.base import Storage
+
+    return Storage.rename
+
+
+def prune(repo, **kw) -> PruneReport:
+    return Pruner(repo, **kw).run()
