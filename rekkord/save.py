@@ -219,6 +219,7 @@ class Saver:
         self.groups: dict[int, bytes] = {}
         self.hardlinks: dict[tuple[int, int], _Item] = {}
         self.failed: BaseException | None = None
+        self.refs = bytearray()  # every blob id the snapshot references, 32 bytes each (for gc.SaveSession)
         # Bytes of small files submitted for reading but not yet packed
         # (main thread only): bounds the read-ahead.
         self.small_pending = 0
@@ -499,6 +500,16 @@ class Saver:
     # ---- the pipeline -----------------------------------------------------------
 
     def save(self, channel: str, paths: list[str], *, time_ns: int | None = None) -> SaveResult:
+        # The save announces itself to prune for as long as it runs, from before
+        # it reads the generation until its record is written (rekkord/gc.py).
+        from .gc import SaveSession
+
+        with SaveSession(self.repo) as session:
+            result = self._save(channel, paths, time_ns=time_ns)
+            session.after_record(result.snapshot_id, self.refs, self.cache)
+        return result
+
+    def _save(self, channel: str, paths: list[str], *, time_ns: int | None = None) -> SaveResult:
         if not channel or "/" in channel:
             raise UsageError(f"invalid channel name {channel!r}")
         roots = []
@@ -532,6 +543,7 @@ class Saver:
             self.cache.commit()
             raise
         self._shutdown()
+        self.refs += b"".join(i for i, _ in index_ids + reflist_ids)
         self.stats.duration = round(time.monotonic() - started, 3)
         private = {"paths": [os.fsdecode(r) for r in roots]}
         if self._stream is not None:
@@ -854,6 +866,7 @@ class _ReflistBuilder:
                     raise StorageError(f"blob {bid.hex()} vanished from the repository during the save")
             recs.append((bid, size))
         self.records = []
+        self.saver.refs += b"".join(b for b, _ in recs)
         self.futures.append(self.saver.submit_store(fmt.T_REFLIST, fmt.pack_reflist(recs)))
 
     def finish(self):
