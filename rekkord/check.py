@@ -1,49 +1,100 @@
-"""Verifying a repository.
+"""Verifying a repository (docs/integrity.md).
 
-Levels (docs/integrity.md):
+Levels:
 
-* structure (default; audit key or better): config signature, certificates,
-  every snapshot record opened and its signature checked against a certified,
-  non-revoked key; the reference graph walked (index and reference-list blobs
-  listed in each record; reference lists opened with the psk-derived list key);
-  every referenced blob present with the recorded size and a valid MAC.
-  Nothing is decrypted with the data key: no file content or name is seen.
-* ``read_data`` (read, full or admin key): also decrypts, decompresses and
-  re-hashes every blob against its id, and checks that each index references
-  only blobs of its reference list (the graph prune relies on is complete).
-* ``subset``: a fraction or a byte budget of the blobs, least recently
-  verified first (remembered in the local cache), so that a nightly run covers
-  the whole repository over time.
+* **structure** (default; audit key or better): the config (verified when the
+  repository is opened), every certificate, revocation and repair hint; every
+  snapshot record opened and its signature checked against a certified key
+  that was not revoked before the snapshot appeared; the reference graph
+  walked (index and reference-list blobs named by each record, reference
+  lists opened with the psk-derived list key); every referenced blob present
+  with the recorded size, read, and its MAC and type verified; unreferenced
+  blobs MAC-verified too (a forged or misplaced object is caught even when
+  nothing references it); objects outside the layout reported.  Nothing is
+  decrypted with the data key: no file content or name is seen.
+* **read-data** (read, full or admin key): also decrypts, decompresses and
+  re-hashes every referenced blob against its id, and reads every index to
+  prove that each file's blobs are in its snapshot's reference list (the
+  graph prune relies on is complete).
+* **subset** (``--read-data-subset N%|SIZE``): structure without reading every
+  blob, plus a part of the blobs read in full (MAC only with an audit key),
+  least recently verified first, remembered in the local cache, so that a
+  nightly run covers the whole repository over a period.
+
+Healing: blobs found missing or damaged are forgotten by this key's cache and
+published in a repair hint (``repairs/<random>``, MACed with a psk-derived
+key) that every saver reads; a saver that still has the data uploads it again
+(save.py).  Hints whose blobs check finds intact again are deleted.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import struct
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import format as fmt, keys as keymod
+from . import format as fmt
 from .cache import Cache
-from .errors import IntegrityError, ObjectNotFound, StorageError
+from .errors import (
+    ExitCode,
+    IntegrityError,
+    ObjectNotFound,
+    PermissionDenied,
+    RekkordError,
+    SnapshotNotFound,
+    StorageError,
+    UnsupportedFormat,
+    UsageError,
+)
+from .index import F_CHANGED, F_PARTIAL, F_UNREADABLE, KIND_NAMES, Entry, decode_one
 from .repository import Repository, Snapshot
+
+#: Names the repository layout uses (docs/format.md); anything else is reported.
+KNOWN_NAMES = ("config",)
+KNOWN_PREFIXES = ("keys/", "revoked/", "snapshots/", "blobs/", "generations/", "repairs/", "sessions/",
+                  "fossils/", "gc/")
+
+# Problem kinds.  All but UNVERIFIED are damage (exit 4); UNVERIFIED means the
+# storage failed to answer, so the check is incomplete (exit 7).
+MISSING = "missing"
+DAMAGED = "damaged"
+WRONG_SIZE = "wrong-size"
+UNTRUSTED = "untrusted"
+UNEXPECTED = "unexpected"
+REPLAYED = "replayed"
+INCOMPLETE_GRAPH = "incomplete-graph"
+UNVERIFIED = "unverified"
+
+WHAT_BLOB = {fmt.T_DATA: "data blob", fmt.T_INDEX: "index blob", fmt.T_REFLIST: "reference list"}
 
 
 @dataclass
 class Problem:
-    object: str
+    object: str  # storage name: blobs/ab/ab12…, snapshots/<id>, keys/<kid>, config, …
+    what: str  # data blob, index blob, reference list, snapshot record, key certificate, …
+    kind: str
     message: str
     snapshots: list[str] = field(default_factory=list)
-    paths: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # only with a key that can read names
+
+    @property
+    def damage(self) -> bool:
+        return self.kind != UNVERIFIED
 
     def to_json(self) -> dict:
-        return {"object": self.object, "message": self.message, "snapshots": self.snapshots, "paths": self.paths}
+        return {"object": self.object, "what": self.what, "kind": self.kind, "message": self.message,
+                "snapshots": self.snapshots, "paths": self.paths}
 
     def __str__(self) -> str:
-        s = f"{self.object}: {self.message}"
+        s = f"{self.what} {self.object}: {self.message}"
         if self.snapshots:
-            s += f" (snapshots: {', '.join(x[:8] for x in self.snapshots)})"
+            more = f" and {len(self.snapshots) - 10} more" if len(self.snapshots) > 10 else ""
+            s += f" (snapshots: {', '.join(x[:8] for x in self.snapshots[:10])}{more})"
         if self.paths:
             more = f" and {len(self.paths) - 5} more" if len(self.paths) > 5 else ""
             s += f" (files: {', '.join(self.paths[:5])}{more})"
@@ -52,255 +103,755 @@ class Problem:
 
 @dataclass
 class CheckReport:
+    level: str = "structure"
     snapshots: int = 0
     blobs_referenced: int = 0
-    blobs_checked: int = 0
-    blobs_read: int = 0
-    bytes_checked: int = 0
-    orphans: int = 0
+    blobs_checked: int = 0  # referenced blobs found present with the recorded size
+    blobs_read: int = 0  # blobs read whole (MAC verified)
+    blobs_decrypted: int = 0  # of which decrypted and re-hashed against their ids
+    bytes_read: int = 0
+    orphans: int = 0  # blobs no snapshot references (leftovers of interrupted saves, forget)
     problems: list[Problem] = field(default_factory=list)
     damaged_snapshots: list[str] = field(default_factory=list)
+    healed_snapshots: list[str] = field(default_factory=list)  # damaged at the previous check, clean now
+    vanished_snapshots: list[str] = field(default_factory=list)  # seen by the previous check, gone now
+    snapshot_info: dict = field(default_factory=dict)  # id -> channel, time, host (damaged ones)
+    repair_hint: str | None = None  # the repair hint written by this run
+    repairs_removed: int = 0  # hints deleted because what they named is intact again
+    notes: list[str] = field(default_factory=list)
     duration: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    @property
+    def status(self) -> str:
+        if any(p.damage for p in self.problems):
+            return "damaged"
+        return "incomplete" if self.problems else "clean"
+
+    @property
+    def exit_code(self) -> int:
+        return {"clean": ExitCode.OK, "damaged": ExitCode.DAMAGED, "incomplete": ExitCode.STORAGE}[self.status]
+
     def to_json(self) -> dict:
         return {
-            "ok": self.ok, "snapshots": self.snapshots, "blobs_referenced": self.blobs_referenced,
-            "blobs_checked": self.blobs_checked, "blobs_read": self.blobs_read,
-            "bytes_checked": self.bytes_checked, "orphans": self.orphans,
-            "damaged_snapshots": self.damaged_snapshots,
-            "problems": [p.to_json() for p in self.problems], "duration": self.duration,
+            "ok": self.ok, "status": self.status, "level": self.level, "snapshots": self.snapshots,
+            "blobs_referenced": self.blobs_referenced, "blobs_checked": self.blobs_checked,
+            "blobs_read": self.blobs_read, "blobs_decrypted": self.blobs_decrypted,
+            "bytes_read": self.bytes_read, "orphans": self.orphans,
+            "damaged_snapshots": [{"id": s, **self.snapshot_info.get(s, {})} for s in self.damaged_snapshots],
+            "healed_snapshots": self.healed_snapshots, "vanished_snapshots": self.vanished_snapshots,
+            "repair_hint": self.repair_hint, "repairs_removed": self.repairs_removed,
+            "problems": [p.to_json() for p in self.problems], "notes": self.notes, "duration": self.duration,
         }
 
 
 def parse_subset(spec: str | None) -> tuple[str, float] | None:
     """``"10%"`` → ("fraction", 0.1); ``"500M"`` → ("bytes", 500e6)."""
-    if not spec:
+    if spec is None or spec == "":
         return None
     s = spec.strip().upper()
-    if s.endswith("%"):
-        return "fraction", max(0.0, min(1.0, float(s[:-1]) / 100))
-    mult = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
-    if s[-1:] in mult:
-        return "bytes", float(s[:-1]) * mult[s[-1]]
-    if s.endswith("B"):
-        s = s[:-1]
-    return "bytes", float(s)
+    try:
+        if s.endswith("%"):
+            v = float(s[:-1])
+            if not 0 <= v <= 100:
+                raise ValueError
+            return "fraction", v / 100
+        if s.endswith("IB"):
+            s = s[:-2]
+            mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+        else:
+            s = s[:-1] if s.endswith("B") else s
+            mult = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+        if s[-1:] in mult:
+            v = float(s[:-1]) * mult[s[-1]]
+        else:
+            v = float(s)
+        if v < 0:
+            raise ValueError
+        return "bytes", v
+    except (ValueError, IndexError):
+        raise UsageError(f"--read-data-subset: {spec!r} is neither a percentage (10%) nor a size (500M, 2GiB)") \
+            from None
+
+
+# --- reading an index that may be damaged ---------------------------------------
+
+_LEN = struct.Struct("<I")
+_MIN_RECORD = 4 + 44 + 1 + 1 + 2 + 2 + 4  # head, meta, user, group, target, xattrs, extents
+_MAX_RECORD = 1 << 28
+
+
+def _plausible(e: Entry) -> bool:
+    p = e.path
+    return (e.kind in KIND_NAMES and e.flags < 8 and e.mode < 0o10000 and b"\0" not in p
+            and not p.startswith(b"/") and not p.endswith(b"/") and b"//" not in p
+            and all(x.length <= (64 << 20) for x in e.extents))
+
+
+def _chain(buf, o: int, final: bool) -> bool:
+    """Whether plausible records follow each other from offset ``o`` to the
+    end of ``buf`` (where a last record may be cut off, unless ``final``)."""
+    n = len(buf)
+    pos = o
+    count = 0
+    while n - pos >= 4:
+        (rl,) = _LEN.unpack_from(buf, pos)
+        if rl < _MIN_RECORD or rl > _MAX_RECORD:
+            return False
+        if pos + 4 + rl > n:
+            if final:
+                return False
+            head = buf[pos + 4:pos + 6]
+            if len(head) == 2 and (head[0] not in KIND_NAMES or head[1] >= 8):
+                return False
+            break
+        try:
+            e, pos = decode_one(buf, pos)
+        except IntegrityError:
+            return False
+        if not _plausible(e):
+            return False
+        count += 1
+    if final:
+        return count >= 1 and pos == n
+    return count >= 2
+
+
+def iter_entries_salvaging(repo: Repository, snap: Snapshot,
+                           on_damage: Callable[[list[tuple[bytes, str]], bytes | None, bytes | None], None],
+                           *, prefetch: int = 4) -> Iterator[Entry]:
+    """All entries of a snapshot, like ``snapshot.iter_entries``, but a missing
+    or damaged index blob does not end the walk: the records it held are
+    lost, reading resumes at the first record recognisable after it, and
+    ``on_damage(blobs, last_path_before, first_path_after)`` names each lost
+    run (``blobs``: [(blob id, message)]; paths None at the start or end).
+    Used by restore (restore every intact file) and by check (name paths)."""
+    repo.key.require("read", "read snapshot contents")
+    ids = [i for i, _ in snap.index]
+    buf = bytearray()
+    last_path: bytes | None = None
+    lost: list[tuple[bytes, str]] = []  # the current damaged run
+    pending = bytearray()  # data after a damaged run, until a record boundary is found
+
+    def fetch(bid: bytes):
+        try:
+            return repo.read_blob(bid, fmt.T_INDEX)
+        except (IntegrityError, StorageError, UnsupportedFormat) as e:
+            return e
+
+    with ThreadPoolExecutor(max(1, prefetch)) as pool:
+        futs = [pool.submit(fetch, b) for b in ids[:prefetch]]
+        for k, bid in enumerate(ids):
+            data = futs[k].result()
+            futs[k] = None
+            if k + prefetch < len(ids):
+                futs.append(pool.submit(fetch, ids[k + prefetch]))
+            final = k == len(ids) - 1
+            if isinstance(data, Exception):
+                msg = str(data)
+                prefix = f"blob {bid.hex()}: "
+                lost.append((bid, msg[len(prefix):] if msg.startswith(prefix) else msg))
+                buf.clear()
+                pending.clear()
+                continue
+            if lost:
+                pending += data
+                o = next((i for i in range(len(pending) - 3) if _chain(pending, i, final)), None)
+                if o is None:
+                    if len(pending) > (16 << 20):
+                        del pending[:len(pending) - (8 << 20)]
+                    continue
+                buf = bytearray(pending[o:])
+                pending.clear()
+                first, _ = decode_one(buf, 0)
+                on_damage(lost, last_path, first.path)
+                lost = []
+            else:
+                buf += data
+            pos = 0
+            n = len(buf)
+            try:
+                while n - pos >= 4:
+                    (rl,) = _LEN.unpack_from(buf, pos)
+                    if n - pos - 4 < rl:
+                        break
+                    e, pos = decode_one(buf, pos)
+                    last_path = e.path
+                    yield e
+            except IntegrityError as err:
+                lost.append((bid, f"undecodable index record ({err})"))
+                buf.clear()
+                continue
+            del buf[:pos]
+    if lost:
+        on_damage(lost, last_path, None)
+    elif buf:
+        on_damage([(ids[-1], "the index ends in the middle of a record")], last_path, None)
+
+
+def describe_loss(blobs: list[tuple[bytes, str]], before: bytes | None, after: bytes | None) -> str:
+    """One line for a lost run of index records."""
+    names = "; ".join(f"index blob {b.hex()}: {m}" for b, m in blobs)
+    a = f"/{os.fsdecode(before)}" if before is not None else "the start"
+    b = f"/{os.fsdecode(after)}" if after is not None else "the end"
+    return f"{names}: the entries between {a} and {b} are lost"
+
+
+# --- the checker -----------------------------------------------------------------
 
 
 class Checker:
     def __init__(self, repo: Repository, cache: Cache | None = None, *, read_data: bool = False,
-                 subset: str | None = None, threads: int | None = None, progress=None):
+                 subset: str | None = None, threads: int | None = None, progress=None, heal: bool = True):
         repo.key.require("check", "check the repository")
-        if (read_data or subset) and not repo.key.can("read"):
-            from .errors import PermissionDenied
-
-            raise PermissionDenied(f"a {repo.key.role} key cannot read data; use check without --read-data")
+        if read_data and not repo.key.can("read"):
+            raise PermissionDenied(f"a {repo.key.role} key cannot decrypt data (--read-data); check without it "
+                                   "verifies every blob's MAC, or use --read-data-subset for a part")
         self.repo = repo
         self.cache = cache
-        self.read_data = read_data
         self.subset = parse_subset(subset)
+        self.read_data = read_data and self.subset is None
+        self.can_read = repo.key.can("read")
         self.threads = threads or max(4, min(repo.storage.connections, 16))
         self.progress = progress
-        self.report = CheckReport()
+        self.heal = heal
+        self.report = CheckReport(level="read-data" if self.read_data else "subset" if self.subset else "structure")
         self.lock = threading.Lock()
+        self._last_progress = 0.0
+        self.names: dict[bytes, str] = {}  # storage names of referenced blobs that are not blobs/xx/<id>
+        self._fossil_sizes: dict[bytes, int] = {}
 
-    def problem(self, obj: str, msg: str, snaps=()):
+    # ---- helpers -------------------------------------------------------------------
+
+    def blob_name(self, bid: bytes) -> str:
+        return self.names.get(bid) or fmt.blob_name(bid)
+
+    def problem(self, obj: str, what: str, kind: str, msg: str, snaps: Iterable[str] = ()) -> Problem:
+        p = Problem(obj, what, kind, msg, sorted(set(snaps)))
         with self.lock:
-            self.report.problems.append(Problem(obj, msg, sorted(set(snaps))))
+            self.report.problems.append(p)
+        return p
+
+    def _tick(self):
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if now - self._last_progress > 0.2:
+            self._last_progress = now
+            self.progress(self.report)
+
+    def _parallel(self, fn, items: Iterable) -> None:
+        """Run ``fn`` over ``items`` on the pool with a bounded number in flight."""
+        sem = threading.BoundedSemaphore(self.threads * 4)
+        errors: list[BaseException] = []
+
+        def run(x):
+            try:
+                fn(x)
+            except BaseException as e:  # noqa: BLE001 — re-raised below, in the caller's thread
+                errors.append(e)
+            finally:
+                sem.release()
+
+        with ThreadPoolExecutor(self.threads, thread_name_prefix="rekkord-check") as pool:
+            for x in items:
+                if errors:
+                    break
+                sem.acquire()
+                pool.submit(run, x)
+        if errors:
+            raise errors[0]
+
+    # ---- the run -----------------------------------------------------------------------
 
     def run(self) -> CheckReport:
         started = time.monotonic()
         repo = self.repo
-        # Certificates: anything under keys/ that does not verify is suspicious.
-        for name, _ in repo.storage.list("keys/"):
-            kid = name.split("/", 1)[1]
-            if kid not in repo.certificates():
-                self.problem(name, "certificate is damaged or not signed by the master key")
-        # Snapshot records.
-        bad_records = []
-        snaps = repo.snapshots(on_problem=lambda sid, msg: bad_records.append((sid, msg)))
-        for sid, msg in bad_records:
-            self.problem(f"snapshots/{sid}", msg, [sid])
-        self.report.snapshots = len(snaps)
-        listing = {}
-        for name, size in repo.storage.list("blobs/"):
-            bid = fmt.blob_id_from_name(name)
-            if bid is None:
-                self.problem(name, "unexpected object in blobs/")
-                continue
-            listing[bid] = size
-        # Walk the graph.
-        refs: dict[bytes, tuple[int, list[str]]] = {}
-        reflist_of: dict[str, set[bytes]] = {}
+        r = self.report
+        listing: dict[str, int] = dict(repo.storage.list(""))
+        blobs: dict[bytes, int] = {}
+        self.fossils: dict[bytes, str] = {}  # blobs a prune collected (rekkord/gc.py): still readable
+        for name, size in listing.items():
+            if name.startswith("fossils/"):
+                from .gc import parse_fossil_name
 
-        def ref(bid: bytes, size: int, sid: str):
-            cur = refs.get(bid)
-            if cur is None:
-                refs[bid] = (size, [sid])
-            else:
-                if cur[0] != size:
-                    self.problem(f"blob {bid.hex()}", f"recorded with two different sizes ({cur[0]} and {size})",
-                                 [sid])
-                if cur[1][-1] != sid:
-                    cur[1].append(sid)
-
-        for snap in snaps:
-            members = set()
-            for bid, size in snap.index:
-                ref(bid, size, snap.id)
-            for bid, size in snap.reflist:
-                ref(bid, size, snap.id)
-                try:
-                    raw = self._read_raw(bid, size)
-                    data = repo.codec.open(bid, raw, fmt.T_REFLIST)
-                    for child, csize in fmt.unpack_reflist(data):
-                        ref(child, csize, snap.id)
-                        members.add(child)
-                except (IntegrityError, StorageError) as e:
-                    self.problem(f"blob {bid.hex()}", f"reference list unreadable: {e}", [snap.id])
-            reflist_of[snap.id] = members
-        self.report.blobs_referenced = len(refs)
-        # Presence and size, from the listing (cheap).
+                parsed = parse_fossil_name(name)
+                if parsed is None:
+                    self.problem(name, "object", UNEXPECTED, "not a fossil name; not part of the repository format")
+                else:
+                    self.fossils[parsed[1]] = name
+                    self._fossil_sizes[parsed[1]] = size
+            elif name.startswith("blobs/"):
+                bid = fmt.blob_id_from_name(name)
+                if bid is None:
+                    self.problem(name, "object", UNEXPECTED, "not a blob name; not part of the repository format")
+                else:
+                    blobs[bid] = size
+            elif name not in KNOWN_NAMES and not name.startswith(KNOWN_PREFIXES):
+                self.problem(name, "object", UNEXPECTED, "not part of the repository format (a copy, a "
+                             "leftover or planted by someone with storage access)")
+        self._check_keys(listing)
+        snaps = self._load_snapshots(listing)
+        r.snapshots = len(snaps)
+        by_id = {s.id: s for s in snaps}
+        refs, kinds, direct, reflists = self._walk(snaps, blobs)
+        r.blobs_referenced = len(refs)
+        # Presence and size, from the listing.
+        bad: dict[bytes, Problem] = {}
         present = []
-        for bid, (size, sids) in refs.items():
-            actual = listing.get(bid)
+        fossil_refs = 0
+        for bid, size in refs.items():
+            what = WHAT_BLOB[kinds.get(bid, fmt.T_DATA)]
+            actual = blobs.get(bid)
+            if bid in bad:
+                continue
+            if actual is None and bid in self.fossils:
+                actual = self._fossil_sizes[bid]  # collected by a prune while a save used it
+                self.names[bid] = self.fossils[bid]
+                fossil_refs += 1
             if actual is None:
-                self.problem(f"blob {bid.hex()}", "missing", sids)
+                bad[bid] = self.problem(self.blob_name(bid), what, MISSING, "missing")
             elif actual != size:
-                self.problem(f"blob {bid.hex()}", f"has size {actual}, expected {size} (truncated or replaced)",
-                             sids)
+                bad[bid] = self.problem(self.blob_name(bid), what, WRONG_SIZE,
+                                        f"has {actual} bytes where {size} were stored (truncated or replaced)")
             else:
                 present.append(bid)
-        orphans = [b for b in listing if b not in refs]
-        self.report.orphans = len(orphans)
-        # Read blobs: MAC (all keys) and, with read_data, full decryption.
-        to_read = self._choose(present, refs)
-        to_read_orphans = orphans if (not self.subset) else []
-        self._read_all(to_read, refs, full=self.read_data or bool(self.subset))
-        self._read_all(to_read_orphans, {b: (listing[b], []) for b in to_read_orphans}, full=False, orphan=True)
-        self.report.blobs_checked = len(present)
-        # With a key that reads the index: every extent must be in the reference list.
-        if repo.key.can("read") and self.read_data:
-            self._check_index_graph(snaps, reflist_of)
-        damaged = set()
-        for p in self.report.problems:
-            damaged.update(p.snapshots)
-        self.report.damaged_snapshots = sorted(damaged)
-        if repo.key.can("read"):
-            self._name_paths(snaps)
+        r.blobs_checked = len(present)
+        if fossil_refs:
+            r.notes.append(f"{fossil_refs} referenced blobs exist only as fossils (collected by a prune while "
+                           "a save used them); the next prune moves them back")
+        for bid, e in self._failed_reflist.items():  # read (and found wanting) by the walk
+            name = self.blob_name(bid)
+            if isinstance(e, ObjectNotFound):
+                bad[bid] = self.problem(name, "reference list", MISSING, "missing (deleted during the check?)")
+            elif isinstance(e, StorageError):
+                self.problem(name, "reference list", UNVERIFIED, f"could not be read: {e}")
+            else:
+                bad[bid] = self.problem(name, "reference list", DAMAGED, _strip(str(e), bid))
+        # Read: MAC (and type) for every key; full opening with read_data.
+        verified: set[bytes] = set(b for b in reflists if b not in bad)  # read and opened by the walk
+        todo = [b for b in self._choose(present, refs) if b not in verified and b not in self._failed_reflist]
+        full = self.can_read and (self.read_data or self.subset is not None)
+        self._read_blobs(todo, refs, kinds, bad, verified, full=full)
+        orphans = [b for b in blobs if b not in refs]
+        r.orphans = len(orphans)
+        if self.subset is None:
+            self._read_blobs(orphans, None, {}, bad, set(), full=False)
+        # Which snapshots each problem affects.
+        self._attribute(bad, kinds, direct, reflists)
+        # Read keys: every index, in full, against the reference lists; files per damaged blob.
+        if self.can_read:
+            self._read_indexes(snaps, by_id, bad, reflists, direct)
+        self._drop_forgotten(by_id)
+        self._remember(snaps, by_id)
+        damaged = sorted({s for p in r.problems if p.damage for s in p.snapshots})
+        r.damaged_snapshots = damaged
+        for sid in damaged:
+            s = by_id.get(sid)
+            if s is not None:
+                r.snapshot_info[sid] = {"channel": s.channel, "time": s.to_json()["time"], "host": s.host}
+        self._previous_damage(damaged, by_id)
+        self._heal(bad, verified, refs)
         if self.cache is not None:
-            bad = [bytes.fromhex(p.object.split()[1]) for p in self.report.problems
-                   if p.object.startswith("blob ")]
-            self.cache.forget_blobs(bad)
+            if full or not self.can_read:
+                self.cache.mark_verified(list(verified))
             self.cache.commit()
-        self.report.duration = round(time.monotonic() - started, 3)
-        return self.report
+        r.duration = round(time.monotonic() - started, 3)
+        return r
 
-    def _read_raw(self, bid: bytes, size: int | None = None) -> bytes:
-        try:
-            return self.repo.storage.read(fmt.blob_name(bid))
-        except ObjectNotFound:
-            raise IntegrityError(f"blob {bid.hex()} is missing") from None
+    # ---- keys, revocations, hints --------------------------------------------------------
 
-    def _choose(self, present: list[bytes], refs) -> list[bytes]:
-        if not self.subset:
+    def _check_keys(self, listing: dict[str, int]):
+        repo = self.repo
+        certs = repo.certificates()
+        for name in listing:
+            if name.startswith("keys/") and name[5:] not in certs:
+                self.problem(name, "key certificate", DAMAGED, "damaged, forged or stored under another name "
+                             "(not a certificate the master key signed for this key id)")
+        revs = repo.revocations()
+        for name in listing:
+            if name.startswith("revoked/") and name[8:] not in revs:
+                self.problem(name, "revocation", DAMAGED, "damaged, forged or stored under another name "
+                             "(not a revocation the master key signed)")
+        self.hints = repo.repairs(on_problem=lambda n, m: self.problem(n, "repair hint", DAMAGED, m))
+
+    # ---- snapshot records --------------------------------------------------------------
+
+    def _load_snapshots(self, listing: dict[str, int]) -> list[Snapshot]:
+        repo = self.repo
+        sids = [n.split("/", 1)[1] for n in listing if n.startswith("snapshots/")]
+        out: list[Snapshot] = []
+        seen = self.cache.seen_snapshots() if self.cache is not None else {}
+        last_check = int(self.cache.get_meta("last_check_time") or 0) if self.cache is not None else 0
+        certs = repo.certificates()
+
+        def one(sid: str):
+            try:
+                snap = repo.load_snapshot(sid)
+            except SnapshotNotFound:
+                return  # forgotten since the listing
+            except (IntegrityError, UnsupportedFormat) as e:
+                msg = str(e)
+                prefix = f"snapshot {sid}: "
+                self.problem(f"snapshots/{sid}", "snapshot record", DAMAGED,
+                             msg[len(prefix):] if msg.startswith(prefix) else msg, [sid])
+                return
+            except StorageError as e:
+                self.problem(f"snapshots/{sid}", "snapshot record", UNVERIFIED, f"could not be read: {e}", [sid])
+                return
+            problems = []
+            for m in snap.problems:
+                if "not certified" in m:
+                    cname = f"keys/{snap.kid}"
+                    state = "is missing" if cname not in listing else "is damaged or forged"
+                    if snap.kid in certs:
+                        m = f"signature by key {snap.kid} does not verify (record forged or altered)"
+                    else:
+                        m = f"signed by key {snap.kid}, whose certificate {cname} {state}"
+                problems.append(m)
+            rev = repo.revocations().get(snap.kid)
+            if rev is not None and not any("revoked" in m for m in problems):
+                first = seen.get(sid, (None, None))[0]
+                rev_s = rev.get("time_ns", 0) / 1e9
+                if (first is not None and first > rev_s) or (first is None and last_check > rev_s):
+                    problems.append(f"signed by key {snap.kid}, which was revoked on {_when(rev_s)}; the record "
+                                    f"claims {_when(snap.time)} but appeared after the revocation (backdated)")
+            if problems:
+                snap.signature_ok = False
+                self.problem(f"snapshots/{sid}", "snapshot record", UNTRUSTED, "; ".join(problems), [sid])
+            gone = seen.get(sid, (None, None))[1]
+            if gone is not None:
+                self.problem(f"snapshots/{sid}", "snapshot record", REPLAYED,
+                             f"reappeared after it had been gone since {_when(gone)} (replayed or restored "
+                             "by someone with storage access?)", [sid])
+            with self.lock:
+                out.append(snap)
+
+        self._parallel(one, sids)
+        out.sort(key=lambda s: (s.time_ns, s.id))
+        return out
+
+    # ---- the reference graph ---------------------------------------------------------------
+
+    def _walk(self, snaps: list[Snapshot], blobs: dict[bytes, int]):
+        """refs: id -> recorded size; kinds: id -> type for index blobs and
+        reference lists; direct: id -> snapshots naming it in their record;
+        reflists: reference-list id -> its plaintext (packed records)."""
+        refs: dict[bytes, int] = {}
+        kinds: dict[bytes, int] = {}
+        direct: dict[bytes, set[str]] = {}
+        size_conflicts: dict[bytes, set[int]] = {}
+
+        def ref(bid: bytes, size: int, btype: int, sid: str | None):
+            cur = refs.get(bid)
+            if cur is None:
+                refs[bid] = size
+            elif cur != size:
+                size_conflicts.setdefault(bid, {cur}).add(size)
+            if btype != fmt.T_DATA:
+                kinds[bid] = btype
+            if sid is not None:
+                direct.setdefault(bid, set()).add(sid)
+
+        for snap in snaps:
+            try:
+                for bid, size in snap.index:
+                    ref(bid, size, fmt.T_INDEX, snap.id)
+                for bid, size in snap.reflist:
+                    ref(bid, size, fmt.T_REFLIST, snap.id)
+            except (KeyError, ValueError, TypeError):
+                self.problem(f"snapshots/{snap.id}", "snapshot record", DAMAGED,
+                             "names its blobs in a malformed way", [snap.id])
+        reflists: dict[bytes, bytes] = {}
+        codec = self.repo.codec
+
+        def read_reflist(bid: bytes):
+            size = refs[bid]
+            name = fmt.blob_name(bid)
+            if bid not in blobs and bid in self.fossils:
+                name = self.fossils[bid]
+                if self._fossil_sizes[bid] != size:
+                    return
+            elif blobs.get(bid) != size:
+                return  # missing or wrong size: reported with the other blobs
+            try:
+                raw = self.repo.storage.read(name)
+                self._count(raw)
+                if len(raw) != size:
+                    raise IntegrityError(f"blob {bid.hex()}: read {len(raw)} bytes where {size} were stored")
+                data = codec.open(bid, raw, fmt.T_REFLIST)
+                fmt.unpack_reflist(data)  # validates the length
+            except (IntegrityError, UnsupportedFormat, ObjectNotFound, StorageError) as e:
+                with self.lock:
+                    self._failed_reflist[bid] = e
+                return
+            with self.lock:
+                reflists[bid] = bytes(data)
+
+        self._failed_reflist: dict[bytes, Exception] = {}
+        self._parallel(read_reflist, [b for b, t in kinds.items() if t == fmt.T_REFLIST])
+        for bid, data in reflists.items():
+            for child, csize in fmt.unpack_reflist(data):
+                ref(child, csize, fmt.T_DATA, None)
+        for bid, sizes in size_conflicts.items():
+            self.problem(fmt.blob_name(bid), WHAT_BLOB[kinds.get(bid, fmt.T_DATA)], DAMAGED,
+                         f"recorded with different sizes ({', '.join(map(str, sorted(sizes)))}): a record or "
+                         "reference list names it wrongly")
+        return refs, kinds, direct, reflists
+
+    def _count(self, raw: bytes):
+        with self.lock:
+            self.report.blobs_read += 1
+            self.report.bytes_read += len(raw)
+        self._tick()
+
+    # ---- reading blobs ---------------------------------------------------------------------
+
+    def _choose(self, present: list[bytes], refs: dict[bytes, int]) -> list[bytes]:
+        if self.subset is None:
             return present
         kind, amount = self.subset
         last = {}
         if self.cache is not None:
             for b in present:
                 last[b] = self.cache.last_verified(b) or 0
-        order = sorted(present, key=lambda b: (last.get(b, 0), os.urandom(2)))
+        # Least recently verified first; ties in random order, so that runs differ.
+        order = sorted(present, key=lambda b: (last.get(b, 0), os.urandom(4)))
         if kind == "fraction":
-            n = max(1, round(len(order) * amount)) if order and amount > 0 else 0
-            return order[:n]
+            return order[:math.ceil(len(order) * amount)]
         out, total = [], 0
         for b in order:
-            if total >= amount:
+            if total + refs[b] > amount and out:
+                break
+            if refs[b] > amount:
                 break
             out.append(b)
-            total += refs[b][0]
+            total += refs[b]
         return out
 
-    def _read_all(self, ids: list[bytes], refs, *, full: bool, orphan: bool = False):
-        if not ids:
-            return
+    def _read_blobs(self, ids: list[bytes], refs: dict[bytes, int] | None, kinds: dict[bytes, int],
+                    bad: dict[bytes, Problem], verified: set[bytes], *, full: bool):
+        """Read and verify blobs; ``refs`` None for unreferenced ones."""
         codec = self.repo.codec
-        verified = []
+        orphan = refs is None
 
         def one(bid: bytes):
-            size, sids = refs[bid]
+            name = self.blob_name(bid)
+            btype = kinds.get(bid, fmt.T_DATA)
+            what = "unreferenced blob" if orphan else WHAT_BLOB[btype]
             try:
-                raw = self._read_raw(bid)
-            except (IntegrityError, StorageError) as e:
-                self.problem(f"blob {bid.hex()}", str(e), sids)
+                raw = self.repo.storage.read(name)
+            except ObjectNotFound:
+                if not orphan:
+                    bad[bid] = self.problem(name, what, MISSING, "missing (deleted during the check?)")
                 return
-            with self.lock:
-                self.report.blobs_read += 1
-                self.report.bytes_checked += len(raw)
+            except StorageError as e:
+                self.problem(name, what, UNVERIFIED, f"could not be read: {e}")
+                return
+            self._count(raw)
+            if not orphan and len(raw) != refs[bid]:
+                bad[bid] = self.problem(name, what, WRONG_SIZE,
+                                        f"read {len(raw)} bytes where {refs[bid]} were stored")
+                return
             problem = codec.verify_mac(bid, raw)
             if problem:
-                what = "unreferenced object: " if orphan else ""
-                self.problem(f"blob {bid.hex()}", what + problem, sids)
+                if orphan:
+                    problem += "; nothing references it: a damaged leftover, a copy of another object or a forgery"
+                p = self.problem(name, what, DAMAGED, problem)
+                if not orphan:
+                    bad[bid] = p
                 return
-            if full and codec.blob_type(raw) != fmt.T_REFLIST:
+            if not orphan and codec.blob_type(raw) != btype:
+                bad[bid] = self.problem(name, what, DAMAGED, f"is a {WHAT_BLOB.get(codec.blob_type(raw), '?')}, "
+                                        f"but is referenced as a {what}")
+                return
+            if full and not orphan:
                 try:
-                    codec.open(bid, raw)
-                except IntegrityError as e:
-                    self.problem(f"blob {bid.hex()}", str(e).split(": ", 1)[-1], sids)
+                    codec.open(bid, raw, btype)
+                except (IntegrityError, UnsupportedFormat) as e:
+                    bad[bid] = self.problem(name, what, DAMAGED, _strip(str(e), bid))
                     return
+                with self.lock:
+                    self.report.blobs_decrypted += 1
             with self.lock:
-                verified.append(bid)
-                n = self.report.blobs_read
-            if self.progress and n % 64 == 0:
-                self.progress(self.report)
+                verified.add(bid)
 
-        with ThreadPoolExecutor(self.threads) as pool:
-            list(pool.map(one, ids))
-        if self.cache is not None and full:
-            self.cache.mark_verified(verified)
+        self._parallel(one, ids)
 
-    def _check_index_graph(self, snaps: list[Snapshot], reflist_of):
-        from .snapshot import iter_entries
+    # ---- attribution -------------------------------------------------------------------------
 
-        for snap in snaps:
-            members = reflist_of.get(snap.id, set())
-            try:
-                for e in iter_entries(self.repo, snap):
-                    for x in e.extents:
-                        if x.blob not in members:
-                            self.problem(f"blob {x.blob.hex()}", "used by the index but not in the snapshot's "
-                                         f"reference list (file /{os.fsdecode(e.path)})", [snap.id])
-            except IntegrityError as e:
-                self.problem(f"snapshot {snap.id}", f"index unreadable: {e}", [snap.id])
-
-    def _name_paths(self, snaps: list[Snapshot]):
-        """For keys that can read names: list the files each damaged blob affects."""
-        from .snapshot import iter_entries
-
-        bad = {}
-        for p in self.report.problems:
-            if p.object.startswith("blob "):
-                try:
-                    bad[bytes.fromhex(p.object.split()[1])] = p
-                except ValueError:
-                    pass
+    def _attribute(self, bad: dict[bytes, Problem], kinds, direct, reflists: dict[bytes, bytes]):
+        """Name, for each damaged blob, the snapshots that reference it."""
         if not bad:
             return
-        for snap in snaps:
-            if snap.id not in self.report.damaged_snapshots:
+        users: dict[bytes, set[str]] = {}  # bad data blob -> snapshots
+        data_bad = {b for b in bad if kinds.get(b, fmt.T_DATA) == fmt.T_DATA}
+        if data_bad:
+            rec = fmt.REFLIST_RECORD
+            for rl, data in reflists.items():
+                owners = direct.get(rl, set())
+                for o in range(0, len(data), rec.size):
+                    child = data[o:o + 32]
+                    if child in data_bad:
+                        users.setdefault(child, set()).update(owners)
+        for bid, p in bad.items():
+            snaps = set(direct.get(bid, ())) | users.get(bid, set())
+            p.snapshots = sorted(set(p.snapshots) | snaps)
+
+    # ---- indexes (keys that can read) ----------------------------------------------------------
+
+    def _read_indexes(self, snaps: list[Snapshot], by_id: dict[str, Snapshot], bad: dict[bytes, Problem],
+                      reflists: dict[bytes, bytes], direct):
+        """With --read-data: every index against the snapshot's reference
+        list.  Otherwise only the damaged snapshots' indexes, to name files."""
+        damaged = {s for p in bad.values() for s in p.snapshots}
+        todo = snaps if self.read_data else [s for s in snaps if s.id in damaged]
+        bad_data = {b: p for b, p in bad.items() if p.what == "data blob"}
+        graph_problems: dict[bytes, Problem] = {}
+        for snap in todo:
+            if not snap.signature_ok and not self.read_data:
                 continue
+            members = None
+            if self.read_data:
+                members = set()
+                complete = True
+                for rl, _ in snap.reflist:
+                    data = reflists.get(rl)
+                    if data is None:
+                        complete = False
+                        continue
+                    for o in range(0, len(data), fmt.REFLIST_RECORD.size):
+                        members.add(data[o:o + 32])
+                if not complete:
+                    members = None  # a reference list is damaged: reported already
+
+            def on_damage(lost, before, after, snap=snap):
+                for b, _m in lost:
+                    p = bad.get(b)
+                    line = describe_loss([(b, _m)], before, after)
+                    if p is None:
+                        p = bad[b] = self.problem(fmt.blob_name(b), "index blob", DAMAGED, _m, [snap.id])
+                    if snap.id not in p.snapshots:
+                        p.snapshots.append(snap.id)
+                    note = line.split(": the entries ", 1)[-1]
+                    p.paths.append(f"(snapshot {snap.id[:8]}: the entries {note})")
+
+            flagged: dict[str, list[str]] = {}
             try:
-                for e in iter_entries(self.repo, snap):
+                for e in iter_entries_salvaging(self.repo, snap, on_damage):
+                    if e.flags:
+                        for bit, label in ((F_CHANGED, "changed while they were read"),
+                                           (F_PARTIAL, "read only in part (I/O error)"),
+                                           (F_UNREADABLE, "unreadable")):
+                            if e.flags & bit:
+                                flagged.setdefault(label, []).append("/" + os.fsdecode(e.path))
                     for x in e.extents:
-                        p = bad.get(x.blob)
+                        p = bad_data.get(x.blob)
                         if p is not None and len(p.paths) < 1000:
                             path = "/" + os.fsdecode(e.path)
                             if path not in p.paths:
                                 p.paths.append(path)
-            except IntegrityError:
-                continue  # reported by the index blob's own problem
+                        if members is not None and x.blob not in members:
+                            g = graph_problems.get(x.blob)
+                            if g is None:
+                                g = graph_problems[x.blob] = self.problem(
+                                    fmt.blob_name(x.blob), "data blob", INCOMPLETE_GRAPH,
+                                    "used by a file but missing from its snapshot's reference list (prune "
+                                    "would not see it)")
+                            if snap.id not in g.snapshots:
+                                g.snapshots.append(snap.id)
+                            if len(g.paths) < 1000:
+                                g.paths.append("/" + os.fsdecode(e.path))
+            except RekkordError as e:
+                self.problem(f"snapshots/{snap.id}", "snapshot record", UNVERIFIED,
+                             f"index could not be read: {e}", [snap.id])
+            for label, paths in flagged.items():  # recorded by the save; not damage
+                more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+                self.report.notes.append(f"snapshot {snap.id[:8]} ({snap.channel}): {len(paths)} files were "
+                                         f"{label} when saved: {', '.join(paths[:5])}{more}")
+
+    # ---- concurrent forget, memory, healing -----------------------------------------------------
+
+    def _drop_forgotten(self, by_id: dict[str, Snapshot]):
+        """A snapshot forgotten while the check ran (and its blobs pruned) is
+        not damage: drop it from the problems when its record is gone."""
+        involved = {s for p in self.report.problems for s in p.snapshots}
+        gone = set()
+        for sid in involved:
+            try:
+                if self.repo.storage.stat(f"snapshots/{sid}") is None:
+                    gone.add(sid)
+            except StorageError:
+                pass
+        if not gone:
+            return
+        keep = []
+        for p in self.report.problems:
+            if p.snapshots and set(p.snapshots) <= gone and p.kind in (MISSING, WRONG_SIZE, UNVERIFIED):
+                continue
+            p.snapshots = [s for s in p.snapshots if s not in gone]
+            keep.append(p)
+        self.report.problems = keep
+        for sid in gone:
+            by_id.pop(sid, None)
+
+    def _remember(self, snaps: list[Snapshot], by_id):
+        if self.cache is None:
+            return
+        seen = self.cache.seen_snapshots()
+        present = [s.id for s in snaps] + [p.object.split("/", 1)[1] for p in self.report.problems
+                                           if p.what == "snapshot record" and p.object.startswith("snapshots/")]
+        present_set = set(present)
+        self.report.vanished_snapshots = sorted(s for s, (_, gone) in seen.items()
+                                                if gone is None and s not in present_set)
+        if self.report.vanished_snapshots:
+            self.report.notes.append(
+                f"{len(self.report.vanished_snapshots)} snapshot records seen by the previous check are gone "
+                "(forgotten, or deleted by someone with storage access)")
+        self.cache.note_snapshots(present_set)
+        self.cache.set_meta("last_check_time", int(time.time()))
+
+    def _previous_damage(self, damaged: list[str], by_id):
+        if self.cache is None:
+            return
+        before = set(filter(None, (self.cache.get_meta("check_damaged") or "").split(",")))
+        self.report.healed_snapshots = sorted(s for s in before - set(damaged) if s in by_id)
+        if self.subset is None:
+            self.cache.set_meta("check_damaged", ",".join(damaged))
+        else:  # a partial run only adds what it found
+            self.cache.set_meta("check_damaged", ",".join(sorted(set(damaged) | (before - set(
+                self.report.healed_snapshots)))))
+            self.report.healed_snapshots = []
+
+    def _heal(self, bad: dict[bytes, Problem], verified: set[bytes], refs: dict[bytes, int]):
+        damaged_ids = {b for b, p in bad.items() if p.kind in (MISSING, DAMAGED, WRONG_SIZE) and b in refs}
+        if self.cache is not None and damaged_ids:
+            self.cache.forget_blobs(damaged_ids)
+        if not self.heal:
+            return
+        try:
+            covered = set()
+            for name, ids in self.hints.items():
+                ids = set(ids)
+                if ids & damaged_ids:
+                    covered |= ids
+                elif all(b in verified or b not in refs for b in ids):
+                    self.repo.storage.delete(name)  # everything it named is intact again, or gone
+                    self.report.repairs_removed += 1
+            new = damaged_ids - covered
+            if new:
+                self.report.repair_hint = self.repo.write_repair(sorted(new))
+        except StorageError as e:
+            self.report.notes.append(f"could not update repair hints: {e}")
+
+
+def _strip(msg: str, bid: bytes) -> str:
+    prefix = f"blob {bid.hex()}: "
+    return msg[len(prefix):] if msg.startswith(prefix) else msg
+
+
+def _when(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t))

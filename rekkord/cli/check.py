@@ -4,40 +4,65 @@ from __future__ import annotations
 
 import click
 
-from ..errors import ExitCode
 from .context import Settings, echo_json, human_bytes, pass_settings
 
 
 @click.command("check")
-@click.option("--read-data", is_flag=True, help="Also decrypt and re-hash every blob (read key or better)")
+@click.option("--read-data", is_flag=True, help="Also decrypt and re-hash every blob (read, full or admin key)")
 @click.option("--read-data-subset", metavar="N%|SIZE",
-              help="Decrypt and re-hash a part, least recently verified first")
-@click.option("--json", "as_json", is_flag=True)
+              help="Read only a part of the blobs in full (e.g. 5% or 2G), least recently verified first; "
+                   "with an audit key the part is MAC-verified")
+@click.option("--no-heal", is_flag=True, help="Do not publish a repair hint for missing or damaged blobs")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object")
 @pass_settings
-def check_cmd(s: Settings, read_data, read_data_subset, as_json):
-    """Verify the repository (an audit key verifies without decrypting)."""
-    from ..check import Checker
+def check_cmd(s: Settings, read_data, read_data_subset, no_heal, as_json):
+    """Verify the repository; an audit key verifies without decrypting anything.
 
+    Exit codes: 0 no problem found, 4 damage found, 7 the storage failed
+    to answer for some objects (check incomplete), 5 the key cannot check
+    (write key; --read-data with an audit key), 6 no repository, 1 other.
+    """
+    from ..check import Checker, parse_subset
+
+    parse_subset(read_data_subset)  # a usage error before any work
     repo = s.open_repo()
     cache = s.open_cache(repo)
     try:
-        report = Checker(repo, cache, read_data=read_data, subset=read_data_subset, threads=s.threads).run()
+        report = Checker(repo, cache, read_data=read_data, subset=read_data_subset, threads=s.threads,
+                         heal=not no_heal).run()
     finally:
         cache.close()
     if as_json:
         echo_json(report.to_json())
-    else:
-        for p in report.problems:
-            click.echo(f"rekkord: damage: {p}", err=True)
-        if not s.quiet or not report.ok:
-            status = "no problems found" if report.ok else f"{len(report.problems)} problems found"
-            click.echo(f"checked {report.snapshots} snapshots, {report.blobs_checked} blobs "
-                       f"({report.blobs_read} read, {human_bytes(report.bytes_checked)}), "
-                       f"{report.orphans} unreferenced: {status}", err=not report.ok)
-        if report.damaged_snapshots:
-            click.echo("damaged snapshots: " + " ".join(x[:8] for x in report.damaged_snapshots), err=True)
-    if not report.ok:
-        raise SystemExit(ExitCode.DAMAGED)
+        raise SystemExit(report.exit_code)
+    for p in report.problems:
+        label = "damage" if p.damage else "could not verify"
+        click.echo(f"rekkord: {label}: {p}", err=True)
+    for n in report.notes:
+        click.echo(f"rekkord: note: {n}", err=True)
+    status = {"clean": "no problems found", "damaged": f"{len(report.problems)} problems found",
+              "incomplete": f"{len(report.problems)} objects could not be verified"}[report.status]
+    if not s.quiet or not report.ok:
+        read = f"{report.blobs_read} read" + (f", {report.blobs_decrypted} decrypted" if report.blobs_decrypted
+                                              else "")
+        click.echo(f"checked ({report.level}) {report.snapshots} snapshots, {report.blobs_checked} of "
+                   f"{report.blobs_referenced} blobs present ({read}, {human_bytes(report.bytes_read)}), "
+                   f"{report.orphans} unreferenced in {report.duration:.1f}s: {status}", err=not report.ok)
+    if report.damaged_snapshots:
+        click.echo("damaged snapshots:", err=True)
+        for sid in report.damaged_snapshots:
+            info = report.snapshot_info.get(sid, {})
+            click.echo(f"  {sid}  {info.get('channel', '?')}  {info.get('time', '')}  {info.get('host', '')}",
+                       err=True)
+    if report.healed_snapshots:
+        click.echo("healed since the previous check: " + " ".join(x[:8] for x in report.healed_snapshots),
+                   err=not report.ok)
+    if report.repair_hint:
+        click.echo(f"published repair hint {report.repair_hint}: the next save on each machine that still has "
+                   "the data uploads the missing or damaged blobs again", err=True)
+    if report.repairs_removed and not s.quiet:
+        click.echo(f"removed {report.repairs_removed} repair hints: what they named is intact again")
+    raise SystemExit(report.exit_code)
 
 
 COMMANDS = [check_cmd]
