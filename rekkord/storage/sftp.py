@@ -388,7 +388,11 @@ class SFTPStorage(Storage):
         if not path.startswith("/"):
             raise ConfigError(f"SFTP URL {url!r} needs an absolute path: sftp://USER@HOST[:PORT]/ABSOLUTE/PATH")
         fps = options.get("sftp_fingerprint")
+        if isinstance(fps, (list, tuple)):  # a TOML list
+            fps = ",".join(map(str, fps))
         known = options.get("sftp_known_hosts")
+        if isinstance(known, (list, tuple)):
+            known = os.pathsep.join(map(str, known))
         return cls(
             parts.hostname or "",
             path,
