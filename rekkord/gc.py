@@ -34,6 +34,7 @@ record and fails).  Deletion never waits on a clock unless a saver died.
 from __future__ import annotations
 
 import base64
+import calendar
 import hmac
 import json
 import threading
@@ -56,6 +57,8 @@ SESSION_TIMEOUT = 30 * 60.0
 DEAD_KEEP = 7 * 86400.0
 #: A save that ran longer than this verifies its blobs whatever it finds.
 LONG_SAVE = DEAD_KEEP / 2
+#: Entries of the signed log of forgotten snapshots are kept this long.
+FORGET_LOG_KEEP = 90 * 86400.0
 #: Generations kept below the newest (older ones are removed by prune).
 GENERATIONS_KEPT = 16
 
@@ -686,6 +689,15 @@ class Pruner:
 
     def _housekeeping(self):
         storage = self.storage
+        from .forget import FORGOTTEN
+
+        for name, _ in storage.list(FORGOTTEN):
+            try:
+                t = calendar.timegm(time.strptime(name[len(FORGOTTEN):].split("-")[0], "%Y%m%dT%H%M%SZ"))
+            except ValueError:
+                continue
+            if self.clock() - t > FORGET_LOG_KEEP:
+                storage.delete(name)
         gens = generations(storage)
         if len(gens) > GENERATIONS_KEPT:
             for n in gens[: len(gens) - GENERATIONS_KEPT]:
