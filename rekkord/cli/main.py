@@ -93,9 +93,9 @@ def cli(ctx, repository, key_file, config_path, cache_dir, no_cache, threads, qu
 
 
 def _register():
-    from . import browse, channels, check, init, key, ls, mount, restore, save, setup, snapshots
+    from . import browse, channels, check, forget, init, key, ls, mount, prune, restore, save, setup, snapshots
 
-    for mod in (init, key, save, snapshots, ls, restore, check, browse, channels, mount, setup):
+    for mod in (init, key, save, snapshots, ls, restore, check, browse, channels, mount, setup, forget, prune):
         for c in mod.COMMANDS:
             cli.add_command(c)
 
