@@ -167,6 +167,17 @@ class SeaweedFS:
         opts.update({k: str(v) for k, v in extra.items()})
         return opts
 
+    def env(self) -> dict[str, str]:
+        """Environment variables that point boto3 (and so the rekkord CLI)
+        at this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
     def url(self, prefix: str | None = None, bucket: str | None = None) -> str:
         """``s3://BUCKET/PREFIX``; a fresh unique prefix by default."""
         if prefix is None:
@@ -429,6 +440,10 @@ class SSHServer:
         if path is None:
             path = str(self.data_dir / ("t-" + uuid.uuid4().hex[:12]))
         return f"sftp://{self.user}@{self.host}:{self.port}{path}"
+
+    def env(self) -> dict[str, str]:
+        """Environment variables for the rekkord CLI."""
+        return {"REKKORD_SFTP_KEY_FILE": self.key_file, "REKKORD_SFTP_FINGERPRINT": self.fingerprint}
 
     def options(self, **extra) -> dict[str, str]:
         opts = {"sftp_key_file": self.key_file, "sftp_fingerprint": self.fingerprint}

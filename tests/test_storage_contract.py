@@ -58,7 +58,7 @@ def loc(request, tmp_path):
         srv = request.getfixturevalue("sftp_server")
         url = srv.url()
         storage = open_storage(url, srv.options())
-        directory = Path(url.split(str(srv.port), 1)[1])  # the server is this machine
+        directory = Path(url.split(f":{srv.port}", 1)[1])  # the server is this machine
     storage.create()
     try:
         yield Location(storage, directory)
