@@ -18,6 +18,9 @@ import click
 from .context import human_bytes
 
 log = logging.getLogger("rekkord")
+# Records go only to the --log-file handler; without one, logging's last-resort
+# handler would print every warning and error a second time on stderr.
+log.addHandler(logging.NullHandler())
 
 
 def stderr_is_tty() -> bool:
