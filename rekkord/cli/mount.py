@@ -10,7 +10,7 @@ from .progress import warn_printer
 
 @click.command("mount")
 @click.argument("snapshot", metavar="SNAPSHOT|all")
-@click.argument("mountpoint", type=click.Path(file_okay=False))
+@click.argument("mountpoint")
 @click.option("--allow-other", is_flag=True, help="Let other users in (needs user_allow_other in /etc/fuse.conf "
               "unless root); permissions are still checked")
 @click.option("--cache-size", type=click.IntRange(8, 65536), default=64, show_default=True, metavar="MIB",

@@ -18,6 +18,7 @@ import click
 from .context import human_bytes
 
 log = logging.getLogger("rekkord")
+log.addHandler(logging.NullHandler())  # without --log-file, log lines go nowhere (not to stderr)
 # Records go only to the --log-file handler; without one, logging's last-resort
 # handler would print every warning and error a second time on stderr.
 log.addHandler(logging.NullHandler())

@@ -1,0 +1,234 @@
+"""rekkord save through the real CLI: the JSON contract, --all from a config
+file with several channels, pre/post hooks, --stdin dumps, quiet and logged
+output for cron."""
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture
+def env(local_repo):
+    return {"REKKORD_REPOSITORY": local_repo.url, "REKKORD_KEY_FILE": local_repo.key_files["write"]}
+
+
+def read_env(local_repo):
+    return {"REKKORD_REPOSITORY": local_repo.url, "REKKORD_KEY_FILE": local_repo.key_files["read"]}
+
+
+def cat(run_cli, local_repo, spec) -> bytes:
+    return run_cli("cat", spec, env=read_env(local_repo), check=0).stdout
+
+
+def snapshots(run_cli, local_repo):
+    return json.loads(run_cli("snapshots", "--json", env=read_env(local_repo), check=0).stdout)
+
+
+def hook_log(path):
+    """A hook command that appends its REKKORD_* environment to ``path``."""
+    return (f"{sys.executable} -c \"import os, json; open('{path}', 'a').write(json.dumps("
+            f"{{k: v for k, v in os.environ.items() if k.startswith('REKKORD_')}}) + '\\n')\"")
+
+
+def read_hook_log(path):
+    return [json.loads(line) for line in open(path)] if os.path.exists(path) else []
+
+
+@pytest.fixture
+def trees(tmp_path):
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "hosts").write_text("127.0.0.1 localhost\n")
+    (etc / "skip.swp").write_text("swap")
+    www = tmp_path / "www"
+    www.mkdir()
+    (www / "index.html").write_text("<h1>hi</h1>\n")
+    return etc, www
+
+
+def test_save_json_parses_and_keeps_its_contract(run_cli, env, trees):
+    etc, _ = trees
+    p = run_cli("save", "etc", etc, "--json", env=env, check=0)
+    d = json.loads(p.stdout)
+    assert re.fullmatch(r"[0-9a-f]{32}", d["id"]) and d["channel"] == "etc" and d["status"] == "success"
+    assert d["files"] == 2 and d["problems"] == [] and "bytes_stored" in d
+    p = run_cli("save", "etc", etc, env=env, check=0)
+    assert p.stdout.decode().startswith("snapshot ") and b"saved in channel etc" in p.stdout
+
+
+def write_config(tmp_path, local_repo, body: str) -> str:
+    conf = tmp_path / "rekkord.toml"
+    conf.write_text(f'repository = "{local_repo.url}"\nkey_file = "{local_repo.key_files["write"]}"\n' + body)
+    return str(conf)
+
+
+def test_save_all_from_a_config_with_several_channels(run_cli, local_repo, trees, tmp_path):
+    etc, www = trees
+    log = tmp_path / "hooks.log"
+    conf = write_config(tmp_path, local_repo, f"""
+[channels.etc]
+paths = ["{etc}"]
+exclude = ["*.swp"]
+pre = {json.dumps(hook_log(log))}
+post = {json.dumps(hook_log(log))}
+
+[channels.www]
+paths = ["{www}"]
+""")
+    p = run_cli("-c", conf, "save", "--all", "--json", env={})
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert [(o["channel"], o["status"]) for o in out] == [("etc", "success"), ("www", "success")]
+    assert {s["channel"] for s in snapshots(run_cli, local_repo)} == {"etc", "www"}
+    assert cat(run_cli, local_repo, f"etc:{etc}/hosts") == b"127.0.0.1 localhost\n"
+    p = run_cli("cat", f"etc:{etc}/skip.swp", env=read_env(local_repo))
+    assert p.returncode == 6  # excluded by the channel's config
+    pre, post = read_hook_log(log)
+    assert pre["REKKORD_CHANNEL"] == "etc" and pre["REKKORD_HOOK"] == "pre" and "REKKORD_STATUS" not in pre
+    assert post == {**post, "REKKORD_CHANNEL": "etc", "REKKORD_STATUS": "success", "REKKORD_SNAPSHOT": out[0]["id"],
+                    "REKKORD_HOOK": "post"}
+    # `save CHANNEL` alone takes the channel's paths from the config file.
+    p = run_cli("-c", conf, "save", "www", "--json", env={}, check=0)
+    assert json.loads(p.stdout)["channel"] == "www"
+
+
+def test_failed_pre_hook_skips_the_channel_and_tells_the_post_hook(run_cli, local_repo, trees, tmp_path):
+    etc, www = trees
+    log = tmp_path / "hooks.log"
+    conf = write_config(tmp_path, local_repo, f"""
+[channels.db]
+paths = ["{etc}"]
+pre = "exit 3"
+post = {json.dumps(hook_log(log))}
+
+[channels.www]
+paths = ["{www}"]
+""")
+    p = run_cli("-c", conf, "save", "--all", env={})
+    assert p.returncode == 1
+    err = p.stderr.decode()
+    assert "rekkord: error: channel db: pre hook for channel db failed with exit code 3" in err
+    assert "saved 1 of 2 channels; failed: db" in err
+    assert "Traceback" not in err
+    (post,) = read_hook_log(log)
+    assert post["REKKORD_STATUS"] == "failure" and post["REKKORD_SNAPSHOT"] == ""
+    assert "pre hook" in post["REKKORD_ERROR"]
+    assert [s["channel"] for s in snapshots(run_cli, local_repo)] == ["www"]  # the other channel still saved
+
+
+def unreadable_file():
+    """A file even root cannot read: a write-only sysfs attribute."""
+    if os.geteuid() != 0:
+        return None
+    for dirpath, _, files in os.walk("/sys/devices"):
+        for f in files:
+            p = os.path.join(dirpath, f)
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            if st.st_mode & 0o777 == 0o200 and st.st_size > 0:
+                return p
+    return None
+
+
+def test_warnings_reach_the_post_hook_and_exit_3(run_cli, local_repo, env, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ok").write_text("ok")
+    bad = unreadable_file()
+    if bad is None:
+        bad = src / "unreadable"
+        bad.write_text("secret")
+        os.chmod(bad, 0)
+    log = tmp_path / "hooks.log"
+    p = run_cli("save", "c", src, bad, "--post", hook_log(log), env=env)
+    assert p.returncode == 3, p.stderr
+    assert f"rekkord: warning: {bad}: cannot open: Permission denied" in p.stderr.decode()
+    (post,) = read_hook_log(log)
+    assert post["REKKORD_STATUS"] == "warning" and post["REKKORD_SNAPSHOT"]
+    p = run_cli("-q", "save", "c", src, bad, "--json", env=env)
+    assert p.returncode == 3 and json.loads(p.stdout)["status"] == "warning"
+
+
+def test_post_hook_failure_is_a_warning(run_cli, env, trees):
+    etc, _ = trees
+    p = run_cli("save", "etc", etc, "--post", "exit 7", env=env)
+    assert p.returncode == 3 and b"post hook for channel etc failed with exit code 7" in p.stderr
+
+
+def test_stdin_dump_is_one_file_at_the_snapshot_root(run_cli, local_repo, env):
+    data = random.Random(9).randbytes(3 << 20) + b"-- end of dump\n"
+    p = run_cli("save", "--stdin", "db.sql", "db", "--json", env=env, input=data, check=0)
+    d = json.loads(p.stdout)
+    assert d["files"] == 1 and d["bytes_total"] == len(data)
+    assert cat(run_cli, local_repo, "db:/db.sql") == data
+    ls = json.loads(run_cli("ls", "db", "--json", env=read_env(local_repo), check=0).stdout)
+    assert [e["path"] for e in ls] == ["/db.sql"] and ls[0]["size"] == len(data)
+    # A pipe from a real process, as in `pg_dump | rekkord save --stdin`.
+    producer = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdout.buffer.write(b'x' * 1000000)"],
+                                stdout=subprocess.PIPE)
+    e = {k: v for k, v in os.environ.items() if not k.startswith("REKKORD_")}
+    e.update(env, REKKORD_CACHE_DIR=str(local_repo.tmp / "c2"))
+    q = subprocess.run([sys.executable, "-m", "rekkord", "save", "--stdin", "dump", "db2"], stdin=producer.stdout,
+                       env=e, capture_output=True)
+    producer.wait()
+    assert q.returncode == 0, q.stderr
+    assert cat(run_cli, local_repo, "db2:/dump") == b"x" * 1000000
+
+
+def test_stdin_command_failure_saves_nothing(run_cli, local_repo, env):
+    p = run_cli("save", "--stdin", "db.sql", "--stdin-command", "echo partial; exit 4", "db", env=env)
+    assert p.returncode == 1
+    assert p.stderr.decode().strip() == ("rekkord: error: command for channel db failed with exit code 4; "
+                                         "nothing was saved")
+    assert snapshots(run_cli, local_repo) == []
+    run_cli("save", "--stdin", "db.sql", "--stdin-command", "printf 'SELECT 1;'", "db", env=env, check=0)
+    assert cat(run_cli, local_repo, "db:/db.sql") == b"SELECT 1;"
+
+
+def test_config_stdin_channel(run_cli, local_repo, tmp_path):
+    conf = write_config(tmp_path, local_repo, """
+[channels.pg]
+stdin = "app.sql"
+command = ["sh", "-c", "echo 'CREATE TABLE t;'"]
+""")
+    run_cli("-c", conf, "save", "--all", env={}, check=0)
+    assert cat(run_cli, local_repo, "pg:/app.sql") == b"CREATE TABLE t;\n"
+
+
+def test_quiet_under_cron_and_log_file(run_cli, local_repo, env, trees, tmp_path):
+    etc, _ = trees
+    log = tmp_path / "rekkord.log"
+    p = run_cli("-q", "--log-file", log, "save", "etc", etc, env=env, check=0)
+    assert p.stdout == b"" and p.stderr == b""
+    lines = log.read_text().splitlines()
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO rekkord .*save etc", lines[0])
+    assert any("channel etc: snapshot" in line and "saved" in line for line in lines)
+    p = run_cli("-q", "--log-file", log, "save", "etc", tmp_path / "missing", env=env)
+    assert p.returncode == 2 and len(p.stderr.splitlines()) == 1
+    assert "ERROR" in log.read_text().splitlines()[-1]
+
+
+def test_bad_save_invocations_are_one_line(run_cli, local_repo, env, tmp_path, trees):
+    etc, _ = trees
+    cases = [
+        (("save",), "give a CHANNEL"),
+        (("save", "x"), "no paths given for channel x"),
+        (("save", "--all"), "--all needs a config file"),
+        (("save", "--stdin", "a/b", "c"), "invalid name"),
+        (("save", "--stdin", "n", "c", str(etc)), "give no PATHS"),
+        (("save", "--stdin-command", "true", "c"), "needs --stdin"),
+    ]
+    for args, msg in cases:
+        p = run_cli(*args, env=env, input=b"")
+        assert p.returncode == 2, (args, p.stderr)
+        assert msg in p.stderr.decode() and len(p.stderr.splitlines()) == 1, (args, p.stderr)
+    conf = write_config(tmp_path, local_repo, '[channels.x]\npaths = ["/etc"]\nbogus = 1\n')
+    p = run_cli("-c", conf, "save", "--all", env={})
+    assert p.returncode == 2 and b"unknown keys: bogus" in p.stderr
