@@ -188,7 +188,7 @@ class Cache:
     def note_snapshots(self, present, when: int | None = None) -> None:
         """Record that exactly ``present`` exist now: new ones get a first-seen
         time, vanished ones a gone-since time, reappeared ones lose it."""
-        when = int(when or time.time())
+        when = when or time.time()
         present = set(present)
         with self.lock:
             rows = self.seen_snapshots()
