@@ -441,7 +441,7 @@ class Checker:
         if self.subset is None:
             self._read_blobs(orphans, None, {}, bad, set(), full=False)
         # Which snapshots each problem affects.
-        self._attribute(bad, kinds, direct, reflists)
+        self._attribute(refs, kinds, direct, reflists)
         # Read keys: every index, in full, against the reference lists; files per damaged blob.
         if self.can_read:
             self._read_indexes(snaps, by_id, bad, reflists, direct)
@@ -477,6 +477,9 @@ class Checker:
                 self.problem(name, "revocation", DAMAGED, "damaged, forged or stored under another name "
                              "(not a revocation the master key signed)")
         self.hints = repo.repairs(on_problem=lambda n, m: self.problem(n, "repair hint", DAMAGED, m))
+        from .forget import forgotten_snapshots
+
+        forgotten_snapshots(repo, on_problem=lambda n, m: self.problem(n, "forget log entry", DAMAGED, m))
 
     # ---- snapshot records --------------------------------------------------------------
 
@@ -485,7 +488,7 @@ class Checker:
         sids = [n.split("/", 1)[1] for n in listing if n.startswith("snapshots/")]
         out: list[Snapshot] = []
         seen = self.cache.seen_snapshots() if self.cache is not None else {}
-        last_check = int(self.cache.get_meta("last_check_time") or 0) if self.cache is not None else 0
+        last_check = float(self.cache.get_meta("last_check_time") or 0) if self.cache is not None else 0
         certs = repo.certificates()
 
         def one(sid: str):
@@ -683,8 +686,14 @@ class Checker:
 
     # ---- attribution -------------------------------------------------------------------------
 
-    def _attribute(self, bad: dict[bytes, Problem], kinds, direct, reflists: dict[bytes, bytes]):
-        """Name, for each damaged blob, the snapshots that reference it."""
+    def _attribute(self, refs, kinds, direct, reflists: dict[bytes, bytes]):
+        """Name, for each damaged (or unverified) blob, the snapshots that reference it."""
+        bad: dict[bytes, list[Problem]] = {}
+        for p in self.report.problems:
+            if p.what in WHAT_BLOB.values():
+                bid = bytes.fromhex(p.object.rsplit("/", 1)[-1])
+                if bid in refs:
+                    bad.setdefault(bid, []).append(p)
         if not bad:
             return
         users: dict[bytes, set[str]] = {}  # bad data blob -> snapshots
@@ -697,9 +706,10 @@ class Checker:
                     child = data[o:o + 32]
                     if child in data_bad:
                         users.setdefault(child, set()).update(owners)
-        for bid, p in bad.items():
+        for bid, ps in bad.items():
             snaps = set(direct.get(bid, ())) | users.get(bid, set())
-            p.snapshots = sorted(set(p.snapshots) | snaps)
+            for p in ps:
+                p.snapshots = sorted(set(p.snapshots) | snaps)
 
     # ---- indexes (keys that can read) ----------------------------------------------------------
 
@@ -799,20 +809,43 @@ class Checker:
             by_id.pop(sid, None)
 
     def _remember(self, snaps: list[Snapshot], by_id):
+        """Compare the records present with the previous check's and with the
+        signed forget log (rekkord/forget.py): a record that vanished without
+        a forget log entry was deleted by someone else; a forgotten record
+        that is back was replayed."""
+        from .forget import forgotten_snapshots
+        from .gc import FORGET_LOG_KEEP
+
+        r = self.report
+        now = time.time()
+        present_set = set(by_id) | {p.object.split("/", 1)[1] for p in r.problems
+                                               if p.what == "snapshot record" and p.object.startswith("snapshots/")
+                                               and p.kind != MISSING}
+        forgotten = forgotten_snapshots(self.repo)  # (read again: a forget may have run meanwhile)
+        for sid in sorted(present_set & forgotten.keys()):
+            when = forgotten[sid]["time_ns"] / 1e9
+            if now - when > 3600:
+                self.problem(f"snapshots/{sid}", "snapshot record", REPLAYED,
+                             f"was forgotten on {_when(when)} (forget log {forgotten[sid]['entry']}) but is back "
+                             "(replayed by someone with storage access?)", [sid])
+            else:
+                r.notes.append(f"snapshot {sid[:8]} is being forgotten (forget log {forgotten[sid]['entry']})")
         if self.cache is None:
             return
         seen = self.cache.seen_snapshots()
-        present = [s.id for s in snaps] + [p.object.split("/", 1)[1] for p in self.report.problems
-                                           if p.what == "snapshot record" and p.object.startswith("snapshots/")]
-        present_set = set(present)
-        self.report.vanished_snapshots = sorted(s for s, (_, gone) in seen.items()
-                                                if gone is None and s not in present_set)
-        if self.report.vanished_snapshots:
-            self.report.notes.append(
-                f"{len(self.report.vanished_snapshots)} snapshot records seen by the previous check are gone "
-                "(forgotten, or deleted by someone with storage access)")
-        self.cache.note_snapshots(present_set)
-        self.cache.set_meta("last_check_time", int(time.time()))
+        last_check = float(self.cache.get_meta("last_check_time") or 0)
+        r.vanished_snapshots = sorted(s for s, (_, gone) in seen.items() if gone is None and s not in present_set)
+        unexplained = [s for s in r.vanished_snapshots if s not in forgotten]
+        if unexplained and now - last_check < 0.9 * FORGET_LOG_KEEP:
+            for sid in unexplained:
+                self.problem(f"snapshots/{sid}", "snapshot record", MISSING,
+                             f"deleted without a forget log entry (present at the check of {_when(last_check)}; "
+                             "deleted by someone with storage access?)", [sid])
+        elif unexplained:
+            r.notes.append(f"{len(unexplained)} snapshot records seen by the check of {_when(last_check)} are gone; "
+                           "the forget log does not reach back that far")
+        self.cache.note_snapshots(present_set, now)
+        self.cache.set_meta("last_check_time", now)
 
     def _previous_damage(self, damaged: list[str], by_id):
         if self.cache is None:

@@ -202,6 +202,122 @@ def lose_unflushed_writes(journal: str, root: str, *, mode: str = "empty") -> li
     return lost
 
 
+# --- helpers for integrity tests: saving, finding objects by role, tampering ------
+
+
+def save_tree(local_repo, paths, *, role: str = "write", channel: str = "c", cache_name: str | None = None,
+              storage: Storage | None = None, time_ns: int | None = None):
+    """Save with the library, with the role's own persistent cache."""
+    from rekkord.cache import Cache, cache_path
+    from rekkord.repository import Repository
+    from rekkord.save import Saver
+
+    repo = local_repo.repo(role) if storage is None else Repository.open(storage, local_repo.keys[role])
+    cache = Cache(cache_path(local_repo.cache_dir, repo.id, cache_name or role))
+    try:
+        return Saver(repo, cache).save(channel, [os.fspath(p) for p in paths], time_ns=time_ns)
+    finally:
+        cache.close()
+
+
+def run_check(local_repo, role: str = "audit", *, cache_name: str | None = None, storage: Storage | None = None,
+              **kw):
+    """Check with the library and the role's own persistent cache."""
+    from rekkord.cache import Cache, cache_path
+    from rekkord.check import Checker
+    from rekkord.repository import Repository
+
+    repo = local_repo.repo(role) if storage is None else Repository.open(storage, local_repo.keys[role])
+    cache = Cache(cache_path(local_repo.cache_dir, repo.id, cache_name or f"check-{role}"))
+    try:
+        return Checker(repo, cache, **kw).run()
+    finally:
+        cache.close()
+
+
+def blob_roles(local_repo, sid: str, storage: Storage | None = None) -> dict[str, list[bytes]]:
+    """The blobs of a snapshot by role: ``index``, ``reflist``, ``data`` (chunks
+    of large files), ``pack`` (blobs holding small files); and ``files``: path
+    -> blob ids."""
+    from rekkord.repository import Repository
+    from rekkord.snapshot import iter_entries
+
+    repo = local_repo.repo("admin") if storage is None else Repository.open(storage, local_repo.master)
+    snap = repo.load_snapshot(sid)
+    out = {"index": [b for b, _ in snap.index], "reflist": [b for b, _ in snap.reflist], "data": [],
+           "pack": [], "files": {}}
+    for e in iter_entries(repo, snap):
+        if not e.extents:
+            continue
+        out["files"]["/" + os.fsdecode(e.path)] = [x.blob for x in e.extents]
+        for x in e.extents:
+            kind = "pack" if e.size < repo.chunker_params.min_size else "data"
+            if x.blob not in out[kind]:
+                out[kind].append(x.blob)
+    return out
+
+
+def obj_path(url: str, name: str) -> str:
+    return os.path.join(url, *name.split("/"))
+
+
+def blob_path(url: str, blob_id: bytes) -> str:
+    h = blob_id.hex()
+    return os.path.join(url, "blobs", h[:2], h)
+
+
+def flip_bit(path: str, pos: int | None = None) -> None:
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        i = len(data) // 2 if pos is None else pos
+        data[i] ^= 0x10
+        f.seek(0)
+        f.write(data)
+
+
+def truncate(path: str, keep: float = 0.5) -> None:
+    os.truncate(path, int(os.path.getsize(path) * keep))
+
+
+def swap(a: str, b: str) -> None:
+    tmp = a + ".swap"
+    os.rename(a, tmp)
+    os.rename(b, a)
+    os.rename(tmp, b)
+
+
+def copy_to(src: str, dst: str) -> None:
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        g.write(f.read())
+
+
+def forged_codec(config: dict):
+    """A blob codec as someone with only the storage and the public keys can
+    build one: the real data public key, but guessed (random) psk-derived
+    keys and id key, which they do not have."""
+    from rekkord import crypto, format as fmt
+
+    psk = os.urandom(32)
+    return fmt.BlobCodec(fmt.BlobKeys(
+        id_key=os.urandom(32), mac_key=crypto.derive(crypto.CTX_MAC, psk),
+        list_key=crypto.derive(crypto.CTX_LIST, psk), session_mix=crypto.derive(crypto.CTX_SESSION, psk),
+        data_pk=bytes.fromhex(config["data_pk"]), data_sk=None))
+
+
+def forge_blob(config: dict, blob_id: bytes, btype: int, plaintext: bytes = b"planted by the storage") -> bytes:
+    return forged_codec(config).seal(btype, blob_id, plaintext)
+
+
+def forge_record(config: dict, sid: str, record: dict) -> bytes:
+    """A snapshot record sealed to the real log public key and signed by a
+    key the forger made (they have neither psk nor a certified key)."""
+    from rekkord import crypto, format as fmt
+
+    return fmt.seal_record(sid, {**record, "id": sid, "repo": config["repo"]}, os.urandom(32),
+                           bytes.fromhex(config["log_pk"]), crypto.derive(crypto.CTX_LOG, os.urandom(32)))
+
+
 def main(argv: list[str]) -> None:
     """``faulty_storage.py SPEC REKKORD-ARGS...``: the real CLI over a wrapped storage."""
     spec = json.loads(argv[0])

@@ -1,0 +1,465 @@
+"""rekkord.check on real local repositories: levels, subsets remembered in
+the cache, problems naming objects/snapshots/paths, healing through repair
+hints, revoked keys, snapshot records that vanish or reappear, storage
+errors, and the index reader that survives a damaged index blob."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+from faulty_storage import (
+    Fault,
+    FaultyStorage,
+    blob_path,
+    blob_roles,
+    copy_to,
+    flip_bit,
+    run_check,
+    save_tree,
+)
+from rekkord import format as fmt
+from rekkord.cache import Cache, cache_path
+from rekkord.check import (
+    DAMAGED,
+    INCOMPLETE_GRAPH,
+    MISSING,
+    REPLAYED,
+    UNEXPECTED,
+    UNTRUSTED,
+    UNVERIFIED,
+    Checker,
+    iter_entries_salvaging,
+    parse_subset,
+)
+from rekkord.errors import ExitCode, PermissionDenied, UsageError
+from rekkord.index import F_CHANGED, K_DIR, K_FILE, Entry, Extent, encode
+from rekkord.restore import Restorer
+from rekkord.storage.local import LocalStorage
+from treeutil import assert_same_tree
+
+
+def make_tree(root, *, files=40, big=1_500_000):
+    os.makedirs(root / "docs" / "sub", exist_ok=True)
+    with open(root / "big.bin", "wb") as f:
+        f.write(os.urandom(big))
+    for i in range(files):
+        d = root / "docs" / ("sub" if i % 3 else "")
+        with open(d / f"note-{i:03}.txt", "wb") as f:
+            f.write(os.urandom(200 + 97 * i))
+    return root
+
+
+@pytest.fixture
+def saved(local_repo, tmp_path):
+    src = make_tree(tmp_path / "src")
+    res = save_tree(local_repo, [src])
+    return src, res.snapshot_id
+
+
+def n_blob_files(url):
+    return sum(len(fs) for _, _, fs in os.walk(os.path.join(url, "blobs")))
+
+
+# --- levels and roles -----------------------------------------------------------
+
+
+def test_clean_repository_passes_at_every_level_with_every_checking_key(local_repo, saved):
+    total = n_blob_files(local_repo.url)
+    for role in ("audit", "read", "full", "admin"):
+        r = run_check(local_repo, role)
+        assert r.ok and r.status == "clean" and r.exit_code == 0, r.problems
+        assert (r.level, r.snapshots, r.blobs_referenced, r.blobs_checked) == ("structure", 1, total, total)
+        assert r.blobs_read == total and r.orphans == 0 and r.blobs_decrypted == 0
+    r = run_check(local_repo, "read", read_data=True)
+    assert r.ok and r.level == "read-data"
+    reflists = len(blob_roles(local_repo, saved[1])["reflist"])
+    assert r.blobs_decrypted == total - reflists  # reference lists were opened by the walk
+    r = run_check(local_repo, "audit", subset="100%")
+    assert r.ok and r.level == "subset" and r.blobs_decrypted == 0  # an audit key only MACs
+
+
+def test_who_may_check(local_repo, saved):
+    with pytest.raises(PermissionDenied, match="write key cannot check"):
+        Checker(local_repo.repo("write"))
+    with pytest.raises(PermissionDenied, match="audit key cannot decrypt"):
+        Checker(local_repo.repo("audit"), read_data=True)
+
+
+def test_parse_subset():
+    assert parse_subset("10%") == ("fraction", 0.1)
+    assert parse_subset(" 2.5% ") == ("fraction", 0.025)
+    assert parse_subset("500M") == ("bytes", 500e6)
+    assert parse_subset("2GiB") == ("bytes", 2 * 2**30)
+    assert parse_subset("4096") == ("bytes", 4096)
+    assert parse_subset(None) is None
+    for bad in ("abc", "150%", "-5%", "%", "M"):
+        with pytest.raises(UsageError, match="read-data-subset"):
+            parse_subset(bad)
+
+
+def test_subsets_differ_between_runs_and_cover_everything_over_time(local_repo, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(12):  # 12 large files: at least 12 data blobs
+        with open(src / f"f{i}", "wb") as f:
+            f.write(os.urandom(300_000))
+    save_tree(local_repo, [src])
+    repo = local_repo.repo("read")
+    cache = Cache(cache_path(local_repo.cache_dir, repo.id, "check-read"))
+    seen = []
+    try:
+        for _ in range(4):
+            r = Checker(repo, cache, subset="25%").run()
+            assert r.ok and r.level == "subset"
+            chosen = {bid for bid in _verified(cache)} - set().union(*seen) if seen else set(_verified(cache))
+            seen.append(chosen)
+        # Each run verified new blobs, never one verified by an earlier run, and
+        # together they cover every blob the walk did not already open.
+        assert all(seen)
+        assert len(set().union(*seen)) == sum(len(s) for s in seen)
+        everything = {fmt.blob_id_from_name(f"blobs/{d}/{f}") for d in os.listdir(os.path.join(local_repo.url,
+                                                                                              "blobs"))
+                      for f in os.listdir(os.path.join(local_repo.url, "blobs", d))}
+        assert set(_verified(cache)) == everything
+        # A size budget reads about that many bytes.
+        r = Checker(repo, cache, subset="700K").run()
+        assert 0 < r.bytes_read - _reflist_bytes(local_repo) <= 700_000
+    finally:
+        cache.close()
+
+
+def _verified(cache):
+    return [r[0] for r in cache.db.execute("SELECT id FROM verified")]
+
+
+def _reflist_bytes(local_repo):
+    repo = local_repo.repo("audit")
+    return sum(s for snap in repo.snapshots() for _, s in snap.reflist)
+
+
+# --- problems name objects, snapshots, and paths only for keys that read names --------
+
+
+def test_a_missing_blob_names_snapshots_always_and_paths_only_for_keys_that_read_names(local_repo, saved):
+    src, sid = saved
+    roles = blob_roles(local_repo, sid)
+    victim = roles["files"][f"{src}/big.bin"][0]
+    os.unlink(blob_path(local_repo.url, victim))
+    sid2 = save_tree(local_repo, [src / "docs"], cache_name="other").snapshot_id  # does not use big.bin
+    a = run_check(local_repo, "audit", heal=False)
+    assert a.status == "damaged" and a.exit_code == ExitCode.DAMAGED
+    [p] = a.problems
+    assert (p.object, p.what, p.kind, p.snapshots, p.paths) == (fmt.blob_name(victim), "data blob", MISSING,
+                                                                [sid], [])
+    assert a.damaged_snapshots == [sid] and sid2 not in a.damaged_snapshots
+    assert "big.bin" not in json.dumps(a.to_json())  # an audit key never sees names
+    r = run_check(local_repo, "read", heal=False)
+    [p] = r.problems
+    assert p.paths == [f"{src}/big.bin"]
+    # A damaged pack names every small file in it.
+    pack = roles["pack"][0]
+    flip_bit(blob_path(local_repo.url, pack))
+    r = run_check(local_repo, "full", heal=False)
+    p = next(p for p in r.problems if p.object == fmt.blob_name(pack))
+    assert p.kind == DAMAGED and "MAC mismatch" in p.message
+    users = sorted(f for f, ids in roles["files"].items() if pack in ids)
+    assert len(users) > 10 and sorted(p.paths) == users
+
+
+def test_unexpected_objects_and_forged_orphans_are_reported_valid_orphans_are_not(local_repo, saved):
+    src, sid = saved
+    url = local_repo.url
+    roles = blob_roles(local_repo, sid)
+    copy_to(os.path.join(url, "config"), os.path.join(url, "config.bak"))
+    copy_to(os.path.join(url, "config"), os.path.join(url, "stray", "thing"))
+    copy_to(blob_path(url, roles["data"][0]), os.path.join(url, "blobs", "ab", "not-a-blob-name"))
+    fake = bytes.fromhex("ab" * 32)
+    copy_to(blob_path(url, roles["data"][0]), blob_path(url, fake))  # a copy under another id
+    # A valid blob nothing references (what an interrupted save leaves): fine.
+    repo = local_repo.repo("write")
+    orphan_id = repo.codec.blob_id(fmt.T_DATA, b"left by an interrupted save")
+    repo.storage.write(fmt.blob_name(orphan_id), repo.codec.seal(fmt.T_DATA, orphan_id, b"left by an "
+                                                                                          b"interrupted save"))
+    r = run_check(local_repo, "audit")
+    by = {p.object: p for p in r.problems}
+    assert set(by) == {"config.bak", "stray/thing", "blobs/ab/not-a-blob-name", fmt.blob_name(fake)}
+    assert all(by[n].kind == UNEXPECTED for n in ("config.bak", "stray/thing", "blobs/ab/not-a-blob-name"))
+    assert by[fmt.blob_name(fake)].kind == DAMAGED and "nothing references it" in by[fmt.blob_name(fake)].message
+    assert r.orphans == 2 and r.damaged_snapshots == [] and r.status == "damaged"
+    assert r.repair_hint is None  # nothing referenced is damaged
+
+
+def test_storage_errors_make_the_check_incomplete_not_damaged(local_repo, saved):
+    storage = FaultyStorage(LocalStorage(local_repo.url), [Fault("read", "error", match="blobs/", after=1,
+                                                                 times=2)])
+    r = run_check(local_repo, "audit", storage=storage)
+    assert r.status == "incomplete" and r.exit_code == ExitCode.STORAGE
+    assert len(r.problems) == 2 and all(p.kind == UNVERIFIED and "injected failure" in p.message
+                                        and p.snapshots == [saved[1]] for p in r.problems)
+    assert r.repair_hint is None
+    assert not os.path.isdir(os.path.join(local_repo.url, "repairs"))
+
+
+def test_read_data_catches_damage_only_decryption_sees(local_repo, saved):
+    """A blob whose MAC is valid but whose content does not match its id
+    (written by a buggy or malicious key holder) passes the audit level and
+    fails --read-data."""
+    src, sid = saved
+    roles = blob_roles(local_repo, sid)
+    victim = roles["data"][0]
+    path = blob_path(local_repo.url, victim)
+    size = os.path.getsize(path)
+    repo = local_repo.repo("full")
+    # Other (random, like the original) content of the same length, sealed
+    # under the victim's id by a key holder: same stored size, valid MAC.
+    raw = repo.codec.seal(fmt.T_DATA, victim, os.urandom(len(repo.read_blob(victim))))
+    assert len(raw) == size
+    os.unlink(path)
+    repo.storage.write(fmt.blob_name(victim), raw)
+    assert run_check(local_repo, "audit").ok
+    r = run_check(local_repo, "read", read_data=True)
+    [p] = r.problems
+    assert p.object == fmt.blob_name(victim) and "does not match its id" in p.message
+    assert p.paths == [f"{src}/big.bin"]
+
+
+# --- healing ---------------------------------------------------------------------------
+
+
+def test_check_with_an_audit_key_makes_the_write_keys_next_save_heal(local_repo, saved, tmp_path):
+    src, sid = saved
+    url = local_repo.url
+    roles = blob_roles(local_repo, sid)
+    big = roles["files"][f"{src}/big.bin"][0]
+    pack = roles["pack"][0]
+    os.unlink(blob_path(url, big))
+    flip_bit(blob_path(url, pack))
+    r = run_check(local_repo, "audit")
+    assert r.damaged_snapshots == [sid] and r.repair_hint and r.repair_hint.startswith("repairs/")
+    # The hint is MACed: the storage cannot read more than ids, nor forge one.
+    hint = json.loads(open(os.path.join(url, *r.repair_hint.split("/"))).read())
+    assert sorted(hint["body"]["ids"]) == sorted([big.hex(), pack.hex()])
+    # A second check does not publish the same ids again.
+    assert run_check(local_repo, "audit").repair_hint is None
+    # The write key's next save (its own cache believes everything is stored)
+    # uploads the missing blob and replaces the damaged one, and reads only
+    # the files that used them.
+    res = save_tree(local_repo, [src])
+    assert res.stats.blobs_repaired == 1 and res.stats.blobs_new >= 2
+    assert res.stats.bytes_read < os.path.getsize(src / "big.bin") + 200_000
+    r = run_check(local_repo, "audit")
+    assert r.ok and r.healed_snapshots == [sid] and r.repairs_removed == 1
+    assert not os.listdir(os.path.join(url, "repairs"))
+    # The old snapshot restores whole again.
+    repo = local_repo.repo("read")
+    Restorer(repo, repo.load_snapshot(sid)).restore(str(src), str(tmp_path / "out"))
+    assert_same_tree(src, tmp_path / "out")
+
+
+def test_a_snapshot_stays_damaged_when_its_data_no_longer_exists(local_repo, saved):
+    src, sid = saved
+    roles = blob_roles(local_repo, sid)
+    victim = roles["files"][f"{src}/big.bin"][0]
+    os.unlink(blob_path(local_repo.url, victim))
+    assert run_check(local_repo, "audit").repair_hint
+    os.unlink(src / "big.bin")  # the data is gone from the machine too
+    sid2 = save_tree(local_repo, [src]).snapshot_id
+    r = run_check(local_repo, "audit")
+    assert r.damaged_snapshots == [sid] and r.healed_snapshots == []
+    assert r.repair_hint is None and len(os.listdir(os.path.join(local_repo.url, "repairs"))) == 1
+    assert sid2 not in r.damaged_snapshots
+
+
+def test_a_forged_repair_hint_is_reported_and_ignored_by_savers(local_repo, saved):
+    src, sid = saved
+    url = local_repo.url
+    os.makedirs(os.path.join(url, "repairs"))
+    body = {"v": 1, "repo": local_repo.master.repo, "time_ns": 1, "kid": "x",
+            "ids": [b.hex() for b in blob_roles(local_repo, sid)["data"]]}
+    with open(os.path.join(url, "repairs", "forged"), "w") as f:
+        json.dump({"body": body, "mac": "00" * 32}, f)
+    r = run_check(local_repo, "audit")
+    [p] = r.problems
+    assert (p.object, p.what) == ("repairs/forged", "repair hint") and "forged" in p.message
+    res = save_tree(local_repo, [src])
+    assert res.stats.bytes_read == 0 and res.stats.blobs_repaired == 0
+
+
+# --- snapshot records: revocation, vanishing, reappearing ---------------------------------------
+
+
+def test_snapshots_signed_by_a_revoked_key_after_its_revocation_are_flagged(local_repo, tmp_path):
+    src = make_tree(tmp_path / "src", files=3, big=1000)
+    before = save_tree(local_repo, [src]).snapshot_id
+    assert run_check(local_repo, "audit").ok  # the check cache now remembers `before`
+    admin = local_repo.repo("admin")
+    rev = admin.revoke(local_repo.keys["write"].kid)
+    after = save_tree(local_repo, [src]).snapshot_id
+    r = run_check(local_repo, "audit")
+    assert r.damaged_snapshots == [after]
+    # A stolen key backdating its record to before the revocation: the record
+    # claims an earlier time, but the previous check (after the revocation) did
+    # not see it.
+    backdated = save_tree(local_repo, [src], time_ns=rev["time_ns"] - 10**9).snapshot_id
+    r = run_check(local_repo, "audit")
+    by = {p.object: p for p in r.problems}
+    assert set(by) == {f"snapshots/{after}", f"snapshots/{backdated}"}
+    assert by[f"snapshots/{after}"].kind == UNTRUSTED
+    assert "after it was revoked" in by[f"snapshots/{after}"].message
+    assert "backdated" in by[f"snapshots/{backdated}"].message
+    assert before not in r.damaged_snapshots and set(r.damaged_snapshots) == {after, backdated}
+
+
+def test_records_deleted_without_the_forget_log_or_reappearing_are_flagged(local_repo, tmp_path):
+    from rekkord.forget import forget
+
+    src = make_tree(tmp_path / "src", files=3, big=1000)
+    s1 = save_tree(local_repo, [src]).snapshot_id
+    s2 = save_tree(local_repo, [src]).snapshot_id
+    s3 = save_tree(local_repo, [src]).snapshot_id
+    assert run_check(local_repo, "audit").ok  # the check cache remembers the three
+    # Forgotten with an audit key: signed in the forget log, not damage.
+    forget(local_repo.repo("audit"), ids=[s3])
+    r = run_check(local_repo, "audit")
+    assert r.ok and r.vanished_snapshots == [s3]
+    # Deleted by someone holding only the storage: damage, named.
+    rec = os.path.join(local_repo.url, "snapshots", s2)
+    shutil.move(rec, tmp_path / "kept")
+    r = run_check(local_repo, "audit")
+    [p] = r.problems
+    assert (p.object, p.what, p.kind, p.snapshots) == (f"snapshots/{s2}", "snapshot record", MISSING, [s2])
+    assert "without a forget log entry" in p.message and r.vanished_snapshots == [s2]
+    assert run_check(local_repo, "audit").ok  # reported once: the cache now knows it is gone
+    # The storage puts the old record back: a replay.
+    shutil.move(tmp_path / "kept", rec)
+    r = run_check(local_repo, "audit")
+    [p] = r.problems
+    assert (p.object, p.kind, p.snapshots) == (f"snapshots/{s2}", REPLAYED, [s2])
+    assert s1 not in r.damaged_snapshots
+
+
+def test_a_snapshot_forgotten_during_the_check_is_not_damage(local_repo, tmp_path):
+    src = make_tree(tmp_path / "src", files=3)
+    keep = save_tree(local_repo, [src / "docs"]).snapshot_id
+    gone = save_tree(local_repo, [src]).snapshot_id
+    only_gone = blob_roles(local_repo, gone)["files"][f"{src}/big.bin"]
+
+    class ForgetDuringCheck(FaultyStorage):
+        done = False
+
+        def read(self, name, offset=0, length=None):
+            if name.startswith("blobs/") and not self.done:  # after the records were read
+                self.done = True
+                self.inner.delete(f"snapshots/{gone}")
+                for b in only_gone:
+                    self.inner.delete(fmt.blob_name(b))
+            return super().read(name, offset, length)
+
+    r = run_check(local_repo, "audit", storage=ForgetDuringCheck(LocalStorage(local_repo.url)))
+    assert r.ok, [str(p) for p in r.problems]
+    assert run_check(local_repo, "audit").ok and keep
+
+
+# --- the index graph and flags (keys that read) --------------------------------------------------
+
+
+def crafted_snapshot(local_repo, entries, *, omit_from_reflist=(), pieces=1, channel="crafted"):
+    """Write an index of ``entries`` cut in ``pieces`` blobs and a record, with the full key."""
+    repo = local_repo.repo("full")
+    stream = b"".join(encode(e) for e in entries)
+    step = -(-len(stream) // pieces)
+    index = []
+    for i in range(0, len(stream), step):
+        piece = stream[i:i + step]
+        bid = repo.codec.blob_id(fmt.T_INDEX, piece)
+        raw = repo.codec.seal(fmt.T_INDEX, bid, piece)
+        repo.storage.write(fmt.blob_name(bid), raw)
+        index.append([bid.hex(), len(raw)])
+    refs = []
+    for e in entries:
+        for x in e.extents:
+            if x.blob not in omit_from_reflist and x.blob not in [r[0] for r in refs]:
+                refs.append((x.blob, repo.storage.stat(fmt.blob_name(x.blob))))
+    rl = fmt.pack_reflist(refs)
+    rid = repo.codec.blob_id(fmt.T_REFLIST, rl)
+    raw = repo.codec.seal(fmt.T_REFLIST, rid, rl)
+    repo.storage.write(fmt.blob_name(rid), raw)
+    return repo.write_snapshot({"channel": channel, "time_ns": 10**18, "host": "h", "index": index,
+                                "reflist": [[rid.hex(), len(raw)]]})
+
+
+def data_blob(local_repo, data: bytes) -> bytes:
+    repo = local_repo.repo("full")
+    bid = repo.codec.blob_id(fmt.T_DATA, data)
+    repo.storage.write(fmt.blob_name(bid), repo.codec.seal(fmt.T_DATA, bid, data), exclusive=False)
+    return bid
+
+
+def test_read_data_proves_every_file_blob_is_in_the_reference_list(local_repo):
+    a, b = data_blob(local_repo, b"a" * 100), data_blob(local_repo, b"b" * 100)
+    entries = [Entry(K_DIR, b"d", mode=0o755), Entry(K_FILE, b"d/a", mode=0o644, size=100,
+                                                      extents=[Extent(a, 0, 100)]),
+               Entry(K_FILE, b"d/b", mode=0o644, size=100, extents=[Extent(b, 0, 100)])]
+    sid = crafted_snapshot(local_repo, entries, omit_from_reflist=[b])
+    assert run_check(local_repo, "audit").orphans == 1  # what an audit key can see: b looks unused
+    r = run_check(local_repo, "read", read_data=True)
+    [p] = r.problems
+    assert (p.object, p.kind, p.snapshots, p.paths) == (fmt.blob_name(b), INCOMPLETE_GRAPH, [sid], ["/d/b"])
+    assert "prune would not see it" in p.message
+
+
+def test_files_recorded_as_changed_while_read_are_noted_for_keys_that_read(local_repo):
+    a = data_blob(local_repo, b"x" * 10)
+    sid = crafted_snapshot(local_repo, [Entry(K_FILE, b"log", mode=0o644, size=10, flags=F_CHANGED,
+                                              extents=[Extent(a, 0, 10)])])
+    r = run_check(local_repo, "read", read_data=True)
+    assert r.ok and any(f"snapshot {sid[:8]}" in n and "changed while they were read" in n and "/log" in n
+                        for n in r.notes)
+    assert not any("/log" in n for n in run_check(local_repo, "audit").notes)
+
+
+def many_entries(n):
+    out = [Entry(K_DIR, b"top", mode=0o755)]
+    for i in range(n):
+        out.append(Entry(K_FILE, b"top/file-%06d-%s" % (i, b"x" * (i % 50)), mode=0o644, mtime_ns=i))
+    return out
+
+
+@pytest.mark.parametrize("damaged", [[0], [3], [3, 4], [7]])
+def test_the_salvaging_reader_resumes_after_a_damaged_index_blob(local_repo, damaged):
+    entries = many_entries(3000)
+    sid = crafted_snapshot(local_repo, entries, pieces=8)
+    repo = local_repo.repo("read")
+    snap = repo.load_snapshot(sid)
+    assert len(snap.index) == 8
+    for k in damaged:
+        if k == 3:
+            os.unlink(blob_path(local_repo.url, snap.index[k][0]))
+        else:
+            flip_bit(blob_path(local_repo.url, snap.index[k][0]))
+    losses = []
+    got = [e.path for e in iter_entries_salvaging(repo, snap, lambda *a: losses.append(a))]
+    want = [e.path for e in entries]
+    [(blobs, before, after)] = losses
+    assert [b for b, _ in blobs] == [snap.index[k][0] for k in damaged]
+    assert all(("missing" in m) or ("MAC mismatch" in m) for _, m in blobs)
+    # Only records that touched a damaged blob are lost, in one contiguous run.
+    assert set(got) <= set(want) and got == sorted(got, key=want.index)
+    lost = [p for p in want if p not in set(got)]
+    i0, i1 = want.index(lost[0]), want.index(lost[-1])
+    assert lost == want[i0:i1 + 1]  # one contiguous run
+    assert before == (want[i0 - 1] if i0 else None) and after == (want[i1 + 1] if i1 + 1 < len(want) else None)
+    stream = b"".join(encode(e) for e in entries)
+    piece = -(-len(stream) // 8)
+    assert len(lost) < (len(damaged) + 1) * piece / 60  # about the records in the damaged blobs
+
+
+def test_the_salvaging_reader_equals_the_plain_one_on_an_intact_index(local_repo, saved):
+    from rekkord.snapshot import iter_entries
+
+    repo = local_repo.repo("read")
+    snap = repo.load_snapshot(saved[1])
+    assert [e.path for e in iter_entries_salvaging(repo, snap, lambda *a: pytest.fail(str(a)))] == \
+        [e.path for e in iter_entries(repo, snap)]
