@@ -48,6 +48,7 @@ class RestoreOptions:
     excludes: list[str] = field(default_factory=list)
     threads: int | None = None
     verify: bool = False
+    delete: bool = False  # remove what DEST has beyond the selection (implies overwrite)
 
 
 @dataclass
@@ -59,7 +60,61 @@ class RestoreStats:
     skipped: int = 0
     damaged: int = 0
     warnings: int = 0
+    deleted: int = 0
+    verified: int = 0
     duration: float = 0.0
+
+
+class PathFilter:
+    """--include / --exclude.  A pattern without '/' matches the name of an
+    entry or of any directory above it (``--exclude cache`` drops the cache
+    directories and all they hold; ``--include '*.conf'`` keeps every .conf
+    file).  A pattern with '/' matches the absolute path in the snapshot, or
+    a directory above it; ``*`` and ``?`` stay in one component, ``**``
+    crosses them; a pattern not starting with '/' or '**' matches at any
+    depth (``nginx/*.conf``).  Excludes win over includes.  With includes,
+    only included entries are restored, plus the directories that lead to
+    them."""
+
+    YES, NO, MAYBE = 1, 0, 2  # MAYBE: a directory that may hold included entries
+
+    def __init__(self, includes: list[str], excludes: list[str]):
+        self.inc = [self._compile(p) for p in includes if p.strip()]
+        self.exc = [self._compile(p) for p in excludes if p.strip()]
+
+    @staticmethod
+    def _compile(p: str):
+        from .diff import glob_regex
+
+        p = p.strip().rstrip("/") or "/"
+        if "/" not in p:
+            return p, None
+        if not p.startswith("/") and not p.startswith("**"):
+            p = "**/" + p
+        return None, glob_regex(p if p.startswith("**") else p)
+
+    @staticmethod
+    def _hits(pats, path: bytes) -> bool:
+        comps = os.fsdecode(path).split("/")
+        for name, rx in pats:
+            if name is not None:
+                if any(fnmatch.fnmatchcase(c, name) for c in comps):
+                    return True
+            else:
+                for i in range(len(comps)):
+                    if rx.fullmatch("/" + "/".join(comps[:i + 1])):
+                        return True
+        return False
+
+    def active(self) -> bool:
+        return bool(self.inc or self.exc)
+
+    def select(self, path: bytes, is_dir: bool) -> int:
+        if self.exc and self._hits(self.exc, path):
+            return self.NO
+        if not self.inc or self._hits(self.inc, path):
+            return self.YES
+        return self.MAYBE if is_dir else self.NO
 
 
 class Restorer:
@@ -69,6 +124,11 @@ class Restorer:
         self.repo = repo
         self.snap = snap
         self.opts = options or RestoreOptions()
+        if self.opts.delete:
+            from dataclasses import replace
+
+            self.opts = replace(self.opts, overwrite=True)
+        self.filter = PathFilter(self.opts.includes, self.opts.excludes)
         self.progress = progress
         self.warn_cb = warn
         self.stats = RestoreStats()
@@ -95,22 +155,6 @@ class Restorer:
         if force or now - self._last_progress > 0.2:
             self._last_progress = now
             self.progress(self.stats)
-
-    def _wanted(self, rel: bytes, e: Entry) -> bool:
-        if not self.opts.includes and not self.opts.excludes:
-            return True
-        s = "/" + os.fsdecode(e.path)
-        name = os.fsdecode(e.name)
-
-        def match(p):
-            return fnmatch.fnmatchcase(name, p) if "/" not in p else (
-                fnmatch.fnmatchcase(s, p) or s.startswith(p.rstrip("/") + "/"))
-
-        if any(match(p) for p in self.opts.excludes):
-            return False
-        if self.opts.includes and e.kind != K_DIR:
-            return any(match(p) for p in self.opts.includes)
-        return True
 
     def restore(self, subpath: str | bytes | None, dest: str) -> RestoreStats:
         started = time.monotonic()
@@ -147,6 +191,8 @@ class Restorer:
         dirs: list[tuple[bytes, Entry]] = []
         restored: dict[bytes, Future] = {}  # snapshot path -> future of final path
         links: list[tuple[bytes, Entry]] = []
+        held: list[tuple[Entry, bytes]] = []  # directories waiting for an included entry below them
+        expected: set[bytes] | None = set() if self.opts.delete else None  # what DEST keeps (--delete)
 
         def run_file(path: bytes, e: Entry) -> bytes | None:
             try:
@@ -154,20 +200,46 @@ class Restorer:
             finally:
                 inflight.release()
 
+        def make_dir(e: Entry, rel: bytes):
+            path = target(rel)
+            self.stats.dirs += 1
+            if expected is not None:
+                expected.add(path)
+            if rel or not sub:
+                dirs.append((path, e))
+            if not self.opts.dry_run:
+                try:
+                    if self.opts.delete:
+                        _clear_conflict(path, want_dir=True)
+                    os.makedirs(path, exist_ok=True)
+                except OSError as err:
+                    self.warn(os.fsdecode(path), f"cannot create directory: {err.strerror}")
+
         def handle(e: Entry, rel: bytes):
-            if not self._wanted(rel, e):
-                return
+            if self.filter.active():
+                while held and not e.path.startswith(held[-1][0].path + b"/"):
+                    held.pop()
+                sel = self.filter.select(e.path, e.kind == K_DIR)
+                if sel == PathFilter.NO:
+                    return
+                if sel == PathFilter.MAYBE:
+                    held.append((e, rel))
+                    return
+                for he, hrel in held:  # an included entry: create the directories above it
+                    make_dir(he, hrel)
+                held.clear()
             path = target(rel)
             if e.kind == K_DIR:
-                self.stats.dirs += 1
-                if rel or not sub:
-                    dirs.append((path, e))
+                make_dir(e, rel)
+                return
+            if expected is not None:
+                expected.add(path)
                 if not self.opts.dry_run:
                     try:
-                        os.makedirs(path, exist_ok=True)
+                        _clear_conflict(path, want_dir=False)
                     except OSError as err:
-                        self.warn(os.fsdecode(path), f"cannot create directory: {err.strerror}")
-                return
+                        self.warn(os.fsdecode(path), f"cannot remove what is in the way: {err.strerror}")
+                        return
             if e.kind == K_HARDLINK and e.target in restored:
                 links.append((path, e))
                 return
@@ -204,6 +276,8 @@ class Restorer:
                     raise err  # e.g. NoSpace: never end "successfully" with files missing
             for path, e in links:
                 self._restore_hardlink(path, e, restored)
+            if expected is not None:
+                self._delete_extra(self._delete_scopes(sub, entry0, dest_b), expected)
             if not self.opts.dry_run:
                 for path, e in reversed(dirs):
                     self._apply_meta(path, e, is_dir=True)
@@ -213,6 +287,54 @@ class Restorer:
         self.stats.duration = round(time.monotonic() - started, 3)
         self._tick(force=True)
         return self.stats
+
+    # ---- --delete ----------------------------------------------------------------
+
+    def _delete_scopes(self, sub: bytes, entry0: Entry, dest_b: bytes) -> list[tuple[bytes, bytes]]:
+        """(directory in DEST, its path in the snapshot) trees that --delete cleans:
+        DEST for a directory, the saved paths for a whole snapshot (never the
+        directories above them), nothing for a single file."""
+        if sub:
+            return [(dest_b, sub)] if entry0.kind == K_DIR else []
+        out = []
+        for p in self.repo.private(self.snap).get("paths", []):
+            rel = normalize_subpath(p)
+            out.append((dest_b + b"/" + rel if rel else dest_b, rel))
+        return out
+
+    def _delete_extra(self, scopes: list[tuple[bytes, bytes]], expected: set[bytes]):
+        for top, snap_top in scopes:
+            try:
+                top_dev = os.lstat(top).st_dev
+            except OSError:
+                continue
+            if not statmod.S_ISDIR(os.lstat(top).st_mode):
+                continue
+            for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+                for name in dirnames + filenames:
+                    path = os.path.join(dirpath, name)
+                    if path in expected:
+                        continue
+                    sp = (snap_top + b"/" if snap_top else b"") + path[len(top) + 1:]
+                    try:
+                        st = os.lstat(path)
+                    except FileNotFoundError:
+                        continue
+                    is_dir = statmod.S_ISDIR(st.st_mode)
+                    if is_dir and st.st_dev != top_dev:
+                        continue  # another file system mounted here: not ours to clean
+                    if self.filter.select(sp, is_dir) != PathFilter.YES:
+                        continue  # outside the selection (excluded / not included): kept
+                    if self.opts.dry_run:
+                        self.stats.deleted += 1
+                        continue
+                    try:
+                        os.rmdir(path) if is_dir else os.unlink(path)
+                        self.stats.deleted += 1
+                    except OSError as err:
+                        if is_dir and err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                            continue  # holds entries the patterns protect
+                        self.warn(os.fsdecode(path), f"cannot delete: {err.strerror}")
 
     def _skip(self, path: bytes):
         with self.lock:
@@ -295,6 +417,11 @@ class Restorer:
                     self.warn(os.fsdecode(path), "verification failed: content differs after writing",
                               damaged=True)
                     return
+            if f.read(1):
+                self.warn(os.fsdecode(path), "verification failed: file is longer than saved", damaged=True)
+                return
+        with self.lock:
+            self.stats.verified += 1
 
     def _apply_meta_fd(self, fd: int, spath: str, e: Entry):
         if self.owner:
@@ -383,6 +510,22 @@ class Restorer:
         except OSError as err:
             _unlink(tmp)
             self.warn(spath, f"cannot restore {e.kind_name}: {err.strerror}")
+
+
+def _clear_conflict(path: bytes, *, want_dir: bool) -> None:
+    """--delete: remove what stands where an entry of another type goes (a
+    symlink where a directory goes is removed too, never followed)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if statmod.S_ISDIR(st.st_mode):
+        if not want_dir:
+            import shutil
+
+            shutil.rmtree(path)
+    elif want_dir:
+        os.unlink(path)
 
 
 def _write_sparse(fd: int, data: bytes, pos: int) -> None:

@@ -19,16 +19,24 @@ from .progress import Progress, warn_printer
 @click.option("--include", multiple=True, metavar="PATTERN", help="Restore only matching files")
 @click.option("--exclude", multiple=True, metavar="PATTERN", help="Do not restore matching paths")
 @click.option("--verify", is_flag=True, help="Re-read what was written and compare")
+@click.option("--delete", is_flag=True, help="Make DEST match: also remove what DEST has and the snapshot "
+              "(after --include/--exclude) does not; implies --overwrite")
 @click.option("--json", "as_json", is_flag=True)
 @pass_settings
 def restore_cmd(s: Settings, spec, dest, overwrite, dry_run, owner, keep_damaged, include, exclude, verify,
-                as_json):
+                delete, as_json):
     """Restore a snapshot, a directory or a file into DEST.
 
     `restore ID DEST` recreates the saved absolute paths under DEST;
     `restore ID:/home/user DEST` puts the content of /home/user into DEST;
     a single file lands at DEST/<name>. SNAPSHOT is an id, a unique prefix
-    of one, or a channel name (its latest snapshot)."""
+    of one, or a channel name (its latest snapshot).
+
+    Patterns: without '/' they match a name (of the entry or a directory
+    above it); with '/' the absolute path in the snapshot (`*` stays in one
+    directory, `**` crosses them). Excludes win; with includes only matching
+    entries (and the directories leading to them) are restored. --delete
+    never removes what the patterns leave out."""
     from ..restore import RestoreOptions, Restorer
     from ..snapshot import split_spec
 
@@ -36,10 +44,13 @@ def restore_cmd(s: Settings, spec, dest, overwrite, dry_run, owner, keep_damaged
     repo = s.open_repo()
     repo.key.require("read", "restore files")
     snap = repo.resolve(snap_spec)
-    progress = Progress(not s.quiet and not as_json, "restoring")
+    whole = path is None and not include and not exclude
+    progress = Progress(not s.quiet and not as_json, "restoring",
+                        total=snap.stats.get("bytes_total") if whole else None)
     r = Restorer(repo, snap, RestoreOptions(overwrite=overwrite, dry_run=dry_run, owner=owner,
                                             keep_damaged=keep_damaged, includes=list(include),
-                                            excludes=list(exclude), threads=s.threads, verify=verify),
+                                            excludes=list(exclude), threads=s.threads, verify=verify,
+                                            delete=delete),
                  progress=progress.restore, warn=warn_printer(s.quiet))
     try:
         st = r.restore(path, dest)
@@ -54,6 +65,8 @@ def restore_cmd(s: Settings, spec, dest, overwrite, dry_run, owner, keep_damaged
         verb = "would restore" if dry_run else "restored"
         click.echo(f"{verb} {st.files} files, {st.dirs} dirs, {st.others} other "
                    f"({human_bytes(st.bytes)}) from {snap.id[:8]} in {st.duration:.2f}s"
+                   + (f"; {st.deleted} {'would be ' if dry_run else ''}deleted" if delete else "")
+                   + (f"; {st.verified} verified" if verify else "")
                    + (f"; {st.damaged} damaged" if st.damaged else "")
                    + (f"; {st.warnings} warnings" if st.warnings else ""), err=s.quiet)
     if st.damaged:
