@@ -49,6 +49,9 @@ class Cache:
         self.db.execute("PRAGMA journal_mode=WAL" if path else "PRAGMA journal_mode=MEMORY")
         self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        cols = [r[1] for r in self.db.execute("PRAGMA table_info(files)")]
+        if "record" not in cols:  # caches made before the index record was cached
+            self.db.execute("ALTER TABLE files ADD COLUMN record BLOB")
         self.lock = threading.RLock()
         self._in_tx = False
         self._last_commit = time.monotonic()
@@ -143,11 +146,28 @@ class Cache:
             return None
         return row[5]
 
-    def store_file(self, path: bytes, st: os.stat_result, extents: bytes, seen: int) -> None:
+    def lookup_record(self, path: bytes, st: os.stat_result) -> tuple[bytes, bytes] | None:
+        """(extents, encoded index record) of an unchanged file saved before.
+        Any change to content, mode, owner or xattrs moves ctime, so a match
+        means the record can be reused byte for byte."""
+        with self.lock:
+            row = self.db.execute(
+                "SELECT dev, ino, size, mtime, ctime, extents, record FROM files WHERE path=?", (path,)
+            ).fetchone()
+        if row is None or row[6] is None:
+            return None
+        if (row[0], row[1], row[2], row[3], row[4]) != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                                          st.st_ctime_ns):
+            return None
+        return row[5], row[6]
+
+    def store_file(self, path: bytes, st: os.stat_result, extents: bytes, seen: int,
+                   record: bytes | None = None) -> None:
         with self.lock:
             self.db.execute(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, extents, seen),
+                "INSERT OR REPLACE INTO files (path, dev, ino, size, mtime, ctime, extents, seen, record) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, extents, seen, record),
             )
 
     # ---- verification memory (check --read-data-subset) -------------------------------

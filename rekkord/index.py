@@ -44,6 +44,7 @@ F_PARTIAL = 4  # reading stopped part-way through (I/O error)
 _HEAD = struct.Struct("<BBH")
 _META = struct.Struct("<IIIqqQQ")
 _EXT = struct.Struct("<32sII")
+EXTENT_SIZE = _EXT.size
 
 
 @dataclass(slots=True)
