@@ -1,0 +1,290 @@
+"""The command-line contract of issue 2 (init, key, save, snapshots, ls,
+restore, check) through the real `rekkord` CLI in a subprocess, and bad input:
+each gives one clear line on stderr, its documented exit code
+(docs/exit-codes.md), no traceback and no partial file under a final name."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from rekkord import keys as keymod
+from treeutil import assert_same_tree
+
+
+def fails(p, code: int, *needles: str) -> str:
+    """Assert the one-clear-line error contract; returns the line."""
+    err = p.stderr.decode(errors="replace")
+    assert p.returncode == code, (p.returncode, err, p.stdout.decode(errors="replace"))
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("rekkord: error: "), lines[0]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def tree(tmp_path):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "hello.txt").write_text("hello\n")
+    (src / "sub" / "data.bin").write_bytes(os.urandom(400_000))
+    os.symlink("hello.txt", src / "link")
+    return src
+
+
+@pytest.fixture
+def cli(local_repo, run_cli):
+    """run_cli with the repository in the environment and -k ROLE."""
+
+    def run(role, *args, env=None, **kw):
+        e = {"REKKORD_REPOSITORY": local_repo.url, **(env or {})}
+        return run_cli("-k", local_repo.key_files[role], *args, env=e, **kw)
+
+    return run
+
+
+@pytest.fixture
+def saved(cli, tree):
+    p = cli("write", "save", "--json", "docs", tree, check=0)
+    return json.loads(p.stdout)["id"]
+
+
+# ---- init --------------------------------------------------------------------------------
+
+
+def test_init_creates_repository_and_unprotected_master_key(run_cli, tmp_path):
+    repo, key = tmp_path / "repo", tmp_path / "m.key"
+    p = run_cli("-r", repo, "-k", key, "init", check=0)
+    out = p.stdout.decode()
+    rid = json.loads((repo / "config").read_bytes())["body"]["repo"]
+    assert rid in out and str(key) in out
+    assert oct(os.stat(key).st_mode & 0o777) == "0o600"
+    assert not keymod.is_protected(key.read_text())
+    assert keymod.load(str(key)).role == "admin"
+
+
+def test_init_refuses_an_existing_key_file(run_cli, tmp_path):
+    key = tmp_path / "m.key"
+    key.write_text("precious")
+    fails(run_cli("-r", tmp_path / "repo", "-k", key, "init"), 9, str(key), "already exists")
+    assert key.read_text() == "precious"
+    assert not (tmp_path / "repo").exists()
+
+
+def test_init_refuses_an_existing_repository_and_keeps_no_orphan_key(local_repo, run_cli, tmp_path):
+    key = tmp_path / "new.key"
+    fails(run_cli("-r", local_repo.url, "-k", key, "init"), 9, "already exists")
+    assert not key.exists()
+
+
+def test_configuration_precedence_flag_env_file(local_repo, run_cli, saved, tmp_path):
+    cfg = tmp_path / "rekkord.toml"
+    cfg.write_text(f'repository = "{tmp_path}/nowhere"\nkey_file = "{local_repo.key_files["read"]}"\n')
+    # File only: its (missing) repository is used.
+    fails(run_cli("-c", cfg, "snapshots"), 6, "nowhere")
+    # The environment beats the file (REKKORD_CONFIG works like -c).
+    p = run_cli("snapshots", "--json", env={"REKKORD_CONFIG": str(cfg), "REKKORD_REPOSITORY": local_repo.url},
+                check=0)
+    assert [s["id"] for s in json.loads(p.stdout)] == [saved]
+    # A flag beats the environment.
+    fails(run_cli("-c", cfg, "-r", tmp_path / "elsewhere", "snapshots", env={"REKKORD_REPOSITORY": local_repo.url}),
+          6, "elsewhere")
+    p = run_cli("-c", cfg, "-k", local_repo.key_files["write"], "snapshots", env={"REKKORD_REPOSITORY": local_repo.url})
+    fails(p, 5, "write key")
+
+
+# ---- key ---------------------------------------------------------------------------------
+
+
+def test_key_derive_list_info_passwd(local_repo, cli, run_cli, tmp_path):
+    out = tmp_path / "web01.key"
+    p = cli("admin", "key", "derive", "--role", "write", "--label", "web01", "--output", out, check=0)
+    k = keymod.load(str(out))
+    assert k.role == "write" and k.label == "web01" and k.kid in p.stdout.decode()
+    assert oct(os.stat(out).st_mode & 0o777) == "0o600"
+    listed = json.loads(cli("admin", "key", "list", "--json", check=0).stdout)
+    assert {"kid": k.kid, "role": "write", "label": "web01"}.items() <= next(
+        x for x in listed if x["kid"] == k.kid).items()
+    assert len(listed) == 5
+    # info works offline: no repository anywhere.
+    info = json.loads(run_cli("key", "info", "--json", out, check=0).stdout)
+    assert info["role"] == "write" and info["repository"] == local_repo.master.repo and info["can"] == ["save"]
+    # The output file is never overwritten; only the master key derives.
+    fails(cli("admin", "key", "derive", "--role", "read", "--label", "x", "--output", out), 9, str(out))
+    fails(cli("full", "key", "derive", "--role", "read", "--label", "x", "--output", tmp_path / "x.key"), 5,
+          "master key")
+    assert not (tmp_path / "x.key").exists()
+    # passwd protects, then unprotects.
+    run_cli("key", "passwd", out, env={"REKKORD_NEW_PASSPHRASE": "pw"}, check=0)
+    assert keymod.is_protected(out.read_text())
+    fails(run_cli("key", "info", out), 5, "passphrase")
+    run_cli("key", "passwd", out, env={"REKKORD_PASSPHRASE": "pw", "REKKORD_NEW_PASSPHRASE": ""}, check=0)
+    assert keymod.load(str(out)).kid == k.kid
+
+
+# ---- save / snapshots / ls / restore / check -------------------------------------------------
+
+
+def test_save_prints_id_and_summary(cli, tree):
+    p = cli("write", "save", "docs", tree, check=0)
+    out = p.stdout.decode()
+    assert out.startswith("snapshot ") and "saved in channel docs" in out
+    for word in ("files:", "total", "read", "new", "stored", "time:"):
+        assert word in out
+    sid = out.split()[1]
+    j = json.loads(cli("write", "save", "--json", "docs", tree, check=0).stdout)
+    for field in ("id", "channel", "files", "bytes_total", "bytes_read", "bytes_new", "bytes_stored", "duration"):
+        assert field in j, field
+    assert j["files"] == 2 and j["bytes_read"] == 0 and j["id"] != sid  # unchanged: served by the cache
+    assert p.stderr == b""  # quiet when all is well (no terminal: no progress)
+
+
+def test_snapshots_listing(cli, tree, saved):
+    other = json.loads(cli("write", "save", "--json", "etc", tree / "sub", check=0).stdout)["id"]
+    for role in ("admin", "full", "read", "audit"):
+        snaps = json.loads(cli(role, "snapshots", "--json", check=0).stdout)
+        assert [s["id"] for s in snaps] == [saved, other]
+        assert all({"id", "channel", "time"} <= set(s) for s in snaps)
+    only = json.loads(cli("read", "snapshots", "--channel", "etc", "--json", check=0).stdout)
+    assert [s["id"] for s in only] == [other]
+    text = cli("read", "snapshots", check=0).stdout.decode()
+    assert saved[:8] in text and "docs" in text and "etc" in text
+
+
+def test_ls(cli, tree, saved):
+    top = cli("read", "ls", saved, check=0).stdout.decode().split()
+    assert top == ["/" + str(tree).lstrip("/").split("/")[0]]
+    sub = cli("read", "ls", f"{saved}:{tree}", check=0).stdout.decode().split()
+    assert sorted(sub) == sorted([f"{tree}", f"{tree}/hello.txt", f"{tree}/link", f"{tree}/sub"])
+    rec = json.loads(cli("read", "ls", "--recursive", "--json", f"docs:{tree}", check=0).stdout)
+    by = {e["path"]: e for e in rec}
+    assert by[f"{tree}/sub/data.bin"]["size"] == 400_000 and by[f"{tree}/sub/data.bin"]["type"] == "file"
+    assert by[f"{tree}/link"]["target"] == "hello.txt"
+    single = cli("read", "ls", f"{saved[:6]}:{tree}/hello.txt", check=0).stdout.decode().split()
+    assert single == [f"{tree}/hello.txt"]
+
+
+def test_restore_forms(cli, tree, saved, tmp_path):
+    # restore ID DEST: the saved absolute paths under DEST.
+    cli("read", "restore", saved, tmp_path / "all", check=0)
+    assert_same_tree(tree, str(tmp_path / "all") + str(tree))
+    # restore ID:/dir DEST: the directory's content in DEST (by channel name).
+    cli("admin", "restore", f"docs:{tree}/sub", tmp_path / "sub", check=0)
+    assert sorted(os.listdir(tmp_path / "sub")) == ["data.bin"]
+    # A single file lands at DEST/<name> (by id prefix).
+    cli("full", "restore", f"{saved[:8]}:{tree}/hello.txt", tmp_path / "one", check=0)
+    assert os.listdir(tmp_path / "one") == ["hello.txt"]
+    # --dry-run writes nothing; existing files need --overwrite.
+    cli("read", "restore", "--dry-run", saved, tmp_path / "dry", check=0)
+    assert not (tmp_path / "dry").exists()
+    (tmp_path / "one" / "hello.txt").write_text("changed")
+    p = cli("read", "restore", f"{saved}:{tree}/hello.txt", tmp_path / "one")
+    assert p.returncode == 3 and b"not overwritten" in p.stderr and b"Traceback" not in p.stderr
+    assert (tmp_path / "one" / "hello.txt").read_text() == "changed"
+    cli("read", "restore", "--overwrite", f"{saved}:{tree}/hello.txt", tmp_path / "one", check=0)
+    assert (tmp_path / "one" / "hello.txt").read_text() == "hello\n"
+
+
+def test_check(local_repo, cli, saved):
+    cli("audit", "check", check=0)
+    cli("read", "check", "--read-data", check=0)
+    fails(cli("audit", "check", "--read-data"), 5, "audit key")
+    # Damage: check reports it and exits 4.
+    blobs = [os.path.join(dp, f) for dp, _, fs in os.walk(os.path.join(local_repo.url, "blobs")) for f in fs]
+    raw = bytearray(open(blobs[0], "rb").read())
+    raw[100] ^= 1
+    open(blobs[0], "wb").write(raw)
+    p = cli("audit", "check")
+    assert p.returncode == 4 and os.path.basename(blobs[0]).encode() in p.stderr
+    assert b"Traceback" not in p.stderr
+
+
+# ---- bad input -----------------------------------------------------------------------------
+
+
+def test_wrong_key_for_the_repository(local_repo, run_cli, tmp_path):
+    other = tmp_path / "other.key"
+    run_cli("-r", tmp_path / "other-repo", "-k", other, "init", check=0)
+    fails(run_cli("-r", local_repo.url, "-k", other, "snapshots"), 5, "belongs to repository")
+
+
+def test_wrong_or_missing_passphrase(local_repo, run_cli, tmp_path):
+    key = tmp_path / "p.key"
+    local_repo.keys["read"].save(str(key), "secret words")
+    env = {"REKKORD_REPOSITORY": local_repo.url}
+    fails(run_cli("-k", key, "snapshots", env={**env, "REKKORD_PASSPHRASE": "nope"}), 5, "wrong passphrase")
+    fails(run_cli("-k", key, "snapshots", env=env), 5, "passphrase")
+    run_cli("-k", key, "snapshots", env={**env, "REKKORD_PASSPHRASE": "secret words"}, check=0)
+
+
+@pytest.mark.parametrize("args", [["snapshots"], ["ls", "docs"], ["restore", "docs", "DEST"]],
+                         ids=["snapshots", "ls", "restore"])
+def test_write_key_cannot_list_or_restore(cli, saved, tmp_path, args):
+    args = [str(tmp_path / "dest") if a == "DEST" else a for a in args]
+    fails(cli("write", *args), 5, "a write key cannot")
+    assert not (tmp_path / "dest").exists()
+
+
+def test_missing_or_non_repository_path(local_repo, run_cli, tmp_path):
+    key = local_repo.key_files["read"]
+    fails(run_cli("-r", tmp_path / "missing", "-k", key, "snapshots"), 6, str(tmp_path / "missing"))
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "file.txt").write_text("not a repository")
+    fails(run_cli("-r", tmp_path / "plain", "-k", key, "snapshots"), 6, str(tmp_path / "plain"))
+    fails(run_cli("-k", key, "snapshots"), 2, "no repository given")
+    fails(run_cli("-r", local_repo.url, "snapshots"), 2, "no key file given")
+    fails(run_cli("-r", local_repo.url, "-k", tmp_path / "nokey", "snapshots"), 5, "does not exist")
+
+
+def test_unknown_snapshot_and_path_not_in_snapshot(cli, tree, saved, tmp_path):
+    fails(cli("read", "restore", "deadbeef", tmp_path / "o"), 6, "deadbeef")
+    fails(cli("read", "ls", "nochannel"), 6, "nochannel")
+    fails(cli("read", "restore", f"{saved}:{tree}/nope", tmp_path / "o"), 6, f"{tree}/nope", "not in the snapshot")
+    fails(cli("read", "ls", f"{saved}:/nope"), 6, "/nope")
+    assert not (tmp_path / "o").exists()
+
+
+def test_save_of_a_missing_path(cli, tmp_path):
+    fails(cli("write", "save", "docs", tmp_path / "missing"), 2, str(tmp_path / "missing"))
+
+
+def _mount_tmpfs(path, size="1m"):
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+
+
+def test_full_disk_on_restore(cli, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("small")
+    (src / "big.bin").write_bytes(os.urandom(3 << 20))
+    sid = json.loads(cli("write", "save", "--json", "c", src, check=0).stdout)["id"]
+    mnt = tmp_path / "small-disk"
+    _mount_tmpfs(mnt)
+    try:
+        fails(cli("read", "restore", f"{sid}:{src}", mnt / "out"), 8, "no space", "big.bin")
+        left = [os.path.join(dp, f) for dp, _, fs in os.walk(mnt) for f in fs]
+        assert str(mnt / "out" / "big.bin") not in left
+        assert not [f for f in left if ".rekkord-tmp-" in f], left
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_full_disk_on_save(run_cli, tmp_path):
+    mnt = tmp_path / "small-disk"
+    _mount_tmpfs(mnt)
+    try:
+        env = {"REKKORD_REPOSITORY": str(mnt / "repo")}
+        run_cli("-k", tmp_path / "m.key", "init", env=env, check=0)
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "big.bin").write_bytes(os.urandom(3 << 20))
+        fails(run_cli("-k", tmp_path / "m.key", "save", "c", src, env=env), 8, "no space")
+        # No snapshot record: the interrupted save left only unreferenced blobs.
+        assert not os.path.exists(mnt / "repo" / "snapshots") or not os.listdir(mnt / "repo" / "snapshots")
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
