@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE TABLE IF NOT EXISTS verified (id BLOB PRIMARY KEY, time INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS pending (id BLOB PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS snapshots_seen (
-    id TEXT PRIMARY KEY, first_seen INTEGER NOT NULL, gone_since INTEGER
+    id TEXT PRIMARY KEY, first_seen REAL NOT NULL, gone_since REAL, not_before REAL NOT NULL
 ) WITHOUT ROWID;
 """
 
@@ -199,25 +199,28 @@ class Cache:
 
     # ---- snapshot records seen by check --------------------------------------------
 
-    def seen_snapshots(self) -> dict[str, tuple[int, int | None]]:
-        """sid -> (first_seen, gone_since) as unix times."""
+    def seen_snapshots(self) -> dict[str, tuple[float, float | None, float]]:
+        """sid -> (first_seen, gone_since, not_before) as unix times;
+        ``not_before``: the previous check that did not see it yet (0: none),
+        so the record appeared between ``not_before`` and ``first_seen``."""
         with self.lock:
-            return {r[0]: (r[1], r[2]) for r in self.db.execute("SELECT id, first_seen, gone_since "
-                                                                  "FROM snapshots_seen")}
+            return {r[0]: (r[1], r[2], r[3]) for r in self.db.execute(
+                "SELECT id, first_seen, gone_since, not_before FROM snapshots_seen")}
 
-    def note_snapshots(self, present, when: int | None = None) -> None:
-        """Record that exactly ``present`` exist now: new ones get a first-seen
-        time, vanished ones a gone-since time, reappeared ones lose it."""
+    def note_snapshots(self, present, when: float | None = None, previous: float = 0.0) -> None:
+        """Record that exactly ``present`` exist now (``previous``: the time of
+        the previous check): new ones get a first-seen time, vanished ones a
+        gone-since time, reappeared ones lose it."""
         when = when or time.time()
         present = set(present)
         with self.lock:
             rows = self.seen_snapshots()
-            self.db.executemany("INSERT INTO snapshots_seen VALUES (?, ?, NULL)",
-                                [(s, when) for s in present if s not in rows])
+            self.db.executemany("INSERT INTO snapshots_seen VALUES (?, ?, NULL, ?)",
+                                [(s, when, previous) for s in present if s not in rows])
             self.db.executemany("UPDATE snapshots_seen SET gone_since=? WHERE id=?",
-                                [(when, s) for s, (_, gone) in rows.items() if s not in present and gone is None])
+                                [(when, s) for s, (_, gone, _) in rows.items() if s not in present and gone is None])
             self.db.executemany("UPDATE snapshots_seen SET gone_since=NULL WHERE id=?",
-                                [(s,) for s, (_, gone) in rows.items() if s in present and gone is not None])
+                                [(s,) for s, (_, gone, _) in rows.items() if s in present and gone is not None])
 
 
 def cache_path(cache_dir: str, repo_id: str, role: str) -> str:
