@@ -517,15 +517,16 @@ class Checker:
                 problems.append(m)
             rev = repo.revocations().get(snap.kid)
             if rev is not None and not any("revoked" in m for m in problems):
-                first = seen.get(sid, (None, None))[0]
-                rev_s = rev.get("time_ns", 0) / 1e9
-                if (first is not None and first > rev_s) or (first is None and last_check > rev_s):
-                    problems.append(f"signed by key {snap.kid}, which was revoked on {_when(rev_s)}; the record "
+                # The record appeared after the last check that did not see it.
+                not_before = seen[sid][2] if sid in seen else last_check
+                revoked_at = rev.get("time_ns", 0) / 1e9
+                if not_before > revoked_at:
+                    problems.append(f"signed by key {snap.kid}, which was revoked on {_when(revoked_at)}; the record "
                                     f"claims {_when(snap.time)} but appeared after the revocation (backdated)")
             if problems:
                 snap.signature_ok = False
                 self.problem(f"snapshots/{sid}", "snapshot record", UNTRUSTED, "; ".join(problems), [sid])
-            gone = seen.get(sid, (None, None))[1]
+            gone = seen.get(sid, (None, None, None))[1]
             if gone is not None:
                 self.problem(f"snapshots/{sid}", "snapshot record", REPLAYED,
                              f"reappeared after it had been gone since {_when(gone)} (replayed or restored "
@@ -834,7 +835,7 @@ class Checker:
             return
         seen = self.cache.seen_snapshots()
         last_check = float(self.cache.get_meta("last_check_time") or 0)
-        r.vanished_snapshots = sorted(s for s, (_, gone) in seen.items() if gone is None and s not in present_set)
+        r.vanished_snapshots = sorted(s for s, (_, gone, _) in seen.items() if gone is None and s not in present_set)
         unexplained = [s for s in r.vanished_snapshots if s not in forgotten]
         if unexplained and now - last_check < 0.9 * FORGET_LOG_KEEP:
             for sid in unexplained:
@@ -844,7 +845,7 @@ class Checker:
         elif unexplained:
             r.notes.append(f"{len(unexplained)} snapshot records seen by the check of {_when(last_check)} are gone; "
                            "the forget log does not reach back that far")
-        self.cache.note_snapshots(present_set, now)
+        self.cache.note_snapshots(present_set, now, last_check)
         self.cache.set_meta("last_check_time", now)
 
     def _previous_damage(self, damaged: list[str], by_id):
