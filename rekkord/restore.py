@@ -32,7 +32,7 @@ from .index import (
     Entry,
 )
 from .repository import Repository, Snapshot
-from .snapshot import BlobFetcher, iter_entries, normalize_subpath, select
+from .snapshot import BlobFetcher, normalize_subpath, select
 
 HOLE_BLOCK = 64 * 1024
 ZERO_BLOCK = bytes(HOLE_BLOCK)
@@ -121,6 +121,11 @@ class Restorer:
     def __init__(self, repo: Repository, snap: Snapshot, options: RestoreOptions | None = None,
                  progress=None, warn=None):
         repo.key.require("read", "restore files")
+        if not snap.signature_ok:
+            # Forged, altered, or signed by a revoked or uncertified key: its
+            # files could be anyone's choice (docs/integrity.md).
+            raise IntegrityError(f"snapshot {snap.id} is not trusted ({'; '.join(snap.problems)}); "
+                                 "refusing to restore it")
         self.repo = repo
         self.snap = snap
         self.opts = options or RestoreOptions()
@@ -138,6 +143,8 @@ class Restorer:
         cores = os.cpu_count() or 2
         self.threads = self.opts.threads or max(2, cores)
         self._last_progress = 0.0
+        self._salvaged = False  # part of the index was lost: parents may be missing
+        self._damaged_paths: set[bytes] = set()  # snapshot paths of files restored damaged or not at all
 
     def warn(self, path: str, message: str, *, damaged: bool = False):
         with self.lock:
@@ -160,7 +167,16 @@ class Restorer:
         started = time.monotonic()
         sub = normalize_subpath(subpath)
         dest_b = os.path.abspath(os.fsencode(dest))
-        entries = select(iter_entries(self.repo, self.snap), sub)
+        from .check import describe_loss, iter_entries_salvaging
+
+        def index_damage(blobs, before, after):
+            # Records in damaged index blobs are lost; every other entry restores.
+            self._salvaged = True
+            self.warn(f"(snapshot {self.snap.id[:8]} index)", "DAMAGED: " + describe_loss(blobs, before, after),
+                      damaged=True)
+
+        self._check_reflists(whole=not sub)
+        entries = select(iter_entries_salvaging(self.repo, self.snap, index_damage), sub)
         first = None
         try:
             first = next(entries)
@@ -232,6 +248,8 @@ class Restorer:
             if e.kind == K_DIR:
                 make_dir(e, rel)
                 return
+            if self._salvaged and not self.opts.dry_run:
+                os.makedirs(os.path.dirname(path), exist_ok=True)  # its directory's entry may be lost
             if expected is not None:
                 expected.add(path)
                 if not self.opts.dry_run:
@@ -336,6 +354,28 @@ class Restorer:
                             continue  # holds entries the patterns protect
                         self.warn(os.fsdecode(path), f"cannot delete: {err.strerror}")
 
+    def _check_reflists(self, *, whole: bool):
+        """Restore does not need the reference lists, but prune does: say so
+        when one is damaged (read whole for a whole snapshot, else only
+        looked up)."""
+        from . import format as fmt
+
+        for bid, size in self.snap.reflist:
+            try:
+                if whole:
+                    self.repo.read_blob(bid, fmt.T_REFLIST)
+                    continue
+                actual = self.repo.storage.stat(fmt.blob_name(bid))
+                if actual is None:
+                    raise IntegrityError("missing")
+                if actual != size:
+                    raise IntegrityError(f"has {actual} bytes where {size} were stored")
+            except (IntegrityError, StorageError) as err:
+                msg = str(err).replace(f"blob {bid.hex()}: ", "")
+                self.warn(f"(snapshot {self.snap.id[:8]} reference list)",
+                          f"reference list blob {bid.hex()} is damaged ({msg}); the files are not affected, "
+                          "but prune cannot see which blobs this snapshot uses: run rekkord check")
+
     def _skip(self, path: bytes):
         with self.lock:
             self.stats.skipped += 1
@@ -368,18 +408,21 @@ class Restorer:
                 try:
                     blob = futs[i].result()
                 except (IntegrityError, StorageError) as err:
-                    damaged = str(err)
+                    damaged = damaged or str(err)
                     futs[i] = None
-                    pos += x.length  # leave a hole; keep going only to report
-                    break
+                    pos += x.length  # leave a hole
+                    if not self.opts.keep_damaged:
+                        break
+                    continue
                 futs[i] = None
                 data = blob[x.offset:x.offset + x.length]
                 if len(data) != x.length:
-                    damaged = f"blob {x.blob.hex()} is shorter than the index says"
-                    break
+                    damaged = damaged or f"blob {x.blob.hex()} is shorter than the index says"
+                    if not self.opts.keep_damaged:
+                        break
                 _write_sparse(fd, data, pos)
                 pos += x.length
-            if damaged is None:
+            if damaged is None or self.opts.keep_damaged:
                 os.ftruncate(fd, e.size if pos == e.size else pos)
                 self._apply_meta_fd(fd, spath, e)
         except OSError as err:
@@ -391,12 +434,20 @@ class Restorer:
             return None
         os.close(fd)
         if damaged is not None:
+            with self.lock:
+                self._damaged_paths.add(e.path)
             if self.opts.keep_damaged:
-                os.replace(tmp, path)
-                self.warn(spath, f"DAMAGED (kept, with holes): {damaged}", damaged=True)
-            else:
-                _unlink(tmp)
-                self.warn(spath, f"DAMAGED, not restored: {damaged}", damaged=True)
+                try:
+                    os.utime(tmp, ns=(e.atime_ns or e.mtime_ns, e.mtime_ns), follow_symlinks=False)
+                    os.replace(tmp, path)
+                except OSError as err:
+                    _unlink(tmp)
+                    self.warn(spath, f"DAMAGED, and cannot rename into place: {err.strerror}", damaged=True)
+                    return None
+                self.warn(spath, f"DAMAGED (kept, with holes where data is missing): {damaged}", damaged=True)
+                return path
+            _unlink(tmp)
+            self.warn(spath, f"DAMAGED, not restored: {damaged}", damaged=True)
             return None
         try:
             os.utime(tmp, ns=(e.atime_ns or e.mtime_ns, e.mtime_ns), follow_symlinks=False)
@@ -460,9 +511,16 @@ class Restorer:
         spath = os.fsdecode(path)
         fut = restored.get(e.target)
         first = fut.result() if fut is not None and fut.exception() is None else None
+        target_damaged = e.target in self._damaged_paths
         if first is None:
-            self.warn(spath, "hard link target was not restored; link skipped")
+            if target_damaged:
+                self.warn(spath, f"DAMAGED, not restored: hard link to /{os.fsdecode(e.target)}, whose data is "
+                          "damaged", damaged=True)
+            else:
+                self.warn(spath, "hard link target was not restored; link skipped")
             return
+        if target_damaged:
+            self.warn(spath, f"DAMAGED (kept, with holes): hard link to /{os.fsdecode(e.target)}", damaged=True)
         if not self.opts.overwrite and os.path.lexists(path):
             self._skip(path)
             return
