@@ -90,7 +90,7 @@ class BlobFetcher:
     """Fetches, verifies and decrypts blobs on a pool; each blob fetched once
     while it is in use; completed blobs kept in a bounded LRU."""
 
-    def __init__(self, repo: Repository, threads: int, max_bytes: int = 256 << 20):
+    def __init__(self, repo: Repository, threads: int, max_bytes: int = 32 << 20):
         self.repo = repo
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="rekkord-fetch")
         self.lock = threading.Lock()
