@@ -139,7 +139,7 @@ def test_index_lists_every_entry(fixture_copy, tmp_path):
     assert es[b"hello.txt"].target == SOURCE.lstrip("/").encode() + b"/dir/hardlink-to-hello"
     assert es[b"dir/link-to-hello"].target == b"../hello.txt"
     assert es[b"hello.txt"].xattrs == [(b"user.rekkord", b"v1 fixture")]
-    assert es[b"dir/big.txt"].size == 8000 * 37 and es[b"private.txt"].mode == 0o600
+    assert es[b"dir/big.txt"].size == 8000 * 38 and es[b"private.txt"].mode == 0o600
     built = tmp_path / "built"
     build_tree(str(built))
     for rel, e in es.items():
