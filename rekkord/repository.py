@@ -297,7 +297,9 @@ class Repository:
         pk = self.signer_pk(kid)
         ok = pk is not None and crypto.verify(pk, msg, sig)
         if not ok:
-            problems.append(f"signature by key {kid} is invalid or the key is not certified")
+            why = (f"its certificate keys/{kid} is missing or invalid" if pk is None
+                   else "the signature does not verify: the record was forged or altered")
+            problems.append(f"signature by key {kid} is invalid or the key is not certified ({why})")
         rev = self.revocations().get(kid)
         if rev is not None and record.get("time_ns", 0) >= rev.get("time_ns", 0):
             problems.append(f"signed by key {kid} after it was revoked")
