@@ -288,3 +288,14 @@ def test_full_disk_on_save(run_cli, tmp_path):
         assert not os.path.exists(mnt / "repo" / "snapshots") or not os.listdir(mnt / "repo" / "snapshots")
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_docs_exit_codes_table_matches_the_code():
+    import re
+
+    from rekkord.errors import ExitCode
+
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "exit-codes.md"), encoding="utf-8").read()
+    rows = dict((name, int(code)) for code, name in re.findall(r"^\| (\d+) \| `(\w+)` \|", doc, re.M))
+    codes = {k: v for k, v in vars(ExitCode).items() if k.isupper()}
+    assert rows == codes

@@ -103,3 +103,11 @@ def test_padme_properties(n):
     if n >= 100:
         assert p - n <= 0.12 * n
     assert crypto.padme(n + 1) >= p  # monotone
+
+
+def test_docs_format_lists_every_context_string():
+    import os
+
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "format.md"), encoding="utf-8").read()
+    for value in V1_CONTEXTS.values():
+        assert f"`{value}`" in doc, value
