@@ -53,6 +53,7 @@ class Cache:
         if "record" not in cols:  # caches made before the index record was cached
             self.db.execute("ALTER TABLE files ADD COLUMN record BLOB")
         self.lock = threading.RLock()
+        self._file_rows: list[tuple] = []
         self._in_tx = False
         self._last_commit = time.monotonic()
 
@@ -66,6 +67,7 @@ class Cache:
 
     def commit(self):
         with self.lock:
+            self._flush_files()
             if self._in_tx:
                 self.db.execute("COMMIT")
                 self._in_tx = False
@@ -111,6 +113,8 @@ class Cache:
         """Forget blobs (found missing or damaged) and every cached file using them."""
         ids = list(ids)
         with self.lock:
+            if self._file_rows:
+                self._flush_files()
             self.db.executemany("DELETE FROM blobs WHERE id=?", [(i,) for i in ids])
             self.db.executemany("DELETE FROM verified WHERE id=?", [(i,) for i in ids])
             if ids:
@@ -125,6 +129,8 @@ class Cache:
 
     def reset_blobs(self) -> None:
         with self.lock:
+            if self._file_rows:
+                self._flush_files()
             self.db.execute("DELETE FROM blobs")
             self.db.execute("DELETE FROM files")
 
@@ -136,6 +142,8 @@ class Cache:
 
     def lookup_file(self, path: bytes, st: os.stat_result) -> bytes | None:
         with self.lock:
+            if self._file_rows:
+                self._flush_files()
             row = self.db.execute(
                 "SELECT dev, ino, size, mtime, ctime, extents FROM files WHERE path=?", (path,)
             ).fetchone()
@@ -146,29 +154,45 @@ class Cache:
             return None
         return row[5]
 
-    def lookup_record(self, path: bytes, st: os.stat_result) -> tuple[bytes, bytes] | None:
+    def has_files(self) -> bool:
+        with self.lock:
+            if self._file_rows:
+                self._flush_files()
+            return self.db.execute("SELECT 1 FROM files LIMIT 1").fetchone() is not None
+
+    def lookup_record(self, path: bytes, st: os.stat_result) -> tuple[bytes, bytes | None] | None:
         """(extents, encoded index record) of an unchanged file saved before.
         Any change to content, mode, owner or xattrs moves ctime, so a match
         means the record can be reused byte for byte."""
         with self.lock:
+            if self._file_rows:
+                self._flush_files()
             row = self.db.execute(
                 "SELECT dev, ino, size, mtime, ctime, extents, record FROM files WHERE path=?", (path,)
             ).fetchone()
-        if row is None or row[6] is None:
+        if row is None:
             return None
         if (row[0], row[1], row[2], row[3], row[4]) != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
                                                           st.st_ctime_ns):
             return None
-        return row[5], row[6]
+        return row[5], row[6]  # the record is None for rows stored without one
 
     def store_file(self, path: bytes, st: os.stat_result, extents: bytes, seen: int,
                    record: bytes | None = None) -> None:
+        # Buffered: one executemany per thousand files instead of one statement
+        # each (every statement releases and re-takes the GIL).
         with self.lock:
-            self.db.execute(
+            self._file_rows.append(
+                (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, extents, seen, record))
+            if len(self._file_rows) >= 1000:
+                self._flush_files()
+
+    def _flush_files(self) -> None:
+        rows, self._file_rows = self._file_rows, []
+        if rows:
+            self.db.executemany(
                 "INSERT OR REPLACE INTO files (path, dev, ino, size, mtime, ctime, extents, seen, record) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, extents, seen, record),
-            )
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     # ---- verification memory (check --read-data-subset) -------------------------------
 

@@ -119,9 +119,15 @@ class PackCutter:
         self.mask = (1 << bits) - 1
         self.max_files = max_files
 
-    def should_cut(self, pack_size: int, pack_files: int, file_data: bytes) -> bool:
+    def cut_mark(self, file_data) -> bool:
+        """The content half of the rule: whether this file may end a pack.
+        (The saver computes it on its read threads.)"""
+        return crypto.keyed_hash(self.key, file_data, length=1)[0] & self.mask == 0
+
+    def should_cut_marked(self, pack_size: int, pack_files: int, mark: bool) -> bool:
         if pack_size >= self.max_size or pack_files >= self.max_files:
             return True
-        if pack_size < self.min_size:
-            return False
-        return crypto.keyed_hash(self.key, file_data, length=1)[0] & self.mask == 0
+        return pack_size >= self.min_size and mark
+
+    def should_cut(self, pack_size: int, pack_files: int, file_data: bytes) -> bool:
+        return self.should_cut_marked(pack_size, pack_files, self.cut_mark(file_data))

@@ -177,14 +177,15 @@ class _Pack:
 class _Item:
     """An entry on its way to the index, in walk order."""
 
-    __slots__ = ("entry", "abspath", "st", "job", "small", "pack", "pack_off", "ready_extents", "cacheable",
-                 "record")
+    __slots__ = ("entry", "abspath", "st", "job", "job_index", "small", "pack", "pack_off", "ready_extents",
+                 "cacheable", "record")
 
     def __init__(self, entry: Entry, abspath: bytes, st):
         self.entry = entry
         self.abspath = abspath
         self.st = st
-        self.job: Future | None = None  # file read (small) or whole-file store (large)
+        self.job: Future | None = None  # batch read (small files) or whole-file store (large)
+        self.job_index = 0  # this file's place in its batch
         self.small = False
         self.pack: _Pack | None = None
         self.pack_off = 0
@@ -227,6 +228,9 @@ class Saver:
         # (main thread only): bounds the read-ahead.
         self.small_pending = 0
         self.small_pending_limit = 16 << 20
+        self._small_batch: list[_Item] = []  # small files not yet handed to a read task
+        self._small_batch_bytes = 0
+        self._cache_has_files = True  # set at the start of a save
         self._stream = None  # (name, binary stream, mode) when saving one stream (save_stream)
         # Blobs not to trust without reading them back: named by a repair hint
         # from check, or written by a save that died before its flush
@@ -360,6 +364,19 @@ class Saver:
         finally:
             os.close(fd)
 
+    def read_small_batch(self, files: list[tuple[bytes, os.stat_result]]) -> list[tuple]:
+        """Read a run of small files (one task: no per-file thread hand-off);
+        their xattrs are read here too, off the main thread."""
+        out = []
+        mark = self.cutter.cut_mark
+        for path, st in files:
+            data, flags, msg = self.read_small(path, st)
+            out.append((data, flags, msg, self._xattrs(path), bool(data) and mark(data)))
+        return out
+
+    def large_job(self, path: bytes, st) -> tuple[list[Extent], int, str | None, int, list]:
+        return (*self.save_large(path, st), self._xattrs(path))
+
     def save_large(self, path: bytes, st) -> tuple[list[Extent], int, str | None, int]:
         try:
             fd = self._open(path)
@@ -427,14 +444,14 @@ class Saver:
                 continue
         return out
 
-    def _entry(self, rel: bytes, abspath: bytes, st) -> Entry:
+    def _entry(self, rel: bytes, abspath: bytes, st, *, xattrs: bool = True) -> Entry:
         u, g = self._owner(st.st_uid, st.st_gid)
         return Entry(
             kind=kind_from_mode(st.st_mode), path=rel, mode=statmod.S_IMODE(st.st_mode),
             uid=st.st_uid, gid=st.st_gid, mtime_ns=st.st_mtime_ns, atime_ns=st.st_atime_ns if self.opts.atime else 0,
             size=st.st_size if statmod.S_ISREG(st.st_mode) else 0,
             rdev=st.st_rdev if (statmod.S_ISCHR(st.st_mode) or statmod.S_ISBLK(st.st_mode)) else 0,
-            user=u, group=g, xattrs=self._xattrs(abspath),
+            user=u, group=g, xattrs=self._xattrs(abspath) if xattrs else [],
         )
 
     def _walk(self, roots: list[bytes]):
@@ -529,6 +546,7 @@ class Saver:
         started = time.monotonic()
         time_ns = time_ns or time.time_ns()
         self._prepare_cache()
+        self._cache_has_files = self.cache.has_files()  # a first save skips every lookup
         self.cache.set_meta("save_open", "1")  # cleared once the record is durable
         self.cache.commit()
         self.cache.begin()
@@ -685,9 +703,11 @@ class Saver:
 
         def to_stage2(item: _Item):
             e = item.entry
+            if item.small and item.job is None:  # would silently save an empty file
+                raise AssertionError(f"internal error: {os.fsdecode(item.abspath)} was never read")
             if item.job is not None:
                 if item.small:
-                    data, flags, msg = item.job.result()
+                    data, flags, msg, e.xattrs, cut_mark = item.job.result()[item.job_index]
                     self.small_pending -= item.st.st_size
                     e.flags |= flags
                     if msg:
@@ -701,12 +721,12 @@ class Saver:
                         item.pack = pack["obj"]
                         item.pack_off = off
                         item.ready_extents = [Extent(b"", off, len(data))]
-                        if self.cutter.should_cut(len(pack["buf"]), pack["files"], data):
+                        if self.cutter.should_cut_marked(len(pack["buf"]), pack["files"], cut_mark):
                             flush_pack()
                     else:
                         item.ready_extents = []
                 else:
-                    extents, flags, msg, total = item.job.result()
+                    extents, flags, msg, total, e.xattrs = item.job.result()
                     e.flags |= flags
                     if msg:
                         self.warn(item.abspath, msg)
@@ -734,6 +754,7 @@ class Saver:
                 first = self.hardlinks.get((item.st.st_dev, item.st.st_ino))
                 if first is not None:
                     e.extents = first.entry.extents
+                    e.xattrs = first.entry.xattrs
             record = encode(e)
             for ch in index_cutter.feed(record):
                 index_futs.append(self.submit_store(fmt.T_INDEX, ch))
@@ -744,8 +765,14 @@ class Saver:
                                       record if item.st.st_nlink == 1 else None)
 
         def drain(block: bool):
+            if block or (stage1 and stage1[0].small and stage1[0].job is None):
+                self._flush_small_batch()
             while stage1:
                 head = stage1[0]
+                if head.small and head.job is None:  # still in the unsubmitted read batch
+                    if not block:
+                        break
+                    self._flush_small_batch()
                 if head.job is not None and not head.job.done() and not block:
                     break
                 to_stage2(stage1.popleft())
@@ -769,6 +796,7 @@ class Saver:
             stage1.append(item)
             if len(stage1) + len(stage2) > 4096 or self.small_pending > self.small_pending_limit:
                 # Back-pressure: wait for the oldest work before walking further.
+                self._flush_small_batch()
                 if stage1 and stage1[0].job is not None:
                     stage1[0].job.result()
                 drain(block=False)
@@ -789,12 +817,25 @@ class Saver:
             index_ids = [self.store_blob(fmt.T_INDEX, b"")]
         return index_ids, reflist_ids
 
+    def _flush_small_batch(self) -> None:
+        items = self._small_batch
+        if not items:
+            return
+        self._small_batch = []
+        self._small_batch_bytes = 0
+        fut = self.file_pool.submit(self.read_small_batch, [(it.abspath, it.st) for it in items])
+        for i, it in enumerate(items):
+            it.job = fut
+            it.job_index = i
+
     def _classify(self, abspath: bytes, rel: bytes, st) -> _Item | None:
-        if st.st_nlink == 1 and statmod.S_ISREG(st.st_mode):
-            # The common case of a nightly save: an unchanged file costs this
-            # stat and one cache lookup, nothing else (no xattrs, no encoding).
+        hit = None
+        is_reg = statmod.S_ISREG(st.st_mode)
+        if is_reg and self._cache_has_files:
             hit = self.cache.lookup_record(abspath, st)
-            if hit is not None:
+            if hit is not None and hit[1] is not None and st.st_nlink == 1:
+                # The common case of a nightly save: an unchanged file costs this
+                # stat and one cache lookup, nothing else (no xattrs, no encoding).
                 item = _Item(None, abspath, st)
                 item.ready_extents, item.record = hit
                 self.stats.files += 1
@@ -802,7 +843,8 @@ class Saver:
                 self.stats.bytes_total += st.st_size
                 return item
         try:
-            e = self._entry(rel, abspath, st)
+            # A regular file's xattrs are read by the task that reads it.
+            e = self._entry(rel, abspath, st, xattrs=not is_reg)
         except ValueError:
             self.warn(abspath, "unknown file type; skipped")
             return None
@@ -824,14 +866,13 @@ class Saver:
                 if first is not None:
                     e.kind = K_HARDLINK
                     e.target = first.entry.path
-                    item.job = first.job
-                    item.small = first.small
-                    # Content comes from the first link once it is emitted.
-                    item.job = None
+                    # Content (and xattrs: same inode) come from the first link
+                    # once it is emitted.
                     return item
                 self.hardlinks[key] = item
-            cached = self.cache.lookup_file(abspath, st)
+            cached = hit[0] if hit is not None else None
             if cached is not None:
+                e.xattrs = self._xattrs(abspath)
                 e.extents = decode_extents(cached)
                 item.ready_extents = e.extents
                 self.stats.files_unchanged += 1
@@ -839,6 +880,7 @@ class Saver:
                 # lookup_record fast path above serves it.
                 item.cacheable = st.st_nlink == 1
             elif st.st_size == 0:
+                e.xattrs = self._xattrs(abspath)
                 item.ready_extents = []
                 # Still open it: an unreadable empty file should be reported.
                 if not os.access(abspath, os.R_OK):
@@ -847,9 +889,12 @@ class Saver:
             elif st.st_size < self.small_limit:
                 item.small = True
                 self.small_pending += st.st_size
-                item.job = self.file_pool.submit(self.read_small, abspath, st)
+                self._small_batch.append(item)
+                self._small_batch_bytes += st.st_size
+                if len(self._small_batch) >= 64 or self._small_batch_bytes >= 1 << 20:
+                    self._flush_small_batch()
             else:
-                item.job = self.file_pool.submit(self.save_large, abspath, st)
+                item.job = self.file_pool.submit(self.large_job, abspath, st)
         else:
             self.stats.others += 1
         return item
