@@ -92,8 +92,11 @@ def channels_cmd(s: Settings, stale, expect, as_json):
             out.append([c["channel"], (c["latest"] or "-")[:8], when,
                         human_age(c["age_seconds"]) if c["age_seconds"] is not None else "never",
                         c["host"] or "-", str(c["snapshots"]), status])
+        headers = ["CHANNEL", "LATEST", "TIME", "AGE", "HOST", "SNAPSHOTS", ""]
+        if not any(r[-1] for r in out):
+            headers, out = headers[:-1], [r[:-1] for r in out]
         if rows and not (s.quiet and limit is not None):
-            click.echo(table(out, ["CHANNEL", "LATEST", "TIME", "AGE", "HOST", "SNAPSHOTS", ""]))
+            click.echo(table(out, headers))
     for c in stale_rows:
         age = f"latest snapshot {c['latest'][:8]} is {human_age(c['age_seconds'])} old" if c["latest"] \
             else "has no snapshot"
