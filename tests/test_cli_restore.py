@@ -188,3 +188,18 @@ def test_progress_on_a_terminal_and_nothing_elsewhere(run_cli, local_repo, env, 
     assert proc.returncode == 0
     assert "restoring" in tty and "ETA" in tty and "/30.0 MiB" in tty and "files" in tty
     assert b"restored 30 files" in out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_owner_restored_as_root_unless_no_owner(run_cli, local_repo, env, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "theirs").write_text("x")
+    os.chown(src / "theirs", 1234, 5678)
+    p = run_cli("save", "c", src, env={**env, "REKKORD_KEY_FILE": local_repo.key_files["write"]}, check=0)
+    run_cli("restore", f"c:{src}", tmp_path / "o1", env=env, check=0)
+    st = os.stat(tmp_path / "o1" / "theirs")
+    assert (st.st_uid, st.st_gid) == (1234, 5678)
+    run_cli("restore", f"c:{src}", tmp_path / "o2", "--no-owner", env=env, check=0)
+    st = os.stat(tmp_path / "o2" / "theirs")
+    assert (st.st_uid, st.st_gid) == (0, 0)

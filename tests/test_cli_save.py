@@ -232,3 +232,44 @@ def test_bad_save_invocations_are_one_line(run_cli, local_repo, env, tmp_path, t
     conf = write_config(tmp_path, local_repo, '[channels.x]\npaths = ["/etc"]\nbogus = 1\n')
     p = run_cli("-c", conf, "save", "--all", env={})
     assert p.returncode == 2 and b"unknown keys: bogus" in p.stderr
+
+
+def on_a_terminal(argv, env, input_bytes=None):
+    """Run the CLI with stderr on a pseudo-terminal; (returncode, stdout, what the terminal showed)."""
+    import pty
+
+    master, slave = pty.openpty()
+    e = {k: v for k, v in os.environ.items() if not k.startswith("REKKORD_")}
+    e.update(env, TERM="xterm", COLUMNS="160")
+    proc = subprocess.Popen([sys.executable, "-m", "rekkord", *map(str, argv)], env=e, stdout=subprocess.PIPE,
+                            stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            b = os.read(master, 65536)
+        except OSError:
+            break
+        if not b:
+            break
+        chunks.append(b)
+    out, _ = proc.communicate()
+    os.close(master)
+    return proc.returncode, out, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_on_a_terminal_has_an_eta_once_the_channel_was_saved(local_repo, env, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(20):
+        (src / f"f{i}").write_bytes(os.urandom(1 << 20))
+    e = {**env, "REKKORD_CACHE_DIR": str(tmp_path / "cache")}
+    rc, out, tty = on_a_terminal(["save", "c", src], e)
+    assert rc == 0 and b"saved in channel c" in out
+    assert "saving c" in tty and "20 files" in tty
+    # The second time, the first save's size is the expected total: a bar with an ETA.
+    rc, out, tty = on_a_terminal(["save", "c", src], e)
+    assert rc == 0 and "saving c" in tty and "/20.0 MiB" in tty and "ETA" in tty
+    # With -q or --json, nothing on the terminal but the result.
+    rc, out, tty = on_a_terminal(["-q", "save", "c", src], e)
+    assert rc == 0 and tty == "" and out == b""
