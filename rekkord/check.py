@@ -323,6 +323,7 @@ class Checker:
         self._last_progress = 0.0
         self.names: dict[bytes, str] = {}  # storage names of referenced blobs that are not blobs/xx/<id>
         self._fossil_sizes: dict[bytes, int] = {}
+        self.empty_leftovers: list[str] = []
 
     # ---- helpers -------------------------------------------------------------------
 
@@ -440,6 +441,9 @@ class Checker:
         r.orphans = len(orphans)
         if self.subset is None:
             self._read_blobs(orphans, None, {}, bad, set(), full=False)
+        if self.empty_leftovers:
+            r.notes.append(f"{len(self.empty_leftovers)} unreferenced empty objects, left by interrupted writes "
+                           "(power loss), e.g. " + ", ".join(sorted(self.empty_leftovers)[:3]))
         # Which snapshots each problem affects.
         self._attribute(refs, kinds, direct, reflists)
         # Read keys: every index, in full, against the reference lists; files per damaged blob.
@@ -497,6 +501,13 @@ class Checker:
             except SnapshotNotFound:
                 return  # forgotten since the listing
             except (IntegrityError, UnsupportedFormat) as e:
+                if listing.get(f"snapshots/{sid}") == 0 and sid not in seen:
+                    # An interrupted save's record that never reached the disk
+                    # (power loss before its flush): the save did not report
+                    # success, and no check has seen it.
+                    with self.lock:
+                        self.empty_leftovers.append(f"snapshots/{sid}")
+                    return
                 msg = str(e)
                 prefix = f"snapshot {sid}: "
                 self.problem(f"snapshots/{sid}", "snapshot record", DAMAGED,
@@ -656,6 +667,13 @@ class Checker:
                 self.problem(name, what, UNVERIFIED, f"could not be read: {e}")
                 return
             self._count(raw)
+            if orphan and not raw:
+                # What a power loss leaves of a blob an interrupted save was
+                # writing (its data never reached the disk): harmless, nothing
+                # uses it; a save that needs the blob replaces it, prune removes it.
+                with self.lock:
+                    self.empty_leftovers.append(name)
+                return
             if not orphan and len(raw) != refs[bid]:
                 bad[bid] = self.problem(name, what, WRONG_SIZE,
                                         f"read {len(raw)} bytes where {refs[bid]} were stored")
