@@ -463,3 +463,24 @@ def test_the_salvaging_reader_equals_the_plain_one_on_an_intact_index(local_repo
     snap = repo.load_snapshot(saved[1])
     assert [e.path for e in iter_entries_salvaging(repo, snap, lambda *a: pytest.fail(str(a)))] == \
         [e.path for e in iter_entries(repo, snap)]
+
+
+def test_a_forgotten_record_that_comes_back_is_a_replay(local_repo, tmp_path, monkeypatch):
+    import time as _time
+
+    from rekkord.forget import forget
+
+    src = make_tree(tmp_path / "src", files=2, big=1000)
+    sid = save_tree(local_repo, [src]).snapshot_id
+    rec = os.path.join(local_repo.url, "snapshots", sid)
+    kept = open(rec, "rb").read()
+    forget(local_repo.repo("audit"), ids=[sid])
+    assert not os.path.exists(rec)
+    open(rec, "wb").write(kept)  # the storage restores the record it was told to delete
+    r = run_check(local_repo, "audit")
+    assert r.ok and any("being forgotten" in n for n in r.notes)  # a forget may still be running
+    real = _time.time
+    monkeypatch.setattr("rekkord.check.time.time", lambda: real() + 7200)
+    r = run_check(local_repo, "audit")
+    [p] = r.problems
+    assert (p.object, p.kind) == (f"snapshots/{sid}", REPLAYED) and "forget log gc/forgotten/" in p.message

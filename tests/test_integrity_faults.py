@@ -607,3 +607,51 @@ def test_faulty_storage_runs_the_real_cli(world, tmp_path):
     assert d["status"] == "incomplete" and all(x["kind"] == "unverified" for x in d["problems"])
     assert RekkordError  # (the CLI mapped every error to a line; none escaped as a traceback)
     assert b"Traceback" not in p.stderr
+
+
+def test_restore_survives_a_damaged_index_blob(local_repo, tmp_path):
+    """An index cut in several blobs, one of them damaged: restore names the
+    blob and the entries lost between two paths, and restores every file
+    before and after them (in directories it recreates)."""
+    from rekkord.index import K_DIR, K_FILE, Entry, Extent, encode
+
+    repo = local_repo.repo("full")
+    content = {}
+    entries = []
+    for d in range(30):
+        entries.append(Entry(K_DIR, b"top/d%02d" % d, mode=0o755))
+        for i in range(100):
+            data = b"%d-%d " % (d, i) * 7
+            bid = repo.codec.blob_id(fmt.T_DATA, data)
+            repo.storage.write(fmt.blob_name(bid), repo.codec.seal(fmt.T_DATA, bid, data), exclusive=False)
+            path = b"top/d%02d/file-%03d-%s" % (d, i, b"n" * 40)
+            entries.append(Entry(K_FILE, path, mode=0o640, size=len(data), mtime_ns=10**18,
+                                 extents=[Extent(bid, 0, len(data))]))
+            content[path] = data
+    entries.insert(0, Entry(K_DIR, b"top", mode=0o755))
+    stream = b"".join(encode(e) for e in entries)
+    step = -(-len(stream) // 6)
+    index = []
+    for k in range(0, len(stream), step):
+        piece = stream[k:k + step]
+        bid = repo.codec.blob_id(fmt.T_INDEX, piece)
+        raw = repo.codec.seal(fmt.T_INDEX, bid, piece)
+        repo.storage.write(fmt.blob_name(bid), raw, exclusive=False)
+        index.append([bid.hex(), len(raw)])
+    sid = repo.write_snapshot({"channel": "c", "time_ns": 1, "host": "h", "index": index, "reflist": []})
+    victim = bytes.fromhex(index[2][0])
+    os.unlink(os.path.join(local_repo.url, *fmt.blob_name(victim).split("/")))
+    reader = local_repo.repo("read")
+    r = Restorer(reader, reader.load_snapshot(sid))
+    r.restore(None, str(tmp_path / "out"))
+    [(where, msg)] = [(p, m) for p, m in r.problems if "index" in p]
+    assert f"index blob {victim.hex()}: " in msg and "missing" in msg and "the entries between /top/d" in msg
+    restored = {os.path.relpath(os.path.join(dp, f), tmp_path / "out").encode()
+                for dp, _, fs in os.walk(tmp_path / "out") for f in fs}
+    assert r.stats.damaged == 1
+    lost = set(content) - restored
+    assert 0 < len(lost) < len(content) / 4  # about one blob's worth of entries out of six
+    for p in restored:
+        assert open(os.path.join(tmp_path / "out", os.fsdecode(p)), "rb").read() == content[p]
+    later = max(content)  # files after the damaged blob are back, in recreated directories
+    assert later in restored
