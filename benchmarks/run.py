@@ -760,6 +760,18 @@ def run_measured(cmd: Cmd, out: Path, err: Path, timeout: float, sample: float =
                    maxrss=maxrss, tree_rss=peak, timed_out=timed_out)
 
 
+def cpu_stall_us() -> int | None:
+    """Total µs during which some runnable task waited for a CPU (Linux PSI), or None."""
+    try:
+        with open("/proc/pressure/cpu") as f:
+            for line in f:
+                if line.startswith("some"):
+                    return int(line.rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def run_checked(cmd: Cmd, what: str) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.update(cmd.env)
@@ -905,7 +917,7 @@ class Borg(Tool):
         return Cmd(["borg", "create", "--compression", "zstd,3", target, str(path)], self.env(st))
 
     def restore(self, st, dest):
-        label = st.saves[-1]
+        label = st.saves[-1] if st.saves else "first"
         target = label if self.major() >= 2 else f"::{label}"
         return Cmd(["borg", "extract", target], self.env(st), cwd=dest)
 
@@ -917,10 +929,14 @@ class Rekkord(Tool):
     name = "rekkord"
 
     def __init__(self, cmd: str | None = None):
+        # The console script installed next to this interpreter (not a `rekkord` found on PATH:
+        # that may be a pyenv shim, which adds a bash + pyenv start-up to every call), with
+        # this checkout first on PYTHONPATH; else the same thing through python -c.
+        script = Path(sys.executable).parent / "rekkord"
         if cmd:
             self.prefix = shlex.split(cmd)
-        elif shutil.which("rekkord") and self._importable():
-            self.prefix = ["rekkord"]
+        elif script.is_file() and os.access(script, os.X_OK) and self._importable():
+            self.prefix = [str(script)]
         else:
             # this checkout, without installing it
             self.prefix = [sys.executable, "-c",
@@ -979,11 +995,7 @@ class Rekkord(Tool):
 
     def saved(self, st, label, stdout):
         super().saved(st, label, stdout)
-        try:
-            obj = json.loads(stdout.strip().splitlines()[-1])
-            st.ids.append(obj["id"])
-        except (ValueError, KeyError, IndexError, TypeError):
-            st.ids.append(None)
+        st.ids.append(parse_json_id(stdout))
 
     def restore(self, st, dest):
         snap = st.ids[-1] if st.ids and st.ids[-1] else st.channel
@@ -1003,6 +1015,21 @@ class Rekkord(Tool):
         if len(mine) != len(st.saves):
             return f"snapshots --json lists {len(mine)} snapshots in channel {st.channel}, expected {len(st.saves)}"
         return None
+
+
+def parse_json_id(stdout: str) -> str | None:
+    """The "id" of the JSON object printed by `save --json` (pretty-printed or one line, maybe
+    after other output), or None."""
+    text = stdout.strip()
+    starts = [0] + [i + 1 for i, ch in enumerate(text) if ch == "\n" and text[i + 1:i + 2] == "{"]
+    for start in reversed(starts):
+        try:
+            obj = json.loads(text[start:])
+        except ValueError:
+            continue
+        if isinstance(obj, dict) and obj.get("id"):
+            return str(obj["id"])
+    return None
 
 
 TOOL_ORDER = ["rekkord", "restic", "borg"]
@@ -1029,6 +1056,7 @@ class Result:
     repo_disk: int = 0
     error: str = ""
     load1: float = 0.0  # 1-minute load average when the operation ended (noise indicator)
+    cpu_pressure: float = -1.0  # share of the wall time some task waited for a CPU (PSI), -1 unknown
 
 
 class Runner:
@@ -1054,13 +1082,17 @@ class Runner:
         with open(base.with_suffix(".cmd"), "w") as f:
             f.write(f"cd {cmd.cwd or os.getcwd()}\n{' '.join(f'{k}={shlex.quote(v)}' for k, v in cmd.env.items())} "
                     f"{shlex.join(cmd.argv)}\n")
+        psi0 = cpu_stall_us()
         m = run_measured(cmd, out, err, self.args.timeout)
+        psi1 = cpu_stall_us()
         ok = m.rc == 0 and not m.timed_out
+        pressure = (psi1 - psi0) / 1e6 / m.wall if psi0 is not None and psi1 is not None and m.wall else -1.0
         res = Result(rnd, ds.name, tool.name, op, ok, m.wall, m.cpu, m.user, m.sys, m.rss, m.maxrss, m.tree_rss,
-                     load1=os.getloadavg()[0])
+                     load1=os.getloadavg()[0], cpu_pressure=pressure)
         status = "" if ok else ("  TIMED OUT" if m.timed_out else f"  FAILED rc={m.rc}")
+        psi = f"  cpu-wait {pressure:4.0%}" if pressure >= 0 else ""
         log(f"  r{rnd} {ds.name:<11} {tool.name:<8} {OPS_LABEL[op]:<18} wall {m.wall:8.2f} s  "
-            f"cpu {m.cpu:8.2f} s  rss {m.rss / MiB:8.1f} MiB{status}")
+            f"cpu {m.cpu:8.2f} s  rss {m.rss / MiB:8.1f} MiB{psi}{status}")
         if not ok:
             res.error = f"rc={m.rc}{' (timeout)' if m.timed_out else ''}; see {err}"
             log(tail(err.read_text(errors="replace")))
@@ -1149,7 +1181,8 @@ class Runner:
                 del states[tool.name]
             else:
                 res, out = self.measure(rnd, ds, tool, op, tool.save(st, op, ds.tree))
-                tool.saved(st, op, out)
+                if res.ok:
+                    tool.saved(st, op, out)
         for st in states.values():  # only when a tool never reached its restore
             rmtree(st.dir)
 
@@ -1419,8 +1452,9 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per operation (default %(default)s)")
     ap.add_argument("--verify", choices=("content", "sizes", "none"), default="content",
                     help="check each restore against the source tree (default %(default)s)")
-    ap.add_argument("--rekkord-cmd", help="command to run rekkord (default: `rekkord` if installed, "
-                                          "else this checkout through python -c)")
+    ap.add_argument("--rekkord-cmd", help="command to run rekkord (default: the `rekkord` script next to "
+                                          "this Python if installed, else python -c; this checkout first on "
+                                          "PYTHONPATH either way)")
     ap.add_argument("--no-install", action="store_true", help="do not apt-get install missing restic/borg")
     ap.add_argument("--prepare-only", action="store_true", help="prepare the data sets and stop")
     ap.add_argument("--list", action="store_true", help="list the data sets and stop")
@@ -1434,6 +1468,11 @@ def main(argv=None) -> int:
 
     if args.report:
         return report_from_json(args)
+    # SIGTERM: stop like Ctrl-C (the running tool is killed, what was measured is reported)
+    def on_term(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     all_sets = make_datasets(args.workdir)
     if args.list:
         for name, ds in all_sets.items():
@@ -1495,6 +1534,15 @@ def main(argv=None) -> int:
         log("interrupted; reporting what was measured")
         runner.notes.append("run interrupted")
     finished, load1 = dt.datetime.now(), " ".join(f"{x:.2f}" for x in os.getloadavg())
+    ncpu = len(os.sched_getaffinity(0))
+    peak_load = max([r.load1 for r in runner.results] + [os.getloadavg()[0]])
+    pressures = [r.cpu_pressure for r in runner.results if r.cpu_pressure >= 0 and r.wall >= 1]
+    busy = statistics.median(pressures) if pressures else 0.0
+    if peak_load > ncpu + 1 or busy > 0.2:
+        runner.note(f"the machine was busy: 1-minute load average up to {peak_load:.1f} on {ncpu} CPUs, "
+                    f"CPU pressure (share of wall time some task waited for a CPU) median {busy:.0%} over "
+                    f"operations of 1 s or more; other processes competed with the tools, so wall times are "
+                    f"noisy (per-operation load and pressure are in the raw results)")
 
     raw = args.json or (args.workdir / "results" / f"{started:%Y%m%d-%H%M%S}.json")
     raw.parent.mkdir(parents=True, exist_ok=True)
