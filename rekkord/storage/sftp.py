@@ -48,6 +48,7 @@ import paramiko
 from paramiko.sftp import (
     CMD_DATA,
     CMD_EXTENDED,
+    CMD_EXTENDED_REPLY,
     CMD_HANDLE,
     CMD_INIT,
     CMD_OPEN,
@@ -75,6 +76,11 @@ from ..errors import (
 from .base import Storage, retry
 
 log = logging.getLogger(__name__)
+# paramiko logs a dropped connection from its transport thread ("Socket
+# exception: Connection reset by peer"); the error reaches the caller anyway,
+# translated.  Without a handler anywhere, logging's last resort would print
+# those records on stderr, next to rekkord's own one-line error.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 T = TypeVar("T")
 
 DEFAULT_CONNECTIONS = 8
@@ -158,10 +164,32 @@ def _bool_opt(options: Mapping[str, Any], key: str, default: bool) -> bool:
     raise ConfigError(f"option {key}: expected true or false, got {v!r}")
 
 
+READ_SIZE = 32768  # what every SFTP server accepts
+#: read size when the server announces a larger maximum (limits@openssh.com):
+#: a quarter of the requests and ~20 % less CPU per byte read than 32 KiB
+LARGE_READ_SIZE = 131072
+READ_AHEAD = 1 << 20  # bytes requested and not yet answered
+#: AES-GCM needs no separate HMAC pass: ~25 % less CPU per byte than
+#: paramiko's first choice (aes128-ctr with hmac-sha2-256), on both ends.
+#: Other ciphers stay allowed, after these, for servers without GCM.
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _transport(*args, **kwargs) -> paramiko.Transport:
+    t = paramiko.Transport(*args, **kwargs)
+    opts = t.get_security_options()
+    known = set(opts.ciphers)
+    first = tuple(c for c in PREFERRED_CIPHERS if c in known)
+    opts.ciphers = first + tuple(c for c in opts.ciphers if c not in first)
+    return t
+
+
 class _SFTPClient(paramiko.SFTPClient):
     """paramiko's client, remembering the extensions the server announces."""
 
     extensions: dict[bytes, bytes]
+    #: bytes asked for in one read request (see :meth:`set_limits`)
+    read_size: int = READ_SIZE
 
     def _send_version(self):
         m = paramiko.Message()
@@ -197,6 +225,20 @@ class _SFTPClient(paramiko.SFTPClient):
             raise SFTPError("Expected handle")
         return paramiko.SFTPFile(self, msg.get_binary(), "wb")
 
+    def set_limits(self) -> None:
+        """Read larger blocks when the server says it serves them."""
+        if not self.has("limits@openssh.com"):
+            return
+        try:
+            t, msg = self.extended("limits@openssh.com")
+            if t != CMD_EXTENDED_REPLY:
+                return
+            _max_packet, max_read = msg.get_int64(), msg.get_int64()
+        except Exception:  # an odd server: keep the safe size
+            return
+        if max_read >= LARGE_READ_SIZE:
+            self.read_size = LARGE_READ_SIZE
+
     def has(self, name: str) -> bool:
         return name.encode() in getattr(self, "extensions", {})
 
@@ -215,24 +257,24 @@ class _Responses:
         self.got[num] = (t, msg)
 
 
-READ_SIZE = 32768  # what every SFTP server accepts
-READ_WINDOW = 32  # requests in flight: 1 MiB
 
 
 def _pread(sftp: _SFTPClient, f: paramiko.SFTPFile, offset: int, size: int) -> bytes:
-    """Read ``size`` bytes at ``offset`` with up to READ_WINDOW requests in
-    flight, in this thread (paramiko's prefetch uses a thread per file and
-    its readv is quadratic)."""
+    """Read ``size`` bytes at ``offset`` with up to READ_AHEAD bytes
+    requested, in this thread (paramiko's prefetch uses a thread per file
+    and its readv is quadratic)."""
     if size <= 0:
         return b""
     box = _Responses()
+    step = sftp.read_size
+    window = max(4, READ_AHEAD // step)
     pending: collections.deque[tuple[int, int]] = collections.deque()
     out = bytearray()
     pos, end = offset, offset + size
     try:
         while pos < end or pending:
-            while pos < end and len(pending) < READ_WINDOW:
-                n = min(READ_SIZE, end - pos)
+            while pos < end and len(pending) < window:
+                n = min(step, end - pos)
                 num = sftp._async_request(box, CMD_READ, f.handle, int64(pos), int(n))
                 pending.append((num, n))
                 pos += n
@@ -268,7 +310,7 @@ def _pread(sftp: _SFTPClient, f: paramiko.SFTPFile, offset: int, size: int) -> b
 def _pread_sync(sftp: _SFTPClient, f: paramiko.SFTPFile, offset: int, size: int) -> bytes:
     out = bytearray()
     while len(out) < size:
-        t, msg = sftp._request(CMD_READ, f.handle, int64(offset + len(out)), int(min(READ_SIZE, size - len(out))))
+        t, msg = sftp._request(CMD_READ, f.handle, int64(offset + len(out)), int(min(sftp.read_size, size - len(out))))
         if t != CMD_DATA:
             raise SFTPError(f"unexpected answer {t} to a read")
         chunk = msg.get_string()
@@ -436,6 +478,7 @@ class SFTPStorage(Storage):
                 banner_timeout=self._timeout,
                 auth_timeout=self._timeout,
                 channel_timeout=self._timeout,
+                transport_factory=_transport,
             )
             transport = client.get_transport()
             assert transport is not None
@@ -448,6 +491,7 @@ class SFTPStorage(Storage):
             if sftp is None:
                 raise paramiko.SSHException("cannot open the SFTP subsystem")
             sftp.get_channel().settimeout(self._timeout)
+            sftp.set_limits()
             return _Conn(client, sftp)
         except BaseException as e:
             client.close()
