@@ -264,13 +264,9 @@ class Repository:
     def _read_fossil(self, blob_id: bytes) -> bytes | None:
         """A blob a prune collected while a save was using it is a fossil until
         the next prune moves it back (rekkord/gc.py): still readable."""
-        from .gc import find_fossil
+        from .gc import read_moved
 
-        try:
-            name = find_fossil(self.storage, blob_id)
-            return None if name is None else self.storage.read(name)
-        except ObjectNotFound:
-            return None
+        return read_moved(self.storage, blob_id)
 
     # ---- snapshots -------------------------------------------------------------------
 
