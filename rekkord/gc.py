@@ -97,6 +97,14 @@ def _collection_files(storage) -> tuple[set[str], set[str]]:
     return intents, done
 
 
+def _collection_time(cid: str) -> float:
+    """When collection ``cid`` started (its id begins with the UTC time)."""
+    try:
+        return float(calendar.timegm(time.strptime(cid.split("-")[0], "%Y%m%dT%H%M%SZ")))
+    except ValueError:
+        return 0.0  # not one of ours: as old as can be
+
+
 def new_collection_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + crypto.random_bytes(4).hex()
 
@@ -165,15 +173,41 @@ def find_fossil(storage, blob_id: bytes) -> str | None:
     return None
 
 
-def resurrect(storage, src: str, blob_id: bytes) -> bool:
+def read_moved(storage, blob_id: bytes) -> bytes | None:
+    """The bytes of a blob not found in ``blobs/``: from a fossil, or from
+    ``blobs/`` again -- it may have moved back meanwhile (a move writes its
+    destination before deleting its source, so looking in the fossils and
+    then in ``blobs/`` again cannot miss a blob moved once)."""
+    for _ in range(3):
+        name = find_fossil(storage, blob_id)
+        if name is not None:
+            try:
+                return storage.read(name)
+            except ObjectNotFound:
+                pass
+        try:
+            return storage.read(fmt.blob_name(blob_id))
+        except ObjectNotFound:
+            pass
+    return None
+
+
+def resurrect(storage, src: str, blob_id: bytes, *, drop_spare: bool = False) -> bool:
     """Move fossil ``src`` back to ``blobs/``.  True when ``blobs/`` holds
-    the blob afterwards (moved now, or already there)."""
+    the blob afterwards (moved now, or already there).
+
+    When ``blobs/`` already has the blob the fossil is kept unless
+    ``drop_spare``: only a prune settling a *closed* collection may drop it.
+    Anyone else may be looking at a collection still moving blobs -- the
+    object in ``blobs/`` may be a copy that collection is about to delete, and
+    its fossil the copy that survives."""
     dst = fmt.blob_name(blob_id)
     try:
         storage.rename(src, dst)
         return True
     except ObjectExists:
-        storage.delete(src)  # blobs/ has it: the fossil is a spare copy
+        if drop_spare:
+            storage.delete(src)
         return True
     except ObjectNotFound:
         return storage.exists(dst)
@@ -534,11 +568,14 @@ class Pruner:
                 out.append(sid)
         return out
 
-    def _move_back(self, cid: str, items: list[tuple[bytes, str, int]]) -> int:
-        """Resurrect fossils (id, name, size); returns bytes moved."""
+    def _move_back(self, cid: str, items: list[tuple[bytes, str, int]], *, drop_spare: bool = True) -> int:
+        """Resurrect fossils (id, name, size); returns bytes moved.  Spare
+        fossils (``blobs/`` has the blob) are dropped unless the collection is
+        our own one still being built."""
         if self.dry_run or not items:
             return sum(s for _, _, s in items)
-        self._map(lambda it: resurrect(self.storage, it[1], it[0]), items, f"resurrecting from {cid}")
+        self._map(lambda it: resurrect(self.storage, it[1], it[0], drop_spare=drop_spare), items,
+                  f"resurrecting from {cid}")
         return sum(s for _, _, s in items)
 
     # ---- the run -------------------------------------------------------------
@@ -551,14 +588,25 @@ class Pruner:
             storage.defer_sync()
         intents, done = _collection_files(storage)
         fossils = self._fossils_by_collection()
-        # Interrupted collections (no .done): roll back, whatever they hold.
-        for cid in sorted((intents | set(fossils)) - done):
-            items = [(bid, n, s) for bid, (n, s) in fossils.get(cid, {}).items()]
-            self._move_back(cid, items)
+        # Collections without .done: interrupted (or, if prunes overlap, still
+        # being built).  Roll back: every fossil whose blob is not in blobs/
+        # goes back.  Spare fossils stay until the collection is clearly
+        # abandoned: a prune still copying may delete the blobs/ original.
+        incomplete = sorted((intents | set(fossils)) - done)
+        if incomplete:
+            in_blobs = {fmt.blob_id_from_name(n) for n, _ in storage.list("blobs/")}
+        for cid in incomplete:
+            items = [(bid, n, s) for bid, (n, s) in fossils.get(cid, {}).items() if bid not in in_blobs]
+            self._move_back(cid, items, drop_spare=False)
             rep.rolled_back += len(items)
-            if not self.dry_run:
-                storage.flush()
-                storage.delete(f"{GC}{cid}.fossils")
+            spares = [n for bid, (n, _) in fossils.get(cid, {}).items() if bid in in_blobs]
+            abandoned = self.clock() - _collection_time(cid) > DEAD_KEEP
+            if self.dry_run or (spares and not abandoned):
+                continue
+            storage.flush()
+            for n in spares:
+                storage.delete(n)
+            storage.delete(f"{GC}{cid}.fossils")
         # Which closed collections may delete: every session they name has
         # finished or is dead -- judged before the snapshots are listed.
         closed = {}
@@ -712,6 +760,11 @@ class Pruner:
             else:
                 markers.add(rest)
         for sid in tombs:
+            if sid not in markers:
+                # A marker goes only when its save ends (after its last look
+                # at the tombstone): a tombstone without one is useless.
+                storage.delete(f"{SESSIONS}{sid}{DEAD_SUFFIX}")
+                continue
             d = _read_json_quiet(storage, f"{SESSIONS}{sid}{DEAD_SUFFIX}")
             if d is None or now - float(d.get("time", 0)) < DEAD_KEEP:
                 continue
