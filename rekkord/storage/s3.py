@@ -323,6 +323,13 @@ class S3Storage(Storage):
                 self._credentials = session.get_credentials()  # what the client resolved (cached)
             except Exception:  # the client's own calls will report it
                 self._credentials = None
+        #: Set when an operation gave up after all its retries on a transient
+        #: error, cleared by the next success: meanwhile every operation makes
+        #: one attempt only.  Without it, each of the many requests a save or
+        #: a check has in flight would wait through the whole backoff on its
+        #: own (a save of two 200 MiB files took 8 minutes to fail after the
+        #: server died, with the default 8 retries).
+        self._down: str | None = None
         self._direct_lock = threading.Lock()
         self._direct_state: _Direct | None | bool = False  # False: not probed yet; None: use the client
 
@@ -407,25 +414,39 @@ class S3Storage(Storage):
         raise e
 
     def _retry(self, op: str, name: str | None, fn: Callable[[], T]) -> T:
+        what = f"{op} {self._where(name)}"
+
         def attempt() -> T:
             try:
-                return fn()
-            except StorageError:
-                raise
+                result = fn()
             except Exception as e:
-                raise self._translate(e, op, name) from e
+                err = e if isinstance(e, StorageError) else self._translate(e, op, name)
+                down = self._down
+                if down is not None and isinstance(err, TransientStorageError):
+                    # Another operation already waited through every retry:
+                    # the server is down, do not wait again (see _down).
+                    raise StorageError(f"{what}: {err} (not retried: {down})") from e
+                if err is e:
+                    raise
+                raise err from e
+            self._down = None
+            return result
 
         def on_retry(e: Exception) -> None:
-            log.info("%s %s: %s; retrying", op, self._where(name), e)
+            log.info("%s: %s; retrying", what, e)
 
-        return retry(
-            attempt,
-            what=f"{op} {self._where(name)}",
-            attempts=self._retries,
-            base_delay=self._base_delay,
-            max_delay=self._max_delay,
-            on_retry=on_retry,
-        )
+        try:
+            return retry(
+                attempt,
+                what=what,
+                attempts=self._retries,
+                base_delay=self._base_delay,
+                max_delay=self._max_delay,
+                on_retry=on_retry,
+            )
+        except TransientStorageError:
+            self._down = f"an earlier {op} gave up after {self._retries} attempts"
+            raise
 
     # -- single-object requests: direct when possible --------------------------
 

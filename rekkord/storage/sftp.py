@@ -325,6 +325,10 @@ class _Conn:
         self.client = client
         self.sftp = sftp
 
+    def alive(self) -> bool:
+        t = self.client.get_transport()
+        return t is not None and t.is_active() and not self.sftp.get_channel().closed
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.sftp.close()
@@ -411,6 +415,11 @@ class SFTPStorage(Storage):
         self._made: set[str] = set()
         self._closed = False
         self._no_remove = False
+        #: Set when an operation gave up after all its retries on a transient
+        #: error, cleared by the next success: meanwhile every operation makes
+        #: one attempt only, instead of each of the requests in flight
+        #: waiting through the whole backoff on its own.
+        self._down: str | None = None
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> SFTPStorage:
@@ -552,10 +561,12 @@ class SFTPStorage(Storage):
                 self._idle.append(conn)
         self._slots.release()
 
-    def _translate(self, e: BaseException, what: str) -> StorageError | None:
+    def _translate(self, e: BaseException, what: str, alive: bool = True) -> StorageError | None:
         """Map an error to the rekkord tree (None: not a storage error).
         Transient errors carry a short message: :func:`retry` prefixes the
-        operation and server."""
+        operation and server.  ``alive``: whether the connection the error
+        came from still works (paramiko raises the same bare OSError for an
+        SFTP failure status and for "Socket is closed")."""
         if isinstance(e, StorageError):
             return e
         if isinstance(e, (socket.timeout, TimeoutError)):
@@ -568,6 +579,8 @@ class SFTPStorage(Storage):
             errno.EACCES,
         ):
             # an SFTP status answer (paramiko maps two codes to errno)
+            if e.errno is None and not alive:
+                return TransientStorageError(f"connection lost: {e}")
             if e.errno == errno.ENOENT:
                 return ObjectNotFound(f"{what}: not found")
             if e.errno == errno.EACCES:
@@ -581,29 +594,46 @@ class SFTPStorage(Storage):
         what = f"{op} {self.url}/{name}" if name else f"{op} {self.url}"
 
         def attempt() -> T:
-            conn = self._checkout()
             try:
-                result = fn(conn.sftp)
-            except BaseException as e:
-                err = self._translate(e, what) if isinstance(e, Exception) else None
-                self._checkin(conn, broken=err is None or isinstance(err, TransientStorageError))
-                if err is None or err is e:
-                    raise
-                raise err from e
-            self._checkin(conn, broken=False)
+                result = self._attempt(what, fn)
+            except TransientStorageError as e:
+                down = self._down
+                if down is not None:
+                    # Another operation already waited through every retry:
+                    # the server is down, do not wait again (see _down).
+                    raise StorageError(f"{what}: {e} (not retried: {down})") from e
+                raise
+            self._down = None
             return result
 
         def on_retry(e: Exception) -> None:
             log.info("%s: %s; retrying", what, e)
 
-        return retry(
-            attempt,
-            what=what,
-            attempts=self._retries,
-            base_delay=self._base_delay,
-            max_delay=self._max_delay,
-            on_retry=on_retry,
-        )
+        try:
+            return retry(
+                attempt,
+                what=what,
+                attempts=self._retries,
+                base_delay=self._base_delay,
+                max_delay=self._max_delay,
+                on_retry=on_retry,
+            )
+        except TransientStorageError:
+            self._down = f"an earlier {op} gave up after {self._retries} attempts"
+            raise
+
+    def _attempt(self, what: str, fn: Callable[[_SFTPClient], T]) -> T:
+        conn = self._checkout()
+        try:
+            result = fn(conn.sftp)
+        except BaseException as e:
+            err = self._translate(e, what, conn.alive()) if isinstance(e, Exception) else None
+            self._checkin(conn, broken=err is None or isinstance(err, TransientStorageError))
+            if err is None or err is e:
+                raise
+            raise err from e
+        self._checkin(conn, broken=False)
+        return result
 
     # -- helpers ------------------------------------------------------------
 
