@@ -403,3 +403,53 @@ def test_server_killed_during_a_save(killable, run_cli, tmp_path):
     run_cli("restore", f"{again['id']}:{src}", out, env=as_master, check=0)
     assert_same_tree(src, out)
     run_cli("check", "--read-data", env=as_master, check=0)
+
+
+@pytest.mark.slow
+def test_once_a_request_gave_up_the_others_do_not_wait_again(killable, caplog):
+    """When one operation has waited through all its retries, the server is
+    down: the others in flight fail at their next attempt instead of each
+    waiting through the whole backoff (a save with big files in flight would
+    otherwise take minutes to fail); the first success clears that."""
+    from rekkord.errors import StorageError, TransientStorageError
+    from rekkord.storage import open_storage
+
+    caplog.set_level("INFO", logger="rekkord.storage")
+    opts = killable.srv.options(retries=FAST_RETRIES, retry_base_delay=0.05, retry_max_delay=0.2, timeout=5)
+    st = open_storage(killable.url(), opts)
+    st.create()
+    st.write("blobs/aa/a", b"kept")
+    killable.kill()
+    try:
+        with pytest.raises(TransientStorageError, match=f"gave up after {FAST_RETRIES} attempts"):
+            st.write("blobs/bb/b", b"lost")
+        assert caplog.text.count("retrying") == FAST_RETRIES - 1
+        caplog.clear()
+        with pytest.raises(StorageError) as ei:
+            st.read("blobs/aa/a")
+        assert not isinstance(ei.value, TransientStorageError)
+        assert f"not retried: an earlier write gave up after {FAST_RETRIES} attempts" in str(ei.value)
+        assert str(ei.value).startswith("read ") and killable.server_name in str(ei.value)
+        assert "retrying" not in caplog.text
+    finally:
+        killable.start()
+    assert st.read("blobs/aa/a") == b"kept"
+    st.write("blobs/bb/b", b"back")
+    assert sorted(n for n, _ in st.list("blobs/")) == ["blobs/aa/a", "blobs/bb/b"]
+    st.close()
+
+
+@pytest.mark.sftp
+def test_a_connection_closed_under_a_request_is_retried(sftp_server):
+    """paramiko raises the same bare OSError for "Socket is closed" as for an
+    SFTP failure status: a dropped connection must count as transient (it
+    made the sshd-killed save above fail without retrying, now and then)."""
+    from rekkord.storage import open_storage
+
+    st = open_storage(sftp_server.url(), sftp_server.options(retries=3, retry_base_delay=0.01))
+    st.create()
+    st.write("blobs/aa/a", b"data")
+    assert len(st._idle) == 1
+    st._idle[0].sftp.get_channel().close()  # the transport stays up, the channel is gone
+    assert st.read("blobs/aa/a") == b"data"
+    st.close()
