@@ -617,3 +617,190 @@ def one_interleaving(model_keys, data, stale):
         if base.stat(f"snapshots/{sid}") is not None:
             for o in range(0, len(refs), 32):
                 assert base.stat(fmt.blob_name(refs[o:o + 32])) is not None
+
+
+# ---- real processes ----------------------------------------------------------------------
+
+
+class Scenario:
+    """Writers saving in loops (real `rekkord save` processes, each with its
+    own write key and cache), maintenance (forget + prune, real processes
+    with an audit key) in a loop, then verification: check --read-data and
+    a restore of every remaining snapshot compared with what was saved."""
+
+    def __init__(self, tmp_path, run_cli, url, *, env=None, storage=None, writers=2):
+        self.tmp = tmp_path
+        self.run_cli = run_cli
+        self.url = url
+        self.env = {"REKKORD_REPOSITORY": url, **(env or {})}
+        self.storage = storage  # for measuring the size
+        self.saved: dict[str, tuple[int, int]] = {}  # snapshot id -> (writer seed, version)
+        self.failures: list[str] = []
+        self.maintenance_runs = 0
+        self.versions = [0] * writers
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.keys = {}
+
+    def make_repo(self, storage):
+        master = Key.generate_master()
+        Repository.init(storage, master)
+        repo = Repository.open(storage, master)
+        for role in ("audit", "full"):
+            k = master.derive(role, f"s-{role}")
+            repo.publish_cert(k.cert)
+            self.keys[role] = self._save_key(k, role)
+        for i in range(len(self.versions)):
+            k = master.derive("write", f"writer-{i}")
+            repo.publish_cert(k.cert)
+            self.keys[f"w{i}"] = self._save_key(k, f"w{i}")
+        return self
+
+    def _save_key(self, k, name):
+        p = self.tmp / f"{name}.key"
+        k.save(str(p))
+        return str(p)
+
+    def cli(self, key, *args, cache=None, check=None):
+        env = dict(self.env)
+        if cache:
+            env["REKKORD_CACHE_DIR"] = str(self.tmp / f"cache-{cache}")
+        return self.run_cli("-k", self.keys[key], *args, env=env, check=check)
+
+    def save_once(self, i, *, same=False):
+        src = self.tmp / f"src{i}"
+        if not same:
+            self.versions[i] += 1
+            write_tree(src, content(i, self.versions[i]))
+        p = self.cli(f"w{i}", "save", f"chan{i}", str(src), "--json", cache=f"w{i}")
+        if p.returncode != 0:
+            with self.lock:
+                self.failures.append(f"save by writer {i}: exit {p.returncode}: {p.stderr.decode()}")
+            return None
+        sid = json.loads(p.stdout)["id"]
+        with self.lock:
+            self.saved[sid] = (i, self.versions[i])
+        return sid
+
+    def writer(self, i):
+        while not self.stop.is_set():
+            self.save_once(i)
+
+    def maintain_once(self, forget_args=("--keep-last", "2")):
+        for args in (("forget", *forget_args), ("prune",)):
+            p = self.cli("audit", "-q", *args, cache="audit")
+            if p.returncode != 0:
+                with self.lock:
+                    self.failures.append(f"{args[0]}: exit {p.returncode}: {p.stderr.decode()}")
+        self.maintenance_runs += 1
+
+    def maintainer(self, forget_args):
+        while not self.stop.is_set():
+            self.maintain_once(forget_args)
+
+    def run(self, seconds, forget_args=("--keep-last", "2")):
+        threads = [threading.Thread(target=self.writer, args=(i,)) for i in range(len(self.versions))]
+        threads.append(threading.Thread(target=self.maintainer, args=(forget_args,)))
+        for t in threads:
+            t.start()
+        time.sleep(seconds)  # (how long the loops run; nothing is asserted about time)
+        self.stop.set()
+        for t in threads:
+            t.join()
+        self.stop.clear()
+
+    def verify(self):
+        assert not self.failures, self.failures
+        self.cli("full", "check", "--read-data", check=0)
+        full = self.cli("full", "snapshots", "--json", check=0)
+        remaining = [s["id"] for s in json.loads(full.stdout)]
+        assert remaining and set(remaining) <= set(self.saved)
+        for sid in remaining:
+            i, v = self.saved[sid]
+            out = self.tmp / f"out-{sid}-{os.urandom(4).hex()}"
+            self.cli("full", "restore", f"{sid}:{self.tmp / f'src{i}'}", str(out), check=0)
+            expected = content(i, v)
+            assert sorted(os.listdir(out)) == sorted(expected)
+            for n, data in expected.items():
+                assert (out / n).read_bytes() == data, (sid, n)
+        return remaining
+
+    def size(self) -> int:
+        return sum(s for _, s in self.storage.list(""))
+
+
+def local_scenario(tmp_path, run_cli, writers=2):
+    url = str(tmp_path / "repo")
+    storage = LocalStorage(url)
+    return Scenario(tmp_path, run_cli, url, storage=storage, writers=writers).make_repo(storage)
+
+
+def test_concurrent_saves_and_prunes_smoke(tmp_path, run_cli):
+    """A short run of the real thing: one writer, prune in a loop."""
+    sc = local_scenario(tmp_path, run_cli, writers=1)
+    sc.run(4)
+    sc.maintain_once()
+    assert len(sc.saved) >= 2 and sc.maintenance_runs >= 2
+    sc.verify()
+
+
+@pytest.mark.slow
+def test_concurrent_saves_and_prunes_local(tmp_path, run_cli):
+    sc = local_scenario(tmp_path, run_cli, writers=3)
+    sc.run(25)
+    assert len(sc.saved) >= 6 and sc.maintenance_runs >= 3
+    sc.verify()  # straight after the loops: no settling prune first
+    sc.maintain_once(("--keep-last", "1"))
+    names_left = names(sc.storage, "fossils/")
+    assert names_left == []  # no save runs: the last prune deleted at once
+    sc.verify()
+
+
+@pytest.mark.slow
+def test_concurrent_saves_and_prunes_s3(tmp_path, run_cli, s3_server):
+    from rekkord.storage import open_storage
+
+    url, options = s3_server.url(), s3_server.options()
+    storage = open_storage(url, options)
+    storage.create()
+    sc = Scenario(tmp_path, run_cli, url, env=s3_server.env(), storage=storage).make_repo(storage)
+    sc.run(20)
+    assert len(sc.saved) >= 4 and sc.maintenance_runs >= 2
+    sc.verify()
+    before = sc.size()
+    sc.maintain_once(("--keep-last", "1"))
+    assert sc.size() < before
+    sc.verify()
+
+
+@pytest.mark.slow
+def test_prune_killed_at_random_points(tmp_path, run_cli):
+    """prune (and saves) killed with SIGKILL at random moments; afterwards
+    one prune settles everything and the repository checks clean."""
+    sc = local_scenario(tmp_path, run_cli, writers=1)
+    rng = random.Random(1234)
+    cmd = [sys.executable, "-m", "rekkord", "-k", sc.keys["audit"], "prune"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REKKORD_")}
+    env.update(sc.env, REKKORD_CACHE_DIR=str(tmp_path / "cache-audit"))
+    killed = 0
+    for _round in range(10):
+        for _ in range(2):
+            sc.save_once(0)
+        sc.cli("audit", "forget", "--keep-last", "1", check=0)
+        writer = threading.Thread(target=sc.save_once, args=(0,))
+        writer.start()
+        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(0.15, 0.6))  # (a random point in the prune's life)
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            killed += 1
+        p.wait()
+        writer.join()
+    assert killed >= 3
+    assert not sc.failures, sc.failures
+    sc.verify()  # check straight after the kills: fossils are still readable
+    sc.cli("audit", "prune", "--session-timeout", "0", check=0)
+    sc.cli("audit", "prune", check=0)
+    assert names(sc.storage, "fossils/") == []
+    assert [n for n in names(sc.storage, "gc/") if not n.startswith("gc/forgotten/")] == []
+    sc.verify()
