@@ -1,0 +1,87 @@
+"""rekkord forget: policies, --dry-run with the rule per snapshot, --json, keys."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+
+@pytest.fixture
+def repo3(local_repo, run_cli, tmp_path):
+    """Three snapshots in channel a, one in b (saved by the write key)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    env = {"REKKORD_REPOSITORY": local_repo.url}
+    ids = {"a": [], "b": []}
+    for ch, n in (("a", 3), ("b", 1)):
+        for i in range(n):
+            (src / "f").write_text(f"{ch}{i}")
+            p = run_cli("-k", local_repo.key_files["write"], "save", ch, src, "--json", env=env, check=0)
+            ids[ch].append(json.loads(p.stdout)["id"])
+    local_repo.env = env
+    local_repo.ids = ids
+    return local_repo
+
+
+def test_dry_run_shows_decision_and_rule(repo3, run_cli):
+    env, ids = repo3.env, repo3.ids
+    p = run_cli("-k", repo3.key_files["audit"], "forget", "--keep-last", "2", "--dry-run", env=env, check=0)
+    out = p.stdout.decode()
+    assert "channel a:" in out and "channel b:" in out
+    lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("  ")}
+    assert lines[ids["a"][0][:8]].split()[0] == "remove" and "no rule keeps it" in lines[ids["a"][0][:8]]
+    assert lines[ids["a"][2][:8]].split()[0] == "keep" and "last snapshot" in lines[ids["a"][2][:8]]
+    assert lines[ids["b"][0][:8]].split()[0] == "keep"
+    assert "would remove 1 snapshots" in out
+    p = run_cli("-k", repo3.key_files["audit"], "snapshots", "--json", env=env, check=0)
+    assert len(json.loads(p.stdout)) == 4  # nothing removed
+
+
+def test_json_and_removal_with_audit_key(repo3, run_cli):
+    env, ids = repo3.env, repo3.ids
+    p = run_cli("-k", repo3.key_files["audit"], "forget", "--keep-last", "1", "--json", env=env, check=0)
+    j = json.loads(p.stdout)
+    assert sorted(j["removed"]) == sorted(ids["a"][:2]) and not j["dry_run"]
+    acts = {s["id"]: (s["action"], s["reasons"]) for g in j["groups"] for s in g["snapshots"]}
+    assert acts[ids["a"][2]] == ("keep", ["last snapshot"]) and acts[ids["a"][0]] == ("remove", [])
+    assert {g["group"]["channel"] for g in j["groups"]} == {"a", "b"}
+    p = run_cli("-k", repo3.key_files["read"], "snapshots", "--json", env=env, check=0)
+    assert sorted(s["id"] for s in json.loads(p.stdout)) == sorted([ids["a"][2], ids["b"][0]])
+
+
+def test_explicit_ids_selection_and_keys(repo3, run_cli):
+    env, ids = repo3.env, repo3.ids
+    p = run_cli("-k", repo3.key_files["full"], "forget", ids["a"][0][:8], env=env, check=0)
+    assert b"removed 1 snapshots" in p.stdout
+    p = run_cli("-k", repo3.key_files["admin"], "forget", "--keep-last", "1", "--channel", "a", env=env, check=0)
+    assert b"removed 1 snapshots" in p.stdout
+    p = run_cli("-k", repo3.key_files["write"], "forget", "--keep-last", "1", env=env)
+    assert p.returncode == 5 and b"write key cannot forget" in p.stderr
+    p = run_cli("-k", repo3.key_files["read"], "forget", ids["b"][0], env=env)
+    assert p.returncode == 5
+    p = run_cli("-k", repo3.key_files["audit"], "forget", "deadbeef", env=env)
+    assert p.returncode == 6 and p.stderr.decode().startswith("rekkord: error: snapshot deadbeef not found")
+
+
+@pytest.mark.parametrize("args,message", [
+    ((), "no retention policy"),
+    (("--keep-last", "-1"), "unlimited"),
+    (("--keep-within", "1w"), "invalid duration"),
+    (("--keep-last", "1", "abcd1234"), "not both"),
+    (("--keep-last", "1", "--group-by", "paths"), "cannot group by"),
+])
+def test_usage_errors(repo3, run_cli, args, message):
+    p = run_cli("-k", repo3.key_files["audit"], "forget", *args, env=repo3.env)
+    assert p.returncode == 2 and message.encode() in p.stderr
+    assert b"Traceback" not in p.stderr
+
+
+def test_unlimited_within_and_tags(repo3, run_cli):
+    env = repo3.env
+    p = run_cli("-k", repo3.key_files["audit"], "forget", "--keep-last", "unlimited", "-n", env=env, check=0)
+    assert b"would remove 0 snapshots, kept 4" in p.stdout
+    p = run_cli("-k", repo3.key_files["audit"], "forget", "--keep-within", "1d", "-n", env=env, check=0)
+    assert b"within 1d" in p.stdout and b"would remove 0" in p.stdout
+    p = run_cli("-k", repo3.key_files["audit"], "forget", "--keep-tag", "nope", env=env)
+    assert p.returncode == 2 and b"refusing to remove every snapshot" in p.stderr
