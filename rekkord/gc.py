@@ -10,9 +10,9 @@ is in docs/maintenance.md):
   session timeout declares the session dead by writing ``sessions/<sid>.dead``.
 * **Step 1** (collect): blobs no snapshot references are moved from
   ``blobs/xx/<id>`` to ``fossils/<cid>/xx/<id>``.  The ids are written first
-  (``gc/<cid>.fossils``); after the moves the generation is bumped
+  (``gc/collections/<cid>.fossils``); after the moves the generation is bumped
   (``generations/<n>``), the save sessions present are listed, and the
-  collection is closed with ``gc/<cid>.done`` naming them.
+  collection is closed with ``gc/collections/<cid>.done`` naming them.
 * **Step 2** (delete): a fossil of a closed collection is deleted only when
   every session the collection named has finished (marker gone) or was
   declared dead, judged *before* the snapshots are listed; fossils a snapshot
@@ -64,7 +64,7 @@ GENERATIONS_KEPT = 16
 
 SESSIONS = "sessions/"
 FOSSILS = "fossils/"
-GC = "gc/"
+GC = "gc/collections/"  # collection manifests (gc/forgotten/: the forget log, rekkord/forget.py)
 GENERATIONS = "generations/"
 DEAD_SUFFIX = ".dead"
 

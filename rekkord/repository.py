@@ -8,7 +8,7 @@ Layout (format v1; docs/format.md)::
     snapshots/<sid>       snapshot records, sealed to the log key, signed by the writer
     blobs/<xx>/<id>       content-addressed blobs
     generations/<n>       garbage-collection generations (written by prune)
-    sessions/<sid>        running save sessions; fossils/<cid>/xx/<id>, gc/<cid>.*:
+    sessions/<sid>        running save sessions; fossils/<cid>/xx/<id>, gc/collections/<cid>.*:
                           fossil collections (rekkord/gc.py, docs/maintenance.md)
     repairs/<rand>        repair hints: blob ids check found missing or damaged,
                           MACed with a psk-derived key (docs/integrity.md)
