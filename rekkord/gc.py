@@ -211,6 +211,12 @@ def resurrect(storage, src: str, blob_id: bytes, *, drop_spare: bool = False) ->
         return True
     except ObjectNotFound:
         return storage.exists(dst)
+    except StorageError:
+        # E.g. credentials that may write but not delete (append-only backup
+        # machines): the copy is back in blobs/, the fossil stays for prune.
+        if storage.exists(dst):
+            return True
+        raise
 
 
 # ---- save sessions ---------------------------------------------------------------
@@ -343,14 +349,25 @@ class SaveSession:
                 ids = []
             mine = ref_set()
             for bid, _ in ids:
-                if bid in mine and storage.exists(fossil_name(cid, bid)):
-                    if resurrect(storage, fossil_name(cid, bid), bid):
-                        resurrected += 1
+                try:
+                    if bid in mine and storage.exists(fossil_name(cid, bid)):
+                        if resurrect(storage, fossil_name(cid, bid), bid):
+                            resurrected += 1
+                except StorageError:
+                    pass  # an optimisation only: the next prune moves it back
+
         dead = (self.declared_dead or storage.exists(self.dead_name)
                 or self.clock() - self.started > LONG_SAVE or time.monotonic() - self.started_mono > LONG_SAVE)
         if dead:
-            lost = self._verify(ref_set())
-            if lost:
+            try:
+                lost = self._verify(ref_set())
+                why = f"deleted {len(lost)} blobs it needed"
+            except StorageError as e:
+                lost, why = [], f"its blobs could not be verified ({e})"
+                failed = True
+            else:
+                failed = bool(lost)
+            if failed:
                 try:
                     storage.delete(f"snapshots/{sid}")
                 except RekkordError:
@@ -361,8 +378,7 @@ class SaveSession:
                     cache.set_meta("listed", "0")
                     cache.commit()
                 raise StorageError(f"snapshot {sid} withdrawn: a prune presumed this save dead (no refresh of "
-                                  f"{self.name} in time) and deleted {len(lost)} blobs it needed; "
-                                  "run the save again (they will be uploaded anew)")
+                                   f"{self.name} in time) and {why}; run the save again")
         return resurrected
 
     def _verify(self, refs: set[bytes]) -> list[bytes]:
