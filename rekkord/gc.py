@@ -271,9 +271,11 @@ class SaveSession:
         self._thread: threading.Thread | None = None
         self._active = False
 
-    def _marker(self) -> bytes:
+    def _marker(self, ended: bool = False) -> bytes:
         body = {"v": 1, "session": self.id, "started": int(self.started), "refreshed": int(self.clock()),
                 "n": self.refreshes, "interval": self.interval or 0}
+        if ended:
+            body["ended"] = True
         return json.dumps({"body": body, "mac": _marker_mac(self.key, body).hex()}, sort_keys=True).encode()
 
     def begin(self) -> "SaveSession":
@@ -317,11 +319,19 @@ class SaveSession:
         self._thread = None
         if self._active:
             self._active = False
-            for name in (self.name, self.dead_name):
+            try:
+                self.storage.delete(self.name)
+            except RekkordError:
+                # Credentials that may not delete (append-only backup
+                # machines): say so in the marker; prune removes it.
                 try:
-                    self.storage.delete(name)
+                    self.storage.write(self.name, self._marker(ended=True), exclusive=False)
                 except RekkordError:
                     pass  # a leftover marker only delays a prune until it times out
+            try:
+                self.storage.delete(self.dead_name)
+            except RekkordError:
+                pass
 
     def after_record(self, sid: str, refs: bytes | bytearray, cache=None) -> int:
         """Called once the snapshot record ``sid`` is written; ``refs`` is
@@ -562,7 +572,9 @@ class Pruner:
                 state = "dead"
             else:
                 body = open_marker(raw, self.key, sid)
-                if body is not None and self.clock() - float(body.get("refreshed", 0)) <= self.timeout:
+                if body is not None and body.get("ended"):
+                    state = "finished"  # (a save that could not delete its marker)
+                elif body is not None and self.clock() - float(body.get("refreshed", 0)) <= self.timeout:
                     state = "running"
                 else:
                     state = "dead"
@@ -775,6 +787,15 @@ class Pruner:
                 tombs.add(rest[: -len(DEAD_SUFFIX)])
             else:
                 markers.add(rest)
+        for sid in markers:
+            try:
+                body = open_marker(storage.read(f"{SESSIONS}{sid}"), self.key, sid)
+            except ObjectNotFound:
+                continue
+            if body is not None and body.get("ended"):
+                storage.delete(f"{SESSIONS}{sid}")
+                storage.delete(f"{SESSIONS}{sid}{DEAD_SUFFIX}")
+                tombs.discard(sid)
         for sid in tombs:
             if sid not in markers:
                 # A marker goes only when its save ends (after its last look

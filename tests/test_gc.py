@@ -244,6 +244,56 @@ def test_dead_session_is_declared_dead_and_saver_verifies(local_repo, tmp_path):
     check_ok(local_repo.repo("full"), read_data=True)
 
 
+class NoDelete(Storage):
+    """Credentials that may write but not delete (append-only backup machines)."""
+
+    def __init__(self, inner):
+        self.inner, self.url, self.connections = inner, inner.url, inner.connections
+
+    def write(self, name, data, *, exclusive=True):
+        self.inner.write(name, data, exclusive=exclusive)
+
+    def read(self, name, offset=0, length=None):
+        return self.inner.read(name, offset, length)
+
+    def stat(self, name):
+        return self.inner.stat(name)
+
+    def list(self, prefix=""):
+        return self.inner.list(prefix)
+
+    def delete(self, name):
+        from rekkord.errors import StoragePermissionDenied
+
+        raise StoragePermissionDenied(f"delete {name}: permission denied")
+
+
+def test_saver_without_delete_permission(local_repo, tmp_path):
+    """A save that may not delete marks its session ended instead; prune
+    counts it finished (deleting at once) and removes the marker."""
+    src = tmp_path / "src"
+    write_tree(src, content(8, 1))
+    w = local_repo.repo("write")
+    s1 = save(w, src).snapshot_id
+    audit = local_repo.repo("audit")
+    audit.storage.delete(f"snapshots/{s1}")
+    session = SaveSession(Repository(NoDelete(w.storage), w.config, w.key), refresh_interval=None).begin()
+    rep = prune(audit)
+    assert rep.deleted == 0 and rep.waiting_for_sessions == 1
+    session.end()
+    assert names(audit.storage, "sessions/") == [session.name]
+    rep = prune(audit)
+    assert rep.deleted > 0 and not rep.collections_pending
+    assert names(audit.storage, "sessions/") == [] and names(audit.storage, "fossils/") == []
+    # A whole save with such credentials.
+    ro = Repository(NoDelete(w.storage), w.config, w.key)
+    save(ro, src)
+    assert len(names(audit.storage, "sessions/")) == 1
+    prune(audit)
+    assert names(audit.storage, "sessions/") == []
+    check_ok(local_repo.repo("full"), read_data=True)
+
+
 def test_interrupted_collection_is_rolled_back(local_repo, tmp_path):
     w = local_repo.repo("write")
     src = tmp_path / "src"
