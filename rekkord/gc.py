@@ -512,7 +512,7 @@ class Pruner:
 
     def __init__(self, repo, *, dry_run: bool = False, session_timeout: float = SESSION_TIMEOUT,
                  threads: int | None = None, progress: Callable[[str, int, int], None] | None = None,
-                 clock=time.time):
+                 clock=time.time, refresh_interval: float | None = SESSION_REFRESH):
         repo.key.require("prune", "prune the repository")
         self.repo = repo
         self.storage = repo.storage
@@ -521,6 +521,7 @@ class Pruner:
         self.threads = threads or max(4, min(repo.storage.connections, 16))
         self.progress = progress
         self.clock = clock
+        self.refresh_interval = refresh_interval  # of the marker announcing a collection being built
         self.key = _marker_key(repo.key.psk)
         self.report = PruneReport(dry_run=dry_run)
         self.walk = _Walk(repo, self.threads)
@@ -624,11 +625,18 @@ class Pruner:
         if incomplete:
             in_blobs = {fmt.blob_id_from_name(n) for n, _ in storage.list("blobs/")}
         for cid in incomplete:
+            owner = None
+            if cid in intents:
+                owner = (_read_json_quiet(storage, f"{GC}{cid}.fossils") or {}).get("owner")
+                if isinstance(owner, str) and self.session_state(owner) == "running":
+                    continue  # still being built by another prune
             items = [(bid, n, s) for bid, (n, s) in fossils.get(cid, {}).items() if bid not in in_blobs]
             self._move_back(cid, items, drop_spare=False)
             rep.rolled_back += len(items)
             spares = [n for bid, (n, _) in fossils.get(cid, {}).items() if bid in in_blobs]
-            abandoned = self.clock() - _collection_time(cid) > DEAD_KEEP
+            # Spare copies go once the owner is known to be gone (without an
+            # owner to ask: once the collection is clearly abandoned).
+            abandoned = isinstance(owner, str) or self.clock() - _collection_time(cid) > DEAD_KEEP
             if self.dry_run or (spares and not abandoned):
                 continue
             storage.flush()
@@ -711,11 +719,18 @@ class Pruner:
         self.storage.delete(f"{GC}{cid}.done")
 
     def _collect(self, unused: list[bytes], listing: dict[bytes, int]) -> str:
+        # The collecting prune announces itself like a save: a prune finding
+        # this collection unfinished leaves it alone while the owner runs,
+        # and rolls it back completely once the owner is gone.
+        with SaveSession(self.repo, clock=self.clock, refresh_interval=self.refresh_interval) as owner:
+            return self._collect_as(owner, unused, listing)
+
+    def _collect_as(self, owner: "SaveSession", unused: list[bytes], listing: dict[bytes, int]) -> str:
         storage = self.storage
         rep = self.report
         cid = new_collection_id()
         rep.collection = cid
-        body = {"v": 1, "collection": cid, "created": int(self.clock()), "count": len(unused),
+        body = {"v": 1, "collection": cid, "created": int(self.clock()), "owner": owner.id, "count": len(unused),
                 "bytes": rep.fossilised_bytes,
                 "fossils": base64.b64encode(fmt.pack_reflist([(b, listing[b]) for b in unused])).decode()}
         storage.write(f"{GC}{cid}.fossils", json.dumps(body).encode(), exclusive=True)
@@ -742,12 +757,17 @@ class Pruner:
 
             copied = self._map(copy, unused, "fossilising")
             storage.flush()
+            if owner.declared_dead or storage.exists(owner.dead_name):
+                # Another prune took this one for dead and may have rolled the
+                # collection back, dropping the copies: keep the originals.
+                raise StorageError(f"prune stopped: collection {cid} was presumed dead by another prune "
+                                   f"(no refresh of {owner.name} in time); run prune again")
             self._map(lambda bid: storage.delete(fmt.blob_name(bid)),
                       [b for b, ok in zip(unused, copied) if ok], "fossilising")
         storage.flush()
         gen = bump_generation(storage, cid)
         storage.flush()
-        sessions = self._list_sessions()
+        sessions = [sid for sid in self._list_sessions() if sid != owner.id]
         # Snapshots written while we moved may reference fossils: move those
         # back now rather than at the next prune.
         refs = self.walk.update()

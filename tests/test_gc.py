@@ -328,6 +328,50 @@ def test_interrupted_collection_is_rolled_back(local_repo, tmp_path):
     check_ok(local_repo.repo("full"), read_data=True)
 
 
+def test_unfinished_collection_waits_for_its_owner(local_repo, tmp_path):
+    """A collection without .done whose prune still runs is left alone; once
+    that prune is gone it is rolled back completely, spare copies included."""
+    w = local_repo.repo("write")
+    src = tmp_path / "src"
+    write_tree(src, content(10, 1))
+    s1 = save(w, src).snapshot_id
+    raw = w.storage.read(f"snapshots/{s1}")
+    audit = local_repo.repo("audit")
+    audit.storage.delete(f"snapshots/{s1}")
+    blobs = names(audit.storage, "blobs/")
+    real_map = Pruner._map
+    calls = []
+
+    def crash_before_deleting(self, fn, items, phase):
+        calls.append(phase)
+        if phase == "fossilising" and calls.count("fossilising") == 2:
+            raise KeyboardInterrupt  # killed between copying and deleting the originals
+        return real_map(self, fn, items, phase)
+
+    Pruner._map = crash_before_deleting
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            prune(audit)
+    finally:
+        Pruner._map = real_map
+    assert names(audit.storage, "blobs/") == blobs and len(names(audit.storage, "fossils/")) == len(blobs)
+    (cid,) = [n.split("/")[2][: -len(".fossils")] for n in names(audit.storage, "gc/collections/")]
+    audit.storage.write(f"snapshots/{s1}", raw)
+    # Pretend its owner still runs: hands off.
+    owner = SaveSession(audit, refresh_interval=None).begin()
+    body = json.loads(audit.storage.read(f"gc/collections/{cid}.fossils"))
+    audit.storage.write(f"gc/collections/{cid}.fossils", json.dumps({**body, "owner": owner.id}).encode(),
+                        exclusive=False)
+    rep = prune(audit)
+    assert rep.rolled_back == 0 and len(names(audit.storage, "fossils/")) == len(blobs)
+    owner.end()
+    rep = prune(audit)
+    assert rep.rolled_back == 0 and rep.fossilised == 0  # nothing to move back: all were spares
+    assert names(audit.storage, "fossils/") == [] and names(audit.storage, "gc/collections/") == []
+    assert names(audit.storage, "blobs/") == blobs
+    check_ok(local_repo.repo("full"), read_data=True)
+
+
 def test_prune_refuses_when_references_are_unknown(local_repo, tmp_path):
     w = local_repo.repo("write")
     src = tmp_path / "src"
@@ -625,7 +669,7 @@ def one_interleaving(model_keys, data, stale):
     def pruner():
         for _ in range(runs):
             try:
-                Pruner(repo("audit"), threads=1, session_timeout=timeout).run()
+                Pruner(repo("audit"), threads=1, session_timeout=timeout, refresh_interval=None).run()
             except IntegrityError as e:
                 # Only a record a presumed-dead save is about to withdraw can
                 # make prune refuse; with healthy sessions it never happens.
@@ -654,8 +698,8 @@ def one_interleaving(model_keys, data, stale):
     check()
     # Quiescent: two prunes settle everything.
     audit = Repository(base, base_config, model_keys["audit"])
-    prune(audit, threads=1, session_timeout=0)  # (markers of killed saves are dead now)
-    rep = prune(audit, threads=1, session_timeout=0)
+    prune(audit, threads=1, session_timeout=0, refresh_interval=None)  # (killed saves' markers: dead now)
+    rep = prune(audit, threads=1, session_timeout=0, refresh_interval=None)
     assert rep.fossilised == 0 and not rep.collections_pending
     assert list(base.list("fossils/")) == [] and all(n.startswith("gc/forgotten/") for n, _ in base.list("gc/"))
     killed = {sid for sv in savers for sid in sv.killed}
@@ -823,30 +867,47 @@ def test_concurrent_saves_and_prunes_s3(tmp_path, run_cli, s3_server):
     sc.verify()
 
 
+KILL_AT_OP = """
+import os, signal, sys
+from rekkord.storage.local import LocalStorage
+n = int(sys.argv[1])
+count = [0]
+def wrap(f):
+    def g(*a, **k):
+        count[0] += 1
+        if count[0] == n:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return f(*a, **k)
+    return g
+for m in ("write", "read", "stat", "delete", "list"):
+    setattr(LocalStorage, m, wrap(getattr(LocalStorage, m)))
+from rekkord.cli.main import cli
+cli(sys.argv[2:], prog_name="rekkord")
+"""
+
+
 @pytest.mark.slow
 def test_prune_killed_at_random_points(tmp_path, run_cli):
-    """prune (and saves) killed with SIGKILL at random moments; afterwards
-    one prune settles everything and the repository checks clean."""
+    """The real prune command, killed (SIGKILL) at its N-th storage operation
+    for random N while a save runs; afterwards check is clean at once, one
+    prune settles everything, and every snapshot restores."""
     sc = local_scenario(tmp_path, run_cli, writers=1)
     rng = random.Random(1234)
-    cmd = [sys.executable, "-m", "rekkord", "-k", sc.keys["audit"], "prune"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("REKKORD_")}
     env.update(sc.env, REKKORD_CACHE_DIR=str(tmp_path / "cache-audit"))
     killed = 0
-    for _round in range(10):
+    for _round in range(12):
         for _ in range(2):
             sc.save_once(0)
         sc.cli("audit", "forget", "--keep-last", "1", check=0)
         writer = threading.Thread(target=sc.save_once, args=(0,))
         writer.start()
-        p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.15, 0.6))  # (a random point in the prune's life)
-        if p.poll() is None:
-            p.send_signal(signal.SIGKILL)
-            killed += 1
-        p.wait()
+        cmd = [sys.executable, "-c", KILL_AT_OP, str(rng.randint(1, 80)), "-k", sc.keys["audit"], "prune"]
+        p = subprocess.run(cmd, env=env, capture_output=True)
+        killed += p.returncode == -signal.SIGKILL
+        assert p.returncode in (0, -signal.SIGKILL), p.stderr.decode()
         writer.join()
-    assert killed >= 3
+    assert killed >= 6
     assert not sc.failures, sc.failures
     sc.verify()  # check straight after the kills: fossils are still readable
     sc.cli("audit", "prune", "--session-timeout", "0", check=0)
