@@ -186,7 +186,7 @@ _MAX_RECORD = 1 << 28
 
 def _plausible(e: Entry) -> bool:
     p = e.path
-    return (e.kind in KIND_NAMES and e.flags < 8 and e.mode < 0o10000 and b"\0" not in p
+    return (e.kind in KIND_NAMES and e.flags < 16 and e.mode < 0o10000 and b"\0" not in p
             and not p.startswith(b"/") and not p.endswith(b"/") and b"//" not in p
             and all(x.length <= (64 << 20) for x in e.extents))
 

@@ -40,6 +40,8 @@ KIND_NAMES = {K_FILE: "file", K_DIR: "dir", K_SYMLINK: "symlink", K_HARDLINK: "h
 F_UNREADABLE = 1  # content could not be read; size is what stat said
 F_CHANGED = 2  # the file changed while it was read; content may be inconsistent
 F_PARTIAL = 4  # reading stopped part-way through (I/O error)
+F_LINKED = 8  # a regular file with other hard links later in the index (restore keeps its path)
+F_PROBLEMS = F_UNREADABLE | F_CHANGED | F_PARTIAL
 
 _HEAD = struct.Struct("<BBH")
 _META = struct.Struct("<IIIqqQQ")

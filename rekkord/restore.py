@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 from .errors import IntegrityError, NoSpace, RekkordError, StorageError, UsageError
 from .index import (
+    F_LINKED,
     F_UNREADABLE,
     K_BLOCK,
     K_CHAR,
@@ -35,6 +36,7 @@ from .repository import Repository, Snapshot
 from .snapshot import BlobFetcher, normalize_subpath, select
 
 HOLE_BLOCK = 64 * 1024
+BATCH_FILE_MAX = 1024 * 1024  # files up to this size, in one extent, are restored in batches
 ZERO_BLOCK = bytes(HOLE_BLOCK)
 
 
@@ -205,7 +207,14 @@ class Restorer:
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rekkord-restore")
         inflight = threading.BoundedSemaphore(64)
         dirs: list[tuple[bytes, Entry]] = []
-        restored: dict[bytes, Future] = {}  # snapshot path -> future of final path
+        # Memory must not grow with the number of files: only possible hard
+        # link targets are remembered (F_LINKED marks them; snapshots made
+        # before the flag existed remember every file), and finished tasks
+        # are dropped from ``pending``.
+        all_linkable = not self.snap.record.get("linked_flag")
+        restored: dict[bytes, Future] = {}  # snapshot path of a link target -> future of final path
+        pending: list[Future] = []
+        failures: list[BaseException] = []
         links: list[tuple[bytes, Entry]] = []
         held: list[tuple[Entry, bytes]] = []  # directories waiting for an included entry below them
         expected: set[bytes] | None = set() if self.opts.delete else None  # what DEST keeps (--delete)
@@ -215,6 +224,56 @@ class Restorer:
                 return self._restore_file(path, e, fetcher)
             finally:
                 inflight.release()
+
+        # Small files that share a pack are restored by one task, in order:
+        # one fetch of the pack, no per-file hand-off between threads.
+        batch: dict = {"items": [], "blob": None, "fut": None}
+
+        def run_batch(items: list[tuple[bytes, Entry]], fut: Future):
+            out = {}
+            try:
+                for path, e in items:
+                    final = self._restore_file(path, e, fetcher)
+                    if all_linkable or e.flags & F_LINKED:
+                        out[e.path] = final
+                fut.set_result(out)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                fut.set_exception(exc)
+            finally:
+                inflight.release()
+
+        def track(fut: Future):
+            fut.add_done_callback(lambda f: f.exception() is None or failures.append(f.exception()))
+            pending.append(fut)
+            if len(pending) > 512:
+                pending[:] = [f for f in pending if not f.done()]
+
+        def flush_batch():
+            items, fut = batch["items"], batch["fut"]
+            if not items:
+                return
+            batch["items"], batch["blob"], batch["fut"] = [], None, None
+            inflight.acquire()
+            track(fut)
+            pool.submit(run_batch, items, fut)
+
+        def submit(path: bytes, e: Entry):
+            linkable = all_linkable or e.flags & F_LINKED
+            if len(e.extents) == 1 and e.size <= BATCH_FILE_MAX:
+                blob = e.extents[0].blob
+                if batch["items"] and (blob != batch["blob"] or len(batch["items"]) >= 512):
+                    flush_batch()
+                if not batch["items"]:
+                    batch["blob"], batch["fut"] = blob, Future()
+                batch["items"].append((path, e))
+                if linkable:
+                    restored[e.path] = batch["fut"]
+                return
+            inflight.acquire()
+            fut = pool.submit(run_file, path, e)
+            track(fut)
+            if linkable:
+                restored[e.path] = fut
 
         def make_dir(e: Entry, rel: bytes):
             path = target(rel)
@@ -272,8 +331,7 @@ class Restorer:
                 if not self.opts.overwrite and os.path.lexists(path):
                     self._skip(path)
                     return
-                inflight.acquire()
-                restored[e.path] = pool.submit(run_file, path, e)
+                submit(path, e)
                 return
             self.stats.others += 1
             if self.opts.dry_run:
@@ -288,10 +346,11 @@ class Restorer:
             for e, rel in entries:
                 handle(e, rel)
                 self._tick()
-            for fut in list(restored.values()):
-                err = fut.exception()
-                if err is not None:
-                    raise err  # e.g. NoSpace: never end "successfully" with files missing
+            flush_batch()
+            for fut in pending:
+                fut.exception()  # wait
+            if failures:
+                raise failures[0]  # e.g. NoSpace: never end "successfully" with files missing
             for path, e in links:
                 self._restore_hardlink(path, e, restored)
             if expected is not None:
@@ -400,7 +459,7 @@ class Restorer:
         damaged = None
         try:
             pos = 0
-            window = 8
+            window = 4
             futs = [fetcher.get(x.blob) for x in e.extents[:window]]
             for i, x in enumerate(e.extents):
                 if i + window < len(e.extents):
@@ -511,6 +570,8 @@ class Restorer:
         spath = os.fsdecode(path)
         fut = restored.get(e.target)
         first = fut.result() if fut is not None and fut.exception() is None else None
+        if isinstance(first, dict):  # restored in a batch of small files
+            first = first.get(e.target)
         target_damaged = e.target in self._damaged_paths
         if first is None:
             if target_damaged:

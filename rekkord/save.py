@@ -29,6 +29,8 @@ from .cache import Cache
 from .errors import ObjectExists, RekkordError, StorageError, UsageError
 from .index import (
     F_CHANGED,
+    F_LINKED,
+    F_PROBLEMS,
     F_PARTIAL,
     F_UNREADABLE,
     K_DIR,
@@ -579,6 +581,7 @@ class Saver:
             "host": self.opts.host or default_host(),
             "user": user_name(),
             "tags": list(self.opts.tags),
+            "linked_flag": True,  # first hard links carry F_LINKED (restore needs no per-file memory)
             "index": [[i.hex(), s] for i, s in index_ids],
             "reflist": [[i.hex(), s] for i, s in reflist_ids],
             "stats": asdict(self.stats),
@@ -733,7 +736,7 @@ class Saver:
                     if flags:
                         e.size = total
                     item.ready_extents = extents
-                item.cacheable = e.flags == 0
+                item.cacheable = e.flags & F_PROBLEMS == 0
             stage2.append(item)
 
         def emit(item: _Item):
@@ -870,6 +873,7 @@ class Saver:
                     # once it is emitted.
                     return item
                 self.hardlinks[key] = item
+                e.flags |= F_LINKED
             cached = hit[0] if hit is not None else None
             if cached is not None:
                 e.xattrs = self._xattrs(abspath)
