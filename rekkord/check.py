@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import format as fmt
+from . import format as fmt, keys as keymod
 from .cache import Cache
 from .errors import (
     ExitCode,
@@ -308,7 +308,7 @@ class Checker:
                  subset: str | None = None, threads: int | None = None, progress=None, heal: bool = True):
         repo.key.require("check", "check the repository")
         if read_data and not repo.key.can("read"):
-            raise PermissionDenied(f"a {repo.key.role} key cannot decrypt data (--read-data); check without it "
+            raise PermissionDenied(f"{keymod.article(repo.key.role)} {repo.key.role} key cannot decrypt data (--read-data); check without it "
                                    "verifies every blob's MAC, or use --read-data-subset for a part")
         self.repo = repo
         self.cache = cache

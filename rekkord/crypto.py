@@ -58,7 +58,14 @@ def x25519_public(sk: bytes) -> bytes:
 
 
 def x25519(sk: bytes, pk: bytes) -> bytes:
-    return sodium.crypto_scalarmult(sk, pk)
+    """Shared secret; a low-order public key (e.g. all zeros, planted by
+    someone forging an object) raises IntegrityError instead of libsodium's error."""
+    try:
+        return sodium.crypto_scalarmult(sk, bytes(pk))
+    except Exception as e:  # nacl.exceptions.RuntimeError / TypeError
+        from .errors import IntegrityError
+
+        raise IntegrityError(f"invalid X25519 public key ({e})") from None
 
 
 def new_ephemeral() -> tuple[bytes, bytes]:

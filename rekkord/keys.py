@@ -56,6 +56,10 @@ ARGON2_OPS = 3
 ARGON2_MEM = 128 * 1024 * 1024
 
 
+def article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 def kid_of(sign_pk: bytes) -> str:
     """Key id: a short, stable name for a signing public key."""
     return blake3.blake3(sign_pk).hexdigest()[:24]
@@ -112,7 +116,7 @@ class Key:
     def derive(self, role: str, label: str) -> "Key":
         """Make a new key of ``role``, certified by this (admin) key."""
         if self.role != "admin" or self.master is None:
-            raise PermissionDenied(f"only the master key can derive keys (this is a {self.role} key)")
+            raise PermissionDenied(f"only the master key can derive keys (this is {article(self.role)} {self.role} key)")
         if role not in DERIVABLE_ROLES:
             raise KeyError_(f"unknown role {role!r} (choose from {', '.join(DERIVABLE_ROLES)})")
         seed = crypto.random_bytes(32)
@@ -157,7 +161,7 @@ class Key:
 
     def require(self, capability: str, what: str) -> None:
         if not self.can(capability):
-            raise PermissionDenied(f"a {self.role} key cannot {what}")
+            raise PermissionDenied(f"{article(self.role)} {self.role} key cannot {what}")
 
     # ---- serialisation -------------------------------------------------------
 

@@ -162,7 +162,9 @@ class Repository:
     def read_config(storage: Storage) -> dict:
         try:
             raw = storage.read("config")
-        except ObjectNotFound:
+        except ObjectNotFound as e:
+            if "does not exist" in str(e):  # e.g. the bucket itself: say so
+                raise RepositoryNotFound(f"no rekkord repository at {storage.url}: {e}") from None
             if _holds_objects(storage):
                 raise IntegrityError(f"config is missing from {storage.url}, which holds other repository "
                                      "objects (the config was deleted or lost)") from None

@@ -16,9 +16,9 @@ import stat as statmod
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
-from .errors import IntegrityError, NoSpace, RekkordError, StorageError, UsageError
+from .errors import IntegrityError, NoSpace, StorageError, UsageError
 from .index import (
     F_LINKED,
     F_UNREADABLE,

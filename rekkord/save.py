@@ -15,7 +15,6 @@ point leaves only unreferenced blobs, which the next save finds and reuses.
 from __future__ import annotations
 
 import collections
-import errno
 import fnmatch
 import os
 import stat as statmod
@@ -314,11 +313,20 @@ class Saver:
         return None if self.codec.verify_mac(blob_id, raw) else len(raw)
 
     def submit_store(self, btype: int, data: bytes) -> Future:
+        if self.failed is not None:
+            # A store already failed for good (e.g. the server is gone): stop
+            # reading and chunking instead of queueing the rest of the data.
+            raise self.failed
         n = len(data)
         self.budget.acquire(n)
         fut = self.store_pool.submit(self.store_blob, btype, data)
-        fut.add_done_callback(lambda _f: self.budget.release(n))
+        fut.add_done_callback(lambda f: self._stored(f, n))
         return fut
+
+    def _stored(self, fut: Future, n: int) -> None:
+        self.budget.release(n)
+        if not fut.cancelled() and fut.exception() is not None and self.failed is None:
+            self.failed = fut.exception()
 
     # ---- file reading (file pool) ----------------------------------------------
 

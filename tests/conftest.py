@@ -109,3 +109,14 @@ def s3_location(s3_server):
 def sftp_location(sftp_server):
     """``(url, options)`` of a fresh SFTP directory (not yet created)."""
     return sftp_server.url(), sftp_server.options()
+
+
+@pytest.fixture
+def retry_sleeps(monkeypatch):
+    """Records every backoff sleep of rekkord.storage.base.retry (and skips the
+    wait): a test asserts that nothing was retried without timing anything."""
+    from rekkord.storage import base
+
+    calls = []
+    monkeypatch.setattr(base, "_sleep", lambda seconds: calls.append(seconds))
+    return calls

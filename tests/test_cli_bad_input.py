@@ -54,7 +54,9 @@ EXTRA = {
 
 
 def leaf_commands(group: click.Group, prefix=()):
-    for name, cmd in sorted(group.commands.items()):
+    ctx = click.Context(group)
+    for name in group.list_commands(ctx):  # lazily loaded commands included
+        cmd = group.get_command(ctx, name)
         if isinstance(cmd, click.Group):
             yield from leaf_commands(cmd, prefix + (name,))
         else:

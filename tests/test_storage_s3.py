@@ -85,16 +85,15 @@ def test_credentials_from_the_aws_environment(s3_server, monkeypatch, tmp_path):
 # --- refusals that must not be retried --------------------------------------------
 
 
-def test_missing_bucket(s3_server):
+def test_missing_bucket(s3_server, retry_sleeps):
     st = open_storage(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/repo", s3_server.options())
-    t0 = time.monotonic()
     for op in (lambda: st.read("config"), lambda: st.write("config", b"x"), lambda: list(st.list())):
         with pytest.raises(ObjectNotFound) as ei:
             op()
         msg = str(ei.value)
         assert "does not exist" in msg and st.bucket in msg and s3_server.endpoint_url in msg
     assert st.stat("config") is None
-    assert time.monotonic() - t0 < 3, "a missing bucket is permanent: no retries"
+    assert not retry_sleeps, "a missing bucket is permanent: no retries"
 
 
 def test_create_makes_the_bucket(s3_server):
@@ -116,15 +115,14 @@ def test_create_makes_the_bucket(s3_server):
         ("unknown-access-key", "whatever"),
     ],
 )
-def test_wrong_credentials(s3_server, creds):
+def test_wrong_credentials(s3_server, creds, retry_sleeps):
     opts = s3_server.options(access_key_id=creds[0], secret_access_key=creds[1])
     st = open_storage(s3_server.url(), opts)
-    t0 = time.monotonic()
     for op in (lambda: st.write("config", b"x"), lambda: st.read("config"), lambda: list(st.list())):
         with pytest.raises(StoragePermissionDenied) as ei:
             op()
         assert s3_server.endpoint_url in str(ei.value)
-    assert time.monotonic() - t0 < 3, "permission errors are permanent: no retries"
+    assert not retry_sleeps, "permission errors are permanent: no retries"
 
 
 def test_no_credentials_at_all(s3_server, monkeypatch, tmp_path):
@@ -272,7 +270,6 @@ def test_gateway_down_gives_up_with_a_clear_error(own_s3):
     w.start()
     time.sleep(0.5)
     assert w.done and w.error is None
-    killed = time.monotonic()
     own_s3.kill_gateway()
     try:
         w.join(30)
@@ -281,7 +278,6 @@ def test_gateway_down_gives_up_with_a_clear_error(own_s3):
         msg = str(w.error)
         assert msg.startswith("write s3://") and own_s3.endpoint_url in msg
         assert "gave up after 3 attempts" in msg
-        assert w.failed_at - killed < 15
     finally:
         own_s3.start_gateway()
     # the same storage object works again once the server is back

@@ -97,17 +97,16 @@ def no_auth_attempts(monkeypatch):
     return attempts
 
 
-def test_wrong_pinned_fingerprint_is_refused(sftp_server, no_auth_attempts):
+def test_wrong_pinned_fingerprint_is_refused(sftp_server, no_auth_attempts, retry_sleeps):
     wrong = "SHA256:" + "A" * 43
     st = open_storage(sftp_server.url(), sftp_server.options(sftp_fingerprint=wrong, **FAST))
-    t0 = time.monotonic()
     with pytest.raises(HostKeyError) as ei:
         st.create()
     msg = str(ei.value)
     assert sftp_server.fingerprint in msg and wrong in msg and "ssh-ed25519" in msg
     assert isinstance(ei.value, StorageError)
     assert no_auth_attempts == []
-    assert time.monotonic() - t0 < 2, "a host key refusal is not retried"
+    assert not retry_sleeps, "a host key refusal is not retried"
 
 
 def test_unknown_host_key_is_refused(sftp_server, tmp_path, no_auth_attempts):
@@ -168,14 +167,13 @@ def test_default_keys_and_known_hosts_like_ssh(sftp_server, tmp_path, monkeypatc
 # --- authentication -------------------------------------------------------------------
 
 
-def test_wrong_key_is_refused(sftp_server, tmp_path):
+def test_wrong_key_is_refused(sftp_server, tmp_path, retry_sleeps):
     stranger = keygen(tmp_path / "stranger")
     st = open_storage(sftp_server.url(), sftp_server.options(sftp_key_file=str(stranger), **FAST))
-    t0 = time.monotonic()
     with pytest.raises(StoragePermissionDenied, match="authentication") as ei:
         st.create()
     assert sftp_server.host in str(ei.value) and str(sftp_server.port) in str(ei.value)
-    assert time.monotonic() - t0 < 3, "authentication failures are not retried"
+    assert not retry_sleeps, "authentication failures are not retried"
 
 
 def test_wrong_password_is_refused(sftp_server, monkeypatch):
@@ -286,7 +284,6 @@ def test_sshd_down_gives_up_with_a_clear_error(own_sshd):
     w.start()
     time.sleep(0.4)
     assert w.done and w.error is None
-    killed = time.monotonic()
     own_sshd.kill()
     w.join(30)
     assert not w.is_alive()
@@ -294,7 +291,6 @@ def test_sshd_down_gives_up_with_a_clear_error(own_sshd):
     msg = str(w.error)
     assert msg.startswith("write sftp://") and f"{own_sshd.host}:{own_sshd.port}" in msg
     assert "gave up after 3 attempts" in msg
-    assert w.failed_at - killed < 10
     # the server comes back: the same storage object reconnects
     own_sshd.start()
     for name, data in w.done.items():

@@ -13,8 +13,34 @@ from ..errors import ExitCode, RekkordError
 from .context import Settings, load_toml
 
 
+#: command name -> module of rekkord.cli that defines it (in its COMMANDS).
+#: A command's module is imported only when that command runs (or for --help):
+#: a nightly `rekkord save` does not pay for mount, setup or browse.
+COMMAND_MODULES = {
+    "init": "init", "key": "key", "save": "save", "snapshots": "snapshots", "ls": "ls",
+    "restore": "restore", "check": "check", "diff": "browse", "find": "browse", "cat": "browse",
+    "channels": "channels", "mount": "mount", "setup": "setup", "forget": "forget", "prune": "prune",
+}
+
+
+
 class RekkordGroup(click.Group):
-    """Maps every RekkordError to one line on stderr and its exit code."""
+    """Loads commands lazily and maps every RekkordError to one line on
+    stderr and its exit code."""
+
+    def list_commands(self, ctx):
+        return sorted(set(COMMAND_MODULES) | set(self.commands))
+
+    def get_command(self, ctx, name):
+        cmd = self.commands.get(name)
+        if cmd is None and name in COMMAND_MODULES:
+            import importlib
+
+            mod = importlib.import_module(f"{__package__}.{COMMAND_MODULES[name]}")
+            for c in mod.COMMANDS:
+                self.add_command(c)
+            cmd = self.commands.get(name)
+        return cmd
 
     def invoke(self, ctx):
         try:
@@ -92,15 +118,6 @@ def cli(ctx, repository, key_file, config_path, cache_dir, no_cache, threads, qu
     ctx.obj = s
 
 
-def _register():
-    from . import browse, channels, check, forget, init, key, ls, mount, prune, restore, save, setup, snapshots
-
-    for mod in (init, key, save, snapshots, ls, restore, check, browse, channels, mount, setup, forget, prune):
-        for c in mod.COMMANDS:
-            cli.add_command(c)
-
-
-_register()
 
 
 def main():

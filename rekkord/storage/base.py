@@ -29,6 +29,7 @@ from typing import TypeVar
 from ..errors import TransientStorageError
 
 T = TypeVar("T")
+_sleep = time.sleep  # tests replace it to count retries instead of timing them
 
 
 class Storage(ABC):
@@ -113,5 +114,5 @@ def retry(
             if on_retry is not None:
                 on_retry(e)
             delay = min(max_delay, base_delay * (2**attempt))
-            time.sleep(random.uniform(0, delay))
+            _sleep(random.uniform(0, delay))
     raise AssertionError("unreachable")
