@@ -349,8 +349,14 @@ class Repository:
         if len(matches) > 1:
             raise UsageError(f"snapshot prefix {spec!r} is ambiguous ({len(matches)} snapshots match)")
         in_channel = [s for s in self.snapshots() if s.channel == spec]
+        # A channel means its latest *trusted* snapshot: a record signed by a
+        # revoked or uncertified key never becomes "latest" (name it by id to
+        # inspect it).
+        trusted = [s for s in in_channel if s.signature_ok]
+        if trusted:
+            return trusted[-1]
         if in_channel:
-            return in_channel[-1]
+            return in_channel[-1]  # only untrusted ones: the caller reports why
         raise SnapshotNotFound(f"no snapshot or channel named {spec!r}")
 
     def private(self, snap: Snapshot) -> dict:

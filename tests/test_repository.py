@@ -231,3 +231,19 @@ def test_generation_is_the_highest_number(local_repo):
     for n in ("3", "12", "junk"):
         repo.storage.write(f"generations/{n}", b"")
     assert repo.generation() == 12
+
+
+def test_a_channel_resolves_to_its_latest_trusted_snapshot(local_repo):
+    """A stolen write key, revoked, keeps writing: its newer records never
+    become the channel's latest (a 3 a.m. `restore web01` gets the good one)."""
+    import time
+
+    w = local_repo.repo("write")
+    good = w.write_snapshot(record("web01", 1))
+    local_repo.repo("admin").revoke(local_repo.keys["write"].kid)
+    bad = w.write_snapshot(record("web01", time.time_ns() + 10**9))
+    reader = local_repo.repo("read")
+    assert reader.resolve("web01").id == good
+    assert reader.resolve(bad).id == bad and not reader.resolve(bad).signature_ok
+    only_bad = w.write_snapshot(record("other", time.time_ns() + 10**9))
+    assert reader.resolve("other").id == only_bad  # the caller refuses it, saying why
