@@ -141,18 +141,9 @@ class Cache:
     # ---- stat cache -------------------------------------------------------------------
 
     def lookup_file(self, path: bytes, st: os.stat_result) -> bytes | None:
-        with self.lock:
-            if self._file_rows:
-                self._flush_files()
-            row = self.db.execute(
-                "SELECT dev, ino, size, mtime, ctime, extents FROM files WHERE path=?", (path,)
-            ).fetchone()
-        if row is None:
-            return None
-        if (row[0], row[1], row[2], row[3], row[4]) != (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                                                          st.st_ctime_ns):
-            return None
-        return row[5]
+        """The extents of an unchanged file saved before, or None."""
+        hit = self.lookup_record(path, st)
+        return hit[0] if hit is not None else None
 
     def has_files(self) -> bool:
         with self.lock:

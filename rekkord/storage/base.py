@@ -23,10 +23,10 @@ from __future__ import annotations
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
-from ..errors import TransientStorageError
+from ..errors import ConfigError, TransientStorageError
 
 T = TypeVar("T")
 _sleep = time.sleep  # tests replace it to count retries instead of timing them
@@ -116,3 +116,46 @@ def retry(
             delay = min(max_delay, base_delay * (2**attempt))
             _sleep(random.uniform(0, delay))
     raise AssertionError("unreachable")
+
+
+# --- backend options (from the config file or the CLI, all strings or numbers) ---
+
+
+def int_option(options: Mapping[str, Any], key: str, default: int) -> int:
+    v = options.get(key)
+    if v is None or v == "":
+        return default
+    try:
+        n = int(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {key}: expected an integer, got {v!r}") from None
+    if n < 1:
+        raise ConfigError(f"option {key}: must be at least 1, got {n}")
+    return n
+
+
+def float_option(options: Mapping[str, Any], key: str, default: float) -> float:
+    v = options.get(key)
+    if v is None or v == "":
+        return default
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"option {key}: expected a number, got {v!r}") from None
+    if x < 0:
+        raise ConfigError(f"option {key}: must not be negative, got {x}")
+    return x
+
+
+def bool_option(options: Mapping[str, Any], key: str, default: bool) -> bool:
+    v = options.get(key)
+    if v is None or v == "":
+        return default
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"option {key}: expected true or false, got {v!r}")

@@ -61,7 +61,7 @@ from ..errors import (
     StoragePermissionDenied,
     TransientStorageError,
 )
-from .base import Storage, retry
+from .base import Storage, float_option, int_option, retry
 
 try:  # urllib3 errors can escape botocore while a response body streams
     from urllib3.exceptions import HTTPError as _Urllib3Error
@@ -104,32 +104,6 @@ _TRANSIENT = {
     "OperationAborted",
     "XMinioServerNotInitialized",
 }
-
-
-def _int_opt(options: Mapping[str, Any], key: str, default: int) -> int:
-    v = options.get(key)
-    if v is None or v == "":
-        return default
-    try:
-        n = int(v)
-    except (TypeError, ValueError):
-        raise ConfigError(f"option {key}: expected an integer, got {v!r}") from None
-    if n < 1:
-        raise ConfigError(f"option {key}: must be at least 1, got {n}")
-    return n
-
-
-def _float_opt(options: Mapping[str, Any], key: str, default: float) -> float:
-    v = options.get(key)
-    if v is None or v == "":
-        return default
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        raise ConfigError(f"option {key}: expected a number, got {v!r}") from None
-    if x < 0:
-        raise ConfigError(f"option {key}: must not be negative, got {x}")
-    return x
 
 
 def _error_code(e: bx.ClientError) -> tuple[str, int, str]:
@@ -350,12 +324,12 @@ class S3Storage(Storage):
             secret_access_key=options.get("secret_access_key") or None,
             session_token=options.get("session_token") or None,
             profile=options.get("profile") or None,
-            connections=_int_opt(options, "connections", DEFAULT_CONNECTIONS),
+            connections=int_option(options, "connections", DEFAULT_CONNECTIONS),
             addressing_style=options.get("addressing_style") or None,
-            retries=_int_opt(options, "retries", 8),
-            retry_base_delay=_float_opt(options, "retry_base_delay", 0.5),
-            retry_max_delay=_float_opt(options, "retry_max_delay", 30.0),
-            timeout=_float_opt(options, "timeout", 60.0),
+            retries=int_option(options, "retries", 8),
+            retry_base_delay=float_option(options, "retry_base_delay", 0.5),
+            retry_max_delay=float_option(options, "retry_max_delay", 30.0),
+            timeout=float_option(options, "timeout", 60.0),
         )
 
     # -- helpers ------------------------------------------------------------

@@ -73,7 +73,7 @@ from ..errors import (
     StoragePermissionDenied,
     TransientStorageError,
 )
-from .base import Storage, retry
+from .base import Storage, bool_option, float_option, int_option, retry
 
 log = logging.getLogger(__name__)
 # paramiko logs a dropped connection from its transport thread ("Socket
@@ -122,46 +122,6 @@ def _parse_fingerprints(value: str) -> list[str]:
     if not out:
         raise ConfigError("sftp_fingerprint is empty")
     return out
-
-
-def _int_opt(options: Mapping[str, Any], key: str, default: int) -> int:
-    v = options.get(key)
-    if v is None or v == "":
-        return default
-    try:
-        n = int(v)
-    except (TypeError, ValueError):
-        raise ConfigError(f"option {key}: expected an integer, got {v!r}") from None
-    if n < 1:
-        raise ConfigError(f"option {key}: must be at least 1, got {n}")
-    return n
-
-
-def _float_opt(options: Mapping[str, Any], key: str, default: float) -> float:
-    v = options.get(key)
-    if v is None or v == "":
-        return default
-    try:
-        x = float(v)
-    except (TypeError, ValueError):
-        raise ConfigError(f"option {key}: expected a number, got {v!r}") from None
-    if x < 0:
-        raise ConfigError(f"option {key}: must not be negative, got {x}")
-    return x
-
-
-def _bool_opt(options: Mapping[str, Any], key: str, default: bool) -> bool:
-    v = options.get(key)
-    if v is None or v == "":
-        return default
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(f"option {key}: expected true or false, got {v!r}")
 
 
 READ_SIZE = 32768  # what every SFTP server accepts
@@ -453,12 +413,12 @@ class SFTPStorage(Storage):
             password=options.get("sftp_password") or None,
             fingerprints=_parse_fingerprints(fps) if fps else None,
             known_hosts=[os.path.expanduser(p) for p in str(known).split(os.pathsep) if p] if known else None,
-            connections=_int_opt(options, "connections", DEFAULT_CONNECTIONS),
-            retries=_int_opt(options, "retries", 8),
-            retry_base_delay=_float_opt(options, "retry_base_delay", 0.5),
-            retry_max_delay=_float_opt(options, "retry_max_delay", 30.0),
-            timeout=_float_opt(options, "timeout", 30.0),
-            fsync=_bool_opt(options, "sftp_fsync", True),
+            connections=int_option(options, "connections", DEFAULT_CONNECTIONS),
+            retries=int_option(options, "retries", 8),
+            retry_base_delay=float_option(options, "retry_base_delay", 0.5),
+            retry_max_delay=float_option(options, "retry_max_delay", 30.0),
+            timeout=float_option(options, "timeout", 30.0),
+            fsync=bool_option(options, "sftp_fsync", True),
         )
 
     # -- connections ----------------------------------------------------------
