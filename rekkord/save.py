@@ -341,12 +341,19 @@ class Saver:
         return (before.st_size != after.st_size or before.st_mtime_ns != after.st_mtime_ns
                 or before.st_ctime_ns != after.st_ctime_ns or before.st_ino != after.st_ino)
 
-    def read_small(self, path: bytes, st) -> tuple[bytes | None, int, str | None]:
+    def read_small(self, path: bytes, st, xattrs: list | None = None) -> tuple[bytes | None, int, str | None]:
+        """Read a whole small file; with ``xattrs`` (a list), also append its
+        extended attributes, read through the open descriptor (no second
+        path lookup)."""
         try:
             fd = self._open(path)
         except OSError as e:
+            if xattrs is not None:
+                xattrs.extend(self._xattrs(path))
             return None, F_UNREADABLE, f"cannot open: {e.strerror}"
         try:
+            if xattrs is not None:
+                xattrs.extend(self._xattrs(fd))
             parts = []
             total = 0
             flags = 0
@@ -380,8 +387,9 @@ class Saver:
         out = []
         mark = self.cutter.cut_mark
         for path, st in files:
-            data, flags, msg = self.read_small(path, st)
-            out.append((data, flags, msg, self._xattrs(path), bool(data) and mark(data)))
+            xattrs: list = []
+            data, flags, msg = self.read_small(path, st, xattrs)
+            out.append((data, flags, msg, xattrs, bool(data) and mark(data)))
         return out
 
     def large_job(self, path: bytes, st) -> tuple[list[Extent], int, str | None, int, list]:
@@ -439,17 +447,19 @@ class Saver:
             self.groups[gid] = g
         return u, g
 
-    def _xattrs(self, path: bytes) -> list[tuple[bytes, bytes]]:
+    def _xattrs(self, target: bytes | int) -> list[tuple[bytes, bytes]]:
+        """Extended attributes of a path (not following symlinks) or an open fd."""
         if not self.opts.xattrs:
             return []
+        follow = isinstance(target, int)  # fds take no follow_symlinks=False
         try:
-            names = os.listxattr(path, follow_symlinks=False)
+            names = os.listxattr(target, follow_symlinks=follow)
         except OSError:
             return []
         out = []
         for n in sorted(names):
             try:
-                out.append((n.encode(), os.getxattr(path, n, follow_symlinks=False)))
+                out.append((n.encode(), os.getxattr(target, n, follow_symlinks=follow)))
             except OSError:
                 continue
         return out
