@@ -51,7 +51,7 @@ MATRIX = [(o, f) for o in OBJECTS for f in FAULTS] + [("snapshot", f) for f in S
 
 
 def make_sources(root):
-    for name, big in (("src1", 1_300_000), ("src2", 900_000)):
+    for name, big in (("src1", 8_500_000), ("src2", 900_000)):
         d = root / name
         (d / "docs" / "deep").mkdir(parents=True)
         with open(d / "big.bin", "wb") as f:
