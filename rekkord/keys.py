@@ -275,15 +275,19 @@ def loads(text: str, passphrase: str | None = None) -> Key:
         raise KeyError_(f"damaged key file ({e})") from None
 
 
-def load(path: str, passphrase: str | None = None) -> Key:
+def read_key_file(path: str) -> str:
+    """The armoured text of a key file, or a KeyError_ naming the file."""
     try:
         with open(path, encoding="ascii", errors="replace") as f:
-            text = f.read()
+            return f.read()
     except FileNotFoundError:
         raise KeyError_(f"key file {path} does not exist") from None
     except OSError as e:
         raise KeyError_(f"cannot read key file {path}: {e.strerror}") from None
-    return loads(text, passphrase)
+
+
+def load(path: str, passphrase: str | None = None) -> Key:
+    return loads(read_key_file(path), passphrase)
 
 
 def verify_cert(cert: dict, master_sign_pk: bytes, repo: str) -> bool:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from ..errors import ConfigError, KeyError_, RekkordError, UsageError
+from ..errors import ConfigError, RekkordError, UsageError
 
 ENV = {
     "repository": "REKKORD_REPOSITORY",
@@ -107,14 +107,7 @@ class Settings:
     def load_key(self, path: str | None = None):
         from .. import keys
 
-        path = path or self.key_path()
-        try:
-            with open(path, encoding="ascii", errors="replace") as f:
-                text = f.read()
-        except FileNotFoundError:
-            raise KeyError_(f"key file {path} does not exist") from None
-        except OSError as e:
-            raise KeyError_(f"cannot read key file {path}: {e.strerror}") from None
+        text = keys.read_key_file(path or self.key_path())
         passphrase = self.passphrase() if keys.is_protected(text) else None
         return keys.loads(text, passphrase)
 

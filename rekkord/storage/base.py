@@ -20,16 +20,18 @@ imports crypto.  Semantics every backend must honour (checked by
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from ..errors import ConfigError, TransientStorageError
+from ..errors import ConfigError, StorageError, TransientStorageError
 
 T = TypeVar("T")
 _sleep = time.sleep  # tests replace it to count retries instead of timing them
+log = logging.getLogger(__name__)
 
 
 class Storage(ABC):
@@ -116,6 +118,46 @@ def retry(
             delay = min(max_delay, base_delay * (2**attempt))
             _sleep(random.uniform(0, delay))
     raise AssertionError("unreachable")
+
+
+class RetryingBackend:
+    """Retries for a remote backend that fail fast once the server is known down.
+
+    After one operation waited through all its retries, the others (and the
+    next ones) fail at their first transient error instead of waiting again,
+    until an operation succeeds.  Subclasses set ``_retries``, ``_base_delay``
+    and ``_max_delay``; ``attempt`` raises :class:`StorageError` subclasses.
+    """
+
+    _down: str | None = None
+    _retries: int
+    _base_delay: float
+    _max_delay: float
+
+    def _with_retries(self, op: str, what: str, attempt: Callable[[], T]) -> T:
+        def once() -> T:
+            try:
+                result = attempt()
+            except TransientStorageError as e:
+                down = self._down
+                if down is not None:
+                    raise StorageError(f"{what}: {e} (not retried: {down})") from e
+                raise
+            self._down = None
+            return result
+
+        try:
+            return retry(
+                once,
+                what=what,
+                attempts=self._retries,
+                base_delay=self._base_delay,
+                max_delay=self._max_delay,
+                on_retry=lambda e: log.info("%s: %s; retrying", what, e),
+            )
+        except TransientStorageError:
+            self._down = f"an earlier {op} gave up after {self._retries} attempts"
+            raise
 
 
 # --- backend options (from the config file or the CLI, all strings or numbers) ---

@@ -61,7 +61,7 @@ from ..errors import (
     StoragePermissionDenied,
     TransientStorageError,
 )
-from .base import Storage, float_option, int_option, retry
+from .base import RetryingBackend, Storage, float_option, int_option
 
 try:  # urllib3 errors can escape botocore while a response body streams
     from urllib3.exceptions import HTTPError as _Urllib3Error
@@ -203,7 +203,7 @@ class _Direct:
                                                    "HTTPHeaders": dict(resp.headers)}}, op)
 
 
-class S3Storage(Storage):
+class S3Storage(RetryingBackend, Storage):
     """Objects under ``PREFIX/`` in one bucket."""
 
     def __init__(
@@ -297,12 +297,10 @@ class S3Storage(Storage):
                 self._credentials = session.get_credentials()  # what the client resolved (cached)
             except Exception:  # the client's own calls will report it
                 self._credentials = None
-        #: Set when an operation gave up after all its retries on a transient
-        #: error, cleared by the next success: meanwhile every operation makes
-        #: one attempt only.  Without it, each of the many requests a save or
-        #: a check has in flight would wait through the whole backoff on its
-        #: own (a save of two 200 MiB files took 8 minutes to fail after the
-        #: server died, with the default 8 retries).
+        #: Set by RetryingBackend when an operation gave up after all its
+        #: retries: without it, each of the many requests a save has in flight
+        #: would wait through the whole backoff on its own (a save of two
+        #: 200 MiB files took 8 minutes to fail after the server died).
         self._down: str | None = None
         self._direct_lock = threading.Lock()
         self._direct_state: _Direct | None | bool = False  # False: not probed yet; None: use the client
@@ -388,39 +386,18 @@ class S3Storage(Storage):
         raise e
 
     def _retry(self, op: str, name: str | None, fn: Callable[[], T]) -> T:
-        what = f"{op} {self._where(name)}"
-
         def attempt() -> T:
             try:
-                result = fn()
+                return fn()
+            except StorageError:
+                raise
             except Exception as e:
-                err = e if isinstance(e, StorageError) else self._translate(e, op, name)
-                down = self._down
-                if down is not None and isinstance(err, TransientStorageError):
-                    # Another operation already waited through every retry:
-                    # the server is down, do not wait again (see _down).
-                    raise StorageError(f"{what}: {err} (not retried: {down})") from e
+                err = self._translate(e, op, name)
                 if err is e:
                     raise
                 raise err from e
-            self._down = None
-            return result
 
-        def on_retry(e: Exception) -> None:
-            log.info("%s: %s; retrying", what, e)
-
-        try:
-            return retry(
-                attempt,
-                what=what,
-                attempts=self._retries,
-                base_delay=self._base_delay,
-                max_delay=self._max_delay,
-                on_retry=on_retry,
-            )
-        except TransientStorageError:
-            self._down = f"an earlier {op} gave up after {self._retries} attempts"
-            raise
+        return self._with_retries(op, f"{op} {self._where(name)}", attempt)
 
     # -- single-object requests: direct when possible --------------------------
 

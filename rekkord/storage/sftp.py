@@ -73,7 +73,7 @@ from ..errors import (
     StoragePermissionDenied,
     TransientStorageError,
 )
-from .base import Storage, bool_option, float_option, int_option, retry
+from .base import RetryingBackend, Storage, bool_option, float_option, int_option
 
 log = logging.getLogger(__name__)
 # paramiko logs a dropped connection from its transport thread ("Socket
@@ -317,7 +317,7 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
         )
 
 
-class SFTPStorage(Storage):
+class SFTPStorage(RetryingBackend, Storage):
     """Objects as files under one directory of an SFTP server."""
 
     def __init__(
@@ -552,35 +552,7 @@ class SFTPStorage(Storage):
 
     def _run(self, op: str, name: str | None, fn: Callable[[_SFTPClient], T]) -> T:
         what = f"{op} {self.url}/{name}" if name else f"{op} {self.url}"
-
-        def attempt() -> T:
-            try:
-                result = self._attempt(what, fn)
-            except TransientStorageError as e:
-                down = self._down
-                if down is not None:
-                    # Another operation already waited through every retry:
-                    # the server is down, do not wait again (see _down).
-                    raise StorageError(f"{what}: {e} (not retried: {down})") from e
-                raise
-            self._down = None
-            return result
-
-        def on_retry(e: Exception) -> None:
-            log.info("%s: %s; retrying", what, e)
-
-        try:
-            return retry(
-                attempt,
-                what=what,
-                attempts=self._retries,
-                base_delay=self._base_delay,
-                max_delay=self._max_delay,
-                on_retry=on_retry,
-            )
-        except TransientStorageError:
-            self._down = f"an earlier {op} gave up after {self._retries} attempts"
-            raise
+        return self._with_retries(op, what, lambda: self._attempt(what, fn))
 
     def _attempt(self, what: str, fn: Callable[[_SFTPClient], T]) -> T:
         conn = self._checkout()
