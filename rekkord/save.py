@@ -148,6 +148,31 @@ def read_exclude_file(path: str) -> list[str]:
         raise UsageError(f"cannot read exclude file {path}: {e.strerror}") from None
 
 
+class _Extents:
+    """The extents of one file's chunks, collected as their stores complete.
+
+    Keeping a Future per chunk until the end of the file grew a 16 GiB
+    file's save by ~30 MiB; finished ones leave the queue as it goes."""
+
+    def __init__(self):
+        self.pending: collections.deque[tuple[Future, int]] = collections.deque()
+        self.done: list[Extent] = []
+
+    def add(self, fut: Future, n: int) -> None:
+        pending = self.pending
+        pending.append((fut, n))
+        while pending and pending[0][0].done():
+            f, k = pending.popleft()
+            self.done.append(Extent(f.result()[0], 0, k))
+
+    def result(self) -> list[Extent]:
+        """Waits for the stores still running; raises the first failure."""
+        while self.pending:
+            f, k = self.pending.popleft()
+            self.done.append(Extent(f.result()[0], 0, k))
+        return self.done
+
+
 class _ByteBudget:
     """Bounds the bytes in flight between pipeline stages."""
 
@@ -400,7 +425,7 @@ class Saver:
             fd = self._open(path)
         except OSError as e:
             return [], F_UNREADABLE, f"cannot open: {e.strerror}", 0
-        futures = []
+        extents = _Extents()
         flags = 0
         msg = None
         total = 0
@@ -409,7 +434,7 @@ class Saver:
             try:
                 for chunk in self.chunker.cut_stream(f):
                     total += len(chunk)
-                    futures.append((self.submit_store(fmt.T_DATA, chunk), len(chunk)))
+                    extents.add(self.submit_store(fmt.T_DATA, chunk), len(chunk))
                     with self.stats_lock:
                         self.stats.bytes_read += len(chunk)
             except OSError as e:
@@ -421,8 +446,7 @@ class Saver:
                 msg = msg or "file changed while it was being read"
         finally:
             os.close(fd)
-        extents = [Extent(fut.result()[0], 0, n) for fut, n in futures]
-        return extents, flags, msg, total
+        return extents.result(), flags, msg, total
 
     # ---- walking (main thread) -------------------------------------------------
 
@@ -630,10 +654,10 @@ class Saver:
 
     def _run_stream(self, time_ns: int):
         name, stream, mode = self._stream
-        futs = []
+        extents = _Extents()
         total = 0
         for chunk in self.chunker.cut_stream(stream):
-            futs.append((self.submit_store(fmt.T_DATA, chunk), len(chunk)))
+            extents.add(self.submit_store(fmt.T_DATA, chunk), len(chunk))
             total += len(chunk)
             with self.stats_lock:
                 self.stats.bytes_read += len(chunk)
@@ -642,7 +666,7 @@ class Saver:
         uid, gid = os.getuid(), os.getgid()
         u, g = self._owner(uid, gid)
         e = Entry(kind=K_FILE, path=name, mode=mode, uid=uid, gid=gid, mtime_ns=time_ns, size=total, user=u,
-                  group=g, extents=[Extent(f.result()[0], 0, k) for f, k in futs])
+                  group=g, extents=extents.result())
         self.stats.files = 1
         cutter = StreamCutter(Chunker(INDEX_PARAMS, self.chunker.seed))
         index_ids = [self.store_blob(fmt.T_INDEX, ch) for ch in cutter.feed(encode(e)) + cutter.finish()]
