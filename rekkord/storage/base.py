@@ -31,7 +31,6 @@ from ..errors import ConfigError, StorageError, TransientStorageError
 
 T = TypeVar("T")
 _sleep = time.sleep  # tests replace it to count retries instead of timing them
-log = logging.getLogger(__name__)
 
 
 class Storage(ABC):
@@ -134,6 +133,10 @@ class RetryingBackend:
     _base_delay: float
     _max_delay: float
 
+    @property
+    def _log(self) -> logging.Logger:
+        return logging.getLogger(type(self).__module__)  # rekkord.storage.s3, ...
+
     def _with_retries(self, op: str, what: str, attempt: Callable[[], T]) -> T:
         def once() -> T:
             try:
@@ -153,7 +156,7 @@ class RetryingBackend:
                 attempts=self._retries,
                 base_delay=self._base_delay,
                 max_delay=self._max_delay,
-                on_retry=lambda e: log.info("%s: %s; retrying", what, e),
+                on_retry=lambda e: self._log.info("%s: %s; retrying", what, e),
             )
         except TransientStorageError:
             self._down = f"an earlier {op} gave up after {self._retries} attempts"
