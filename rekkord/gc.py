@@ -61,6 +61,9 @@ LONG_SAVE = DEAD_KEEP / 2
 FORGET_LOG_KEEP = 90 * 86400.0
 #: Generations kept below the newest (older ones are removed by prune).
 GENERATIONS_KEPT = 16
+#: Temporary objects of interrupted writes older than this are removed by prune
+#: (a write takes seconds; the margin covers frozen writers and skewed clocks).
+TEMP_KEEP = 86400.0
 
 SESSIONS = "sessions/"
 FOSSILS = "fossils/"
@@ -433,6 +436,8 @@ class PruneReport:
     collections_pending: list[str] = field(default_factory=list)
     waiting_for_sessions: int = 0  # running saves that pending collections wait for
     sessions_declared_dead: int = 0
+    temporaries_removed: int = 0  # leftovers of interrupted writes (killed saves)
+    temporaries_bytes: int = 0
     generation: int = 0
     duration: float = 0.0
 
@@ -786,6 +791,8 @@ class Pruner:
     def _housekeeping(self):
         storage = self.storage
         from .forget import FORGOTTEN
+
+        self.report.temporaries_removed, self.report.temporaries_bytes = storage.remove_temporaries(TEMP_KEEP)
 
         for name, _ in storage.list(FORGOTTEN):
             try:

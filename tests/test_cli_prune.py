@@ -50,6 +50,28 @@ def test_prune_dry_run_then_reclaim_with_audit_key(garbage_repo, run_cli):
     assert p.returncode == 5
 
 
+def test_prune_removes_what_killed_writes_left_behind(garbage_repo, run_cli):
+    """A save killed in the middle of writing a blob leaves a temporary file no
+    listing shows; prune removes it once it is a day old, and keeps a fresh one
+    (a save may be writing it)."""
+    import time
+
+    r = garbage_repo
+    blobs = os.path.join(r.url, "blobs")
+    sub = os.path.join(blobs, sorted(os.listdir(blobs))[0])
+    dead, live = os.path.join(sub, ".tmp-00000000deadbeef"), os.path.join(sub, ".tmp-00000000f00dcafe")
+    for path, age in ((dead, 2 * 86400), (live, 60)):
+        with open(path, "wb") as f:
+            f.write(os.urandom(5000))
+        os.utime(path, (time.time() - age, time.time() - age))
+    p = run_cli("-k", r.key_files["audit"], "prune", "--dry-run", "--json", env=r.env, check=0)
+    assert json.loads(p.stdout)["temporaries_removed"] == 0 and os.path.exists(dead)
+    p = run_cli("-k", r.key_files["audit"], "prune", env=r.env, check=0)
+    assert "removed 1 temporary files of interrupted writes (4.9 KiB)" in p.stdout.decode()
+    assert not os.path.exists(dead) and os.path.exists(live)
+    run_cli("-k", r.key_files["audit"], "check", env=r.env, check=0)
+
+
 def test_prune_refused_to_write_and_read_keys(garbage_repo, run_cli):
     r = garbage_repo
     for role in ("write", "read"):

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -188,6 +189,25 @@ def test_temp_files_are_not_listed(loc):
         t.join()
     assert all(n == "blobs/ab/ab01" or n.startswith("blobs/cd/cd0") for n in seen), seen
     assert len(list(st.list("blobs/cd/"))) == 30
+
+
+def test_old_temporaries_are_removed_and_recent_ones_kept(loc):
+    """A killed writer's temporary file is never listed, so only
+    remove_temporaries can reclaim it; one still being written (recent) stays."""
+    st = loc.storage
+    st.write("blobs/ab/ab01", b"x")
+    if not loc.plant_temp("blobs/ab"):
+        assert st.remove_temporaries(0) == (0, 0)
+        return
+    old = loc.directory / "blobs" / "ab" / ".tmp-0123456789abcdef"
+    recent = loc.directory / ".tmp-fedcba9876543210"
+    recent.write_bytes(b"in flight")
+    past = time.time() - 7200
+    os.utime(old, (past, past))
+    assert st.remove_temporaries(3600) == (1, len(b"half a blob"))
+    assert not old.exists() and recent.exists()
+    assert sorted(st.list()) == [("blobs/ab/ab01", 1)] and st.read("blobs/ab/ab01") == b"x"
+    assert st.remove_temporaries(3600) == (0, 0)
 
 
 def test_concurrent_writers(st):

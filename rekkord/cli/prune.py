@@ -57,6 +57,9 @@ def prune_cmd(s: Settings, dry_run, session_timeout, as_json):
     if report.sessions_declared_dead:
         lines.append(f"  {report.sessions_declared_dead} save sessions {'are' if dry_run else 'declared'} dead "
                      "(no refresh within the session timeout)")
+    if report.temporaries_removed:
+        lines.append(f"  removed {report.temporaries_removed} temporary files of interrupted writes "
+                     f"({human_bytes(report.temporaries_bytes)})")
     if report.collections_pending:
         lines.append(f"  {len(report.collections_pending)} fossil collections wait for "
                      f"{report.waiting_for_sessions} running saves: run prune again later")

@@ -84,6 +84,14 @@ class Storage(ABC):
     def create(self) -> None:
         """Make the location (directory, bucket) when it does not exist."""
 
+    def remove_temporaries(self, older_than: float) -> tuple[int, int]:
+        """Delete the temporary objects of interrupted writes (a killed
+        process cannot remove its own) whose last change is more than
+        ``older_than`` seconds old; returns how many and their bytes.  They
+        are never listed, so nothing else would ever remove them.  Backends
+        whose writes leave none (S3, memory) keep this default."""
+        return 0, 0
+
     def close(self) -> None:
         pass
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from collections.abc import Iterator
 
 from ..errors import (
@@ -167,6 +168,25 @@ class LocalStorage(Storage):
             return None
         except OSError as e:
             raise _translate(e, f"stat {self.url}/{name}") from e
+
+    def remove_temporaries(self, older_than: float) -> tuple[int, int]:
+        count = size = 0
+        limit = time.time() - older_than
+        for d, _dirs, files in os.walk(self.root):
+            for f in files:
+                if not f.startswith(TMP_PREFIX):
+                    continue
+                path = os.path.join(d, f)
+                try:
+                    st = os.lstat(path)
+                    if st.st_mtime < limit:
+                        os.unlink(path)
+                        count, size = count + 1, size + st.st_size
+                except FileNotFoundError:
+                    continue
+                except OSError as e:
+                    raise _translate(e, f"remove temporary {path}") from e
+        return count, size
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
         # Walk only the directories that can hold names with this prefix.

@@ -40,6 +40,7 @@ import socket
 import stat as statmod
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -785,6 +786,25 @@ class SFTPStorage(RetryingBackend, Storage):
                         stack.append(name)
                 elif name.startswith(prefix):
                     yield name, a.st_size or 0
+
+    def remove_temporaries(self, older_than: float) -> tuple[int, int]:
+        # The server's clock judges the age (its mtimes); callers leave a
+        # wide margin (prune: a day) for clocks that disagree.
+        count = size = 0
+        limit = time.time() - older_than
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            for a in self._listdir(rel) or []:
+                if a.filename in (".", ".."):
+                    continue
+                name = f"{rel}/{a.filename}" if rel else a.filename
+                if statmod.S_ISDIR(a.st_mode or 0):
+                    stack.append(name)
+                elif a.filename.startswith(TMP_PREFIX) and (a.st_mtime or limit) < limit:
+                    self.delete(name)
+                    count, size = count + 1, size + (a.st_size or 0)
+        return count, size
 
     def delete(self, name: str) -> None:
         path = self._path(name)
