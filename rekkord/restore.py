@@ -227,6 +227,7 @@ class Restorer:
         failures: list[BaseException] = []
         links: list[tuple[bytes, Entry]] = []
         held: list[tuple[Entry, bytes]] = []  # directories waiting for an included entry below them
+        blocked: list[bytes] = []  # directories DEST has a non-directory for: their content is skipped
         expected: set[bytes] | None = set() if self.opts.delete else None  # what DEST keeps (--delete)
 
         def run_file(path: bytes, e: Entry) -> bytes | None:
@@ -287,11 +288,8 @@ class Restorer:
 
         def make_dir(e: Entry, rel: bytes):
             path = target(rel)
-            self.stats.dirs += 1
             if expected is not None:
                 expected.add(path)
-            if rel or not sub:
-                dirs.append((path, e))
             if not self.opts.dry_run:
                 try:
                     if self.opts.delete:
@@ -300,13 +298,31 @@ class Restorer:
                         os.mkdir(path)
                         self._made_dirs.add(path)  # ours: no setgid bit until the end
                     except FileExistsError:
-                        pass
+                        if not statmod.S_ISDIR(os.lstat(path).st_mode):
+                            # A symlink (or a file) where a directory goes: never
+                            # restore through it (it may point outside DEST).
+                            if not self.opts.overwrite:
+                                self.warn(os.fsdecode(path), "exists and is not a directory (symlinks in DEST "
+                                          "are never followed); nothing restored below it (use --overwrite)")
+                                blocked.append(e.path)
+                                return False
+                            os.unlink(path)
+                            os.mkdir(path)
+                            self._made_dirs.add(path)
                     except FileNotFoundError:
                         os.makedirs(path, exist_ok=True)
                 except OSError as err:
                     self.warn(os.fsdecode(path), f"cannot create directory: {err.strerror}")
+            self.stats.dirs += 1
+            if rel or not sub:
+                dirs.append((path, e))  # its metadata is set at the end
+            return True
 
         def handle(e: Entry, rel: bytes):
+            while blocked and not e.path.startswith(blocked[-1] + b"/"):
+                blocked.pop()
+            if blocked:
+                return  # below a directory DEST has a symlink for (named once, at the directory)
             if self.filter.active():
                 while held and not e.path.startswith(held[-1][0].path + b"/"):
                     held.pop()
@@ -317,7 +333,9 @@ class Restorer:
                     held.append((e, rel))
                     return
                 for he, hrel in held:  # an included entry: create the directories above it
-                    make_dir(he, hrel)
+                    if not make_dir(he, hrel):
+                        held.clear()
+                        return
                 held.clear()
             path = target(rel)
             if e.kind == K_DIR:

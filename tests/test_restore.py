@@ -218,6 +218,28 @@ def test_existing_files_are_kept_unless_overwrite(local_repo, small, tmp_path):
     assert leftovers(out) == []
 
 
+def test_a_symlink_in_dest_is_never_followed(local_repo, small, tmp_path):
+    """DEST/sub is a symlink to a directory outside DEST (planted, or left
+    from an earlier restore): nothing is written through it, its target's
+    modes and times stay; --overwrite replaces the link with the directory."""
+    src, sid = small
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir(mode=0o700)
+    os.utime(outside, ns=(1_000_000_000, 1_000_000_000))
+    os.symlink(outside, out / "sub")
+    r = restorer(local_repo, sid)
+    r.restore(str(src), str(out))
+    assert os.listdir(outside) == [] and os.stat(outside).st_mtime_ns == 1_000_000_000
+    assert stat.S_IMODE(os.stat(outside).st_mode) == 0o700
+    assert [p for p, m in r.problems if "not a directory" in m] == [str(out / "sub")]
+    assert (out / "top.txt").read_text() == "top"  # the rest is restored
+    r = restorer(local_repo, sid, overwrite=True)
+    r.restore(str(src), str(out))
+    assert not os.path.islink(out / "sub") and (out / "sub" / "deeper" / "b.txt").read_text() == "b"
+    assert os.listdir(outside) == []
+
+
 def test_dry_run_writes_nothing(local_repo, small, tmp_path):
     src, sid = small
     st_ = restorer(local_repo, sid, dry_run=True).restore(str(src), str(tmp_path / "out"))
