@@ -81,6 +81,28 @@ def check_ok(repo, read_data=False):
 # ---- sessions ------------------------------------------------------------------------
 
 
+def garbage_and_a_saver(local_repo, tmp_path, seed, during_save):
+    """A tree saved once, whose snapshot record is then deleted (all its blobs
+    garbage), and a Saver over the same cache -- which says every blob exists
+    -- that calls ``during_save(audit_repo)`` right after loading that cache.
+    Returns (saver, source, cache, audit_repo)."""
+    src = tmp_path / "src"
+    write_tree(src, content(seed, 1))
+    cache = Cache(str(tmp_path / "cache.sqlite"))
+    s1 = save(local_repo.repo("write"), src, cache=cache).snapshot_id
+    audit = local_repo.repo("audit")
+    audit.storage.delete(f"snapshots/{s1}")
+    saver = Saver(local_repo.repo("write"), cache, SaveOptions())
+    real_prepare = saver._prepare_cache
+
+    def prepare_then(*args):
+        real_prepare(*args)
+        during_save(audit)
+
+    saver._prepare_cache = prepare_then
+    return saver, src, cache, audit
+
+
 def test_session_marker_lifecycle(local_repo):
     w = local_repo.repo("write")
     with SaveSession(w, refresh_interval=None) as s:
@@ -162,22 +184,11 @@ def test_fossils_a_save_used_are_resurrected(local_repo, tmp_path):
     """A save that took blobs from its cache while a prune collected them:
     the record references fossils; the save moves them back after writing
     it, and the next prune would too."""
-    w = local_repo.repo("write")
-    src = tmp_path / "src"
-    write_tree(src, content(3, 1))
-    cache = Cache(str(tmp_path / "cache.sqlite"))
-    s1 = save(w, src, cache=cache).snapshot_id
-    audit = local_repo.repo("audit")
-    audit.storage.delete(f"snapshots/{s1}")
-    real_prepare = Saver._prepare_cache
-
-    def prepare_then_prune(self):
-        real_prepare(self)  # the cache says every blob exists ...
-        prune(audit)  # ... and a prune collects them all now
+    def prune_all(audit):
+        prune(audit)  # the saver believes every blob exists; a prune collects them all now
         assert names(audit.storage, "blobs/") == []
 
-    saver = Saver(local_repo.repo("write"), cache, SaveOptions())
-    saver._prepare_cache = prepare_then_prune.__get__(saver)
+    saver, src, _, audit = garbage_and_a_saver(local_repo, tmp_path, 3, prune_all)
     r = saver.save("c", [str(src)])
     assert r.stats.blobs_new == 0  # it believed them all present
     check_ok(local_repo.repo("full"), read_data=True)  # all back in blobs/
@@ -218,22 +229,11 @@ def test_dead_session_is_declared_dead_and_saver_verifies(local_repo, tmp_path):
     """A save presumed dead (no refresh within the timeout) gets a .dead
     marker; if it was only slow, it finds the marker after its record and
     verifies: fossils are moved back, deleted blobs make it withdraw."""
-    w = local_repo.repo("write")
-    src = tmp_path / "src"
-    write_tree(src, content(5, 1))
-    cache = Cache(str(tmp_path / "cache.sqlite"))
-    s1 = save(w, src, cache=cache).snapshot_id
-    audit = local_repo.repo("audit")
-    audit.storage.delete(f"snapshots/{s1}")
-    real_prepare = Saver._prepare_cache
-
-    def prepare_then_prune(self):
-        real_prepare(self)
+    def prune_declaring_it_dead(audit):
         rep = Pruner(audit, session_timeout=-1).run()  # every session looks dead
         assert rep.sessions_declared_dead == 1 and rep.deleted > 0
 
-    saver = Saver(local_repo.repo("write"), cache, SaveOptions())
-    saver._prepare_cache = prepare_then_prune.__get__(saver)
+    saver, src, cache, audit = garbage_and_a_saver(local_repo, tmp_path, 5, prune_declaring_it_dead)
     with pytest.raises(StorageError, match="presumed this save dead"):
         saver.save("c", [str(src)])
     assert names(audit.storage, "snapshots/") == []  # the record was withdrawn
