@@ -169,33 +169,10 @@ class LocalStorage(Storage):
         except OSError as e:
             raise _translate(e, f"stat {self.url}/{name}") from e
 
-    def remove_temporaries(self, older_than: float) -> tuple[int, int]:
-        count = size = 0
-        limit = time.time() - older_than
-        for d, _dirs, files in os.walk(self.root):
-            for f in files:
-                if not f.startswith(TMP_PREFIX):
-                    continue
-                path = os.path.join(d, f)
-                try:
-                    st = os.lstat(path)
-                    if st.st_mtime < limit:
-                        os.unlink(path)
-                        count, size = count + 1, size + st.st_size
-                except FileNotFoundError:
-                    continue
-                except OSError as e:
-                    raise _translate(e, f"remove temporary {path}") from e
-        return count, size
-
-    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
-        # Walk only the directories that can hold names with this prefix.
-        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        start = os.path.join(self.root, *base.split("/")) if base else self.root
-        if not os.path.isdir(start):
-            if not os.path.isdir(self.root):
-                raise ObjectNotFound(f"list {self.url}: repository directory does not exist")
-            return
+    def _walk(self, start: str, base: str, descend) -> Iterator[tuple[str, os.DirEntry]]:
+        """Every non-directory below ``start`` (whose name is ``base``),
+        temporary names included, as (name, entry); descends into the
+        directories whose entry and name ``descend`` accepts."""
         stack = [(start, base)]
         while stack:
             d, rel = stack.pop()
@@ -207,17 +184,49 @@ class LocalStorage(Storage):
                 raise _translate(e, f"list {self.url}/{rel}") from e
             with it:
                 for de in it:
-                    if de.name.startswith(TMP_PREFIX):
-                        continue
                     name = f"{rel}/{de.name}" if rel else de.name
                     if de.is_dir(follow_symlinks=False):
-                        if name.startswith(prefix) or prefix.startswith(name + "/"):
+                        if descend(de, name):
                             stack.append((de.path, name))
-                    elif name.startswith(prefix):
-                        try:
-                            yield name, de.stat(follow_symlinks=False).st_size
-                        except FileNotFoundError:
-                            continue
+                    else:
+                        yield name, de
+
+    def remove_temporaries(self, older_than: float) -> tuple[int, int]:
+        count = size = 0
+        limit = time.time() - older_than
+        for _, de in self._walk(self.root, "", lambda de, name: True):
+            if not de.name.startswith(TMP_PREFIX):
+                continue
+            try:
+                st = de.stat(follow_symlinks=False)
+                if st.st_mtime < limit:
+                    os.unlink(de.path)
+                    count, size = count + 1, size + st.st_size
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise _translate(e, f"remove temporary {de.path}") from e
+        return count, size
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        # Walk only the directories that can hold names with this prefix.
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        start = os.path.join(self.root, *base.split("/")) if base else self.root
+        if not os.path.isdir(start):
+            if not os.path.isdir(self.root):
+                raise ObjectNotFound(f"list {self.url}: repository directory does not exist")
+            return
+
+        def descend(de: os.DirEntry, name: str) -> bool:
+            return not de.name.startswith(TMP_PREFIX) and (name.startswith(prefix) or prefix.startswith(name + "/"))
+
+        for name, de in self._walk(start, base, descend):
+            if de.name.startswith(TMP_PREFIX) or not name.startswith(prefix):
+                continue
+            try:
+                yield name, de.stat(follow_symlinks=False).st_size
+            except FileNotFoundError:
+                continue
 
     def delete(self, name: str) -> None:
         try:

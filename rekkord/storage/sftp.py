@@ -764,46 +764,47 @@ class SFTPStorage(RetryingBackend, Storage):
 
         return self._run("list", rel or None, fn)
 
-    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
-        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
-        stack = [base]
-        first = True
+    def _walk(self, base: str, entries: list, descend) -> Iterator[tuple[str, paramiko.SFTPAttributes]]:
+        """Every non-directory below ``base`` (whose listing is ``entries``),
+        temporary names included, as (name, attributes); descends into the
+        directories whose attributes and name ``descend`` accepts."""
+        stack: list[tuple[str, list | None]] = [(base, entries)]
         while stack:
-            rel = stack.pop()
-            entries = self._listdir(rel)
-            if entries is None:
-                if first and (not base or self._listdir("") is None):
-                    raise ObjectNotFound(f"list {self.url}: repository directory does not exist")
-                first = False
-                continue
-            first = False
-            for a in entries:
-                if a.filename.startswith(TMP_PREFIX) or a.filename in (".", ".."):
+            rel, entries = stack.pop()
+            for a in entries if entries is not None else self._listdir(rel) or []:
+                if a.filename in (".", ".."):
                     continue
                 name = f"{rel}/{a.filename}" if rel else a.filename
                 if statmod.S_ISDIR(a.st_mode or 0):
-                    if name.startswith(prefix) or prefix.startswith(name + "/"):
-                        stack.append(name)
-                elif name.startswith(prefix):
-                    yield name, a.st_size or 0
+                    if descend(a, name):
+                        stack.append((name, None))
+                else:
+                    yield name, a
+
+    def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        entries = self._listdir(base)
+        if entries is None:
+            if not base or self._listdir("") is None:
+                raise ObjectNotFound(f"list {self.url}: repository directory does not exist")
+            return
+
+        def descend(a: paramiko.SFTPAttributes, name: str) -> bool:
+            return not a.filename.startswith(TMP_PREFIX) and (name.startswith(prefix) or prefix.startswith(name + "/"))
+
+        for name, a in self._walk(base, entries, descend):
+            if not a.filename.startswith(TMP_PREFIX) and name.startswith(prefix):
+                yield name, a.st_size or 0
 
     def remove_temporaries(self, older_than: float) -> tuple[int, int]:
         # The server's clock judges the age (its mtimes); callers leave a
         # wide margin (prune: a day) for clocks that disagree.
         count = size = 0
         limit = time.time() - older_than
-        stack = [""]
-        while stack:
-            rel = stack.pop()
-            for a in self._listdir(rel) or []:
-                if a.filename in (".", ".."):
-                    continue
-                name = f"{rel}/{a.filename}" if rel else a.filename
-                if statmod.S_ISDIR(a.st_mode or 0):
-                    stack.append(name)
-                elif a.filename.startswith(TMP_PREFIX) and (a.st_mtime or limit) < limit:
-                    self.delete(name)
-                    count, size = count + 1, size + (a.st_size or 0)
+        for name, a in self._walk("", self._listdir("") or [], lambda a, name: True):
+            if a.filename.startswith(TMP_PREFIX) and (a.st_mtime or limit) < limit:
+                self.delete(name)
+                count, size = count + 1, size + (a.st_size or 0)
         return count, size
 
     def delete(self, name: str) -> None:
