@@ -159,18 +159,19 @@ class _Extents:
         self.done: list[Extent] = []
 
     def add(self, fut: Future, n: int) -> None:
-        pending = self.pending
-        pending.append((fut, n))
-        while pending and pending[0][0].done():
-            f, k = pending.popleft()
-            self.done.append(Extent(f.result()[0], 0, k))
+        self.pending.append((fut, n))
+        while self.pending and self.pending[0][0].done():
+            self._take()
 
     def result(self) -> list[Extent]:
         """Waits for the stores still running; raises the first failure."""
         while self.pending:
-            f, k = self.pending.popleft()
-            self.done.append(Extent(f.result()[0], 0, k))
+            self._take()
         return self.done
+
+    def _take(self) -> None:
+        fut, n = self.pending.popleft()
+        self.done.append(Extent(fut.result()[0], 0, n))
 
 
 class _ByteBudget:
