@@ -50,6 +50,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import servers  # noqa: E402  (tests/servers.py)
+from run import rmtree  # noqa: E402  (benchmarks/run.py, next to this script)
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -58,21 +59,6 @@ GEN_VERSION = 1
 
 def log(msg: str = "") -> None:
     print(msg, flush=True)
-
-
-def rmtree(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        def onerror(func, p, exc):
-            try:
-                os.chmod(os.path.dirname(p), 0o700)
-                os.chmod(p, 0o700)
-            except OSError:
-                pass
-            func(p)
-
-        shutil.rmtree(path, onerror=onerror)
 
 
 # --- the data set -----------------------------------------------------------------------
