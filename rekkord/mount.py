@@ -410,6 +410,10 @@ def mount(repo: Repository, snap: Snapshot | None, mountpoint: str, *, allow_oth
     try:
         mfusepy.FUSE(fs, mp, **options)
     except RuntimeError as e:
+        # libfuse 3.14's fuse_main returns 8 ("event loop failed") when its
+        # SIGINT/SIGTERM handler ended the loop; it has unmounted by then.
+        if e.args and e.args[0] == 8 and not is_mountpoint(mp):
+            return
         raise MountError(f"cannot mount at {mountpoint} (libfuse error {e}; see the message above)") from None
     finally:
         fs.close()
