@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import zstandard
 
-from . import crypto
+from . import crypto, schema
 from .errors import IntegrityError, UnsupportedFormat
 
 BLOB_MAGIC = b"RKB1"
@@ -118,9 +118,24 @@ def looks_incompressible(compressor, data) -> bool:
     return True
 
 
+def stored_size(plaintext_limit: int) -> int:
+    """The largest stored blob for a plaintext of at most ``plaintext_limit``
+    bytes (a body is never larger than its plaintext: see ``_compress``)."""
+    return HEADER_SIZE + crypto.padme(9 + plaintext_limit) + crypto.TAG_SIZE + crypto.MAC_SIZE
+
+
+#: Plaintext limits by blob type, for a repository with the default chunker.
+DEFAULT_LIMITS = {T_DATA: schema.data_blob_limit(256 << 10, 4 << 20), T_INDEX: schema.MAX_INDEX_BLOB,
+                  T_REFLIST: schema.MAX_REFLIST_BLOB}
+
+
 class BlobCodec:
-    def __init__(self, keys: BlobKeys, compression_level: int = 3):
+    def __init__(self, keys: BlobKeys, compression_level: int = 3, limits: dict[int, int] | None = None):
         self.keys = keys
+        #: The largest plaintext of each blob type (docs/format.md, "Limits"):
+        #: a blob claiming more is refused before anything is allocated for it.
+        self.limits = dict(limits or DEFAULT_LIMITS)
+        self.max_stored = stored_size(max(self.limits.values()))
         self.comp = _Compressors(compression_level)
         self.compression_level = compression_level
         self._eph_sk, self._eph_pk = crypto.new_ephemeral()
@@ -191,8 +206,10 @@ class BlobCodec:
     def blob_type(self, raw: bytes) -> int:
         return raw[4]
 
-    def open(self, blob_id: bytes, raw: bytes, expected_type: int | None = None) -> bytes:
-        """Verify, decrypt, decompress and (when the key can) re-hash a blob."""
+    def open(self, blob_id: bytes, raw: bytes, expected_type: int | None = None, *,
+             max_plaintext: int | None = None) -> bytes:
+        """Verify, decrypt, decompress and (when the key can) re-hash a blob.
+        ``max_plaintext`` overrides the type's limit (a record's inline part)."""
         name = blob_id.hex()
         problem = self.verify_mac(blob_id, raw)
         if problem:
@@ -201,6 +218,11 @@ class BlobCodec:
         if expected_type is not None and btype != expected_type:
             raise IntegrityError(f"blob {name}: is a {TYPE_NAMES.get(btype, btype)} blob, "
                                  f"expected {TYPE_NAMES.get(expected_type)}")
+        limit = max_plaintext if max_plaintext is not None else self.limits.get(btype)
+        if limit is None:
+            raise IntegrityError(f"blob {name}: unknown blob type {btype}")
+        if len(raw) > stored_size(limit):
+            raise IntegrityError(f"blob {name}: too large for a {TYPE_NAMES[btype]} blob ({len(raw)} bytes)")
         header = bytes(raw[:HEADER_SIZE])
         nonce = bytes(raw[40:64])
         if sealing == SEAL_LIST:
@@ -221,16 +243,15 @@ class BlobCodec:
         inner = crypto.aead_decrypt(key, nonce, memoryview(raw)[HEADER_SIZE:-32], bytes(header) + blob_id)
         if inner is None:
             raise IntegrityError(f"blob {name}: decryption failed (damaged or forged)")
+        if len(inner) < 9:
+            raise IntegrityError(f"blob {name}: bad body length")
         comp = inner[0]
         (n,) = struct.unpack_from("<Q", inner, 1)
-        if 9 + n > len(inner):
+        if 9 + n > len(inner) or n > limit:
             raise IntegrityError(f"blob {name}: bad body length")
         body = memoryview(inner)[9:9 + n]
         if comp == COMP_ZSTD:
-            try:
-                plaintext = self.comp.decompressor().decompress(body)
-            except zstandard.ZstdError as e:
-                raise IntegrityError(f"blob {name}: cannot decompress ({e})") from None
+            plaintext = _decompress(self.comp.decompressor(), body, limit, name)
         elif comp == COMP_NONE:
             plaintext = body.tobytes()
         else:
@@ -238,6 +259,19 @@ class BlobCodec:
         if self.keys.id_key is not None and self.blob_id(btype, plaintext) != blob_id:
             raise IntegrityError(f"blob {name}: content does not match its id")
         return plaintext
+
+
+def _decompress(d, body, limit: int, name: str) -> bytes:
+    """One zstd frame, at most ``limit`` bytes of output, nothing after it.
+    A frame header may claim any content size: zstandard would allocate it
+    whole, so a claim beyond the limit is refused first."""
+    try:
+        size = zstandard.frame_content_size(body)
+        if size > limit:
+            raise IntegrityError(f"blob {name}: claims {size} bytes of content, more than a blob may hold")
+        return d.decompress(body, max_output_size=limit, allow_extra_data=False)
+    except zstandard.ZstdError as e:
+        raise IntegrityError(f"blob {name}: cannot decompress ({e})") from None
 
 
 # --- reference lists ----------------------------------------------------------
@@ -273,17 +307,20 @@ def open_record(sid: str, raw: bytes, log_sk: bytes, log_mix: bytes) -> tuple[di
     signature against the certificate of ``record['kid']``."""
     if len(raw) < 60 + crypto.TAG_SIZE or raw[:4] != SNAP_MAGIC:
         raise IntegrityError(f"snapshot {sid}: not a snapshot record (truncated or bad magic)")
-    eph_pk, nonce = raw[4:36], raw[36:60]
+    if len(raw) > schema.MAX_RECORD:
+        raise IntegrityError(f"snapshot {sid}: too large for a snapshot record ({len(raw)} bytes)")
+    eph_pk, nonce = bytes(raw[4:36]), bytes(raw[36:60])
     log_pk = crypto.x25519_public(log_sk)
     key = crypto.session_key(log_mix, crypto.x25519(log_sk, eph_pk), eph_pk, log_pk)
-    plaintext = crypto.aead_decrypt(key, nonce, raw[60:], raw[:60] + sid.encode())
+    plaintext = crypto.aead_decrypt(key, nonce, raw[60:], bytes(raw[:60]) + sid.encode())
     if plaintext is None:
         raise IntegrityError(f"snapshot {sid}: cannot be opened (damaged, forged or renamed)")
+    if len(plaintext) < 4:
+        raise IntegrityError(f"snapshot {sid}: damaged record (truncated)")
     (n,) = struct.unpack_from("<I", plaintext, 0)
+    if len(plaintext) != 4 + n + crypto.SIG_SIZE:
+        raise IntegrityError(f"snapshot {sid}: damaged record (bad length)")
     body = bytes(plaintext[4:4 + n])
     sig = bytes(plaintext[4 + n:])  # (aead_decrypt returns a bytearray; PyNaCl wants bytes)
-    try:
-        record = json.loads(body)
-    except ValueError:
-        raise IntegrityError(f"snapshot {sid}: damaged record") from None
+    record = schema.loads_object(body, f"snapshot {sid}", limit=schema.MAX_RECORD)
     return record, b"rekkord snapshot v1\0" + sid.encode() + b"\0" + body, sig

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .errors import IntegrityError
+from .schema import MAX_INDEX_RECORD
 
 K_FILE = 1
 K_DIR = 2
@@ -135,14 +136,21 @@ def encode(e: Entry) -> bytes:
 
 
 def decode_one(buf, pos: int) -> tuple[Entry, int]:
+    """The record at ``pos`` and the offset after it.  Lengths and counts are
+    checked against the record's own length (and the format's limits) before
+    anything is allocated for them."""
     try:
         (n,) = struct.unpack_from("<I", buf, pos)
         end = pos + 4 + n
+        if n > MAX_INDEX_RECORD:
+            raise IntegrityError(f"index record is too large ({n} bytes)")
         if end > len(buf):
             raise IntegrityError("index record runs past the end of the index")
         p = pos + 4
         kind, flags, plen = _HEAD.unpack_from(buf, p)
         p += 4
+        if p + plen > end:
+            raise IntegrityError("index record has a bad path length")
         path = bytes(buf[p:p + plen])
         p += plen
         mode, uid, gid, mtime, atime, size, rdev = _META.unpack_from(buf, p)
@@ -158,21 +166,24 @@ def decode_one(buf, pos: int) -> tuple[Entry, int]:
         p += 2 + tl
         (nx,) = struct.unpack_from("<H", buf, p)
         p += 2
+        if p + 6 * nx > end:
+            raise IntegrityError("index record has a bad xattr count")
         xattrs = []
         for _ in range(nx):
             (kl,) = struct.unpack_from("<H", buf, p)
             k = bytes(buf[p + 2:p + 2 + kl])
             p += 2 + kl
             (vl,) = struct.unpack_from("<I", buf, p)
+            if p + 4 + vl > end:
+                raise IntegrityError("index record has a bad xattr length")
             v = bytes(buf[p + 4:p + 4 + vl])
             p += 4 + vl
             xattrs.append((k, v))
         (ne,) = struct.unpack_from("<I", buf, p)
         p += 4
-        extents = [Extent(*_EXT.unpack_from(buf, p + i * _EXT.size)) for i in range(ne)]
-        p += ne * _EXT.size
-        if p != end:
+        if p + ne * _EXT.size != end:
             raise IntegrityError("index record has a bad length")
+        extents = [Extent(*_EXT.unpack_from(buf, p + i * _EXT.size)) for i in range(ne)]
     except (struct.error, IndexError):
         raise IntegrityError("damaged index record") from None
     return Entry(kind, path, mode, uid, gid, mtime, atime, size, rdev, user, group, target,
@@ -192,4 +203,6 @@ def encode_extents(extents: list[Extent]) -> bytes:
 
 
 def decode_extents(data: bytes) -> list[Extent]:
+    if len(data) % _EXT.size:
+        raise IntegrityError("damaged extent list")
     return [Extent(*_EXT.unpack_from(data, o)) for o in range(0, len(data), _EXT.size)]
