@@ -23,11 +23,12 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from . import crypto, format as fmt, keys as keymod
+from . import crypto, format as fmt, keys as keymod, schema
 from .chunker import Chunker, ChunkerParams, PackCutter, chunker_seed
 from .errors import (
     ConfigMismatch,
     IntegrityError,
+    ObjectExists,
     ObjectNotFound,
     RepositoryExists,
     RepositoryNotFound,
@@ -99,9 +100,11 @@ def signed_json(obj: dict, sign_seed: bytes, what: bytes) -> bytes:
 
 def open_signed_json(raw: bytes, pk: bytes, what: bytes, name: str) -> dict:
     try:
-        d = json.loads(raw)
+        d = schema.loads_object(raw, name)
         body, sig = d["body"], bytes.fromhex(d["sig"])
-    except (ValueError, KeyError, TypeError):
+        if not isinstance(body, dict) or len(sig) != crypto.SIG_SIZE:
+            raise TypeError
+    except (IntegrityError, ValueError, KeyError, TypeError, AttributeError):
         raise IntegrityError(f"{name}: damaged (not valid signed JSON)") from None
     if not crypto.verify(pk, what + keymod.canonical(body), sig):
         raise IntegrityError(f"{name}: bad signature (damaged or forged)")
@@ -117,6 +120,10 @@ class Repository:
         self.chunker_params = ChunkerParams.from_json(config["chunker"])
         self.compression = config.get("compression", 3)
         self.master_sign_pk = bytes.fromhex(config["master_sign_pk"])
+        cp = self.chunker_params
+        self.limits = {fmt.T_DATA: schema.data_blob_limit(cp.min_size, cp.max_size),
+                       fmt.T_INDEX: schema.MAX_INDEX_BLOB, fmt.T_REFLIST: schema.MAX_REFLIST_BLOB}
+        self.max_stored = {t: fmt.stored_size(n) for t, n in self.limits.items()}
         psk = key.psk
         self.codec = None
         if psk is not None:
@@ -131,9 +138,11 @@ class Repository:
                     data_sk=key.data_sk,
                 ),
                 self.compression,
+                self.limits,
             )
         self._certs: dict[str, dict] | None = None
         self._revoked: dict[str, dict] | None = None
+        self._remembered: dict[str, dict] = {}
 
     # ---- creation / opening ---------------------------------------------------
 
@@ -170,9 +179,11 @@ class Repository:
                                      "objects (the config was deleted or lost)") from None
             raise RepositoryNotFound(f"no rekkord repository at {storage.url}") from None
         try:
-            unverified = json.loads(raw)["body"]
+            unverified = schema.loads_object(raw, "config")["body"]
             pk = bytes.fromhex(unverified["master_sign_pk"])
-        except (ValueError, KeyError, TypeError):
+            if not isinstance(unverified, dict):
+                raise TypeError
+        except (IntegrityError, ValueError, KeyError, TypeError):
             raise IntegrityError(f"config at {storage.url} is damaged") from None
         return unverified, raw, pk
 
@@ -194,6 +205,7 @@ class Repository:
         # The master signing key is trusted only once the key file agrees with it.
         config = open_signed_json(raw, bytes.fromhex(unverified["master_sign_pk"]),
                                   b"rekkord config v1\0", "config")
+        validate_config(config)
         keymod.check_belongs(key, config)
         return cls(storage, config, key)
 
@@ -208,8 +220,8 @@ class Repository:
             for name, _ in self.storage.list("keys/"):
                 kid = name.split("/", 1)[1]
                 try:
-                    cert = json.loads(self.storage.read(name))
-                except (ValueError, ObjectNotFound):
+                    cert = schema.loads_object(self.storage.read(name, 0, schema.MAX_SMALL_OBJECT + 1), name)
+                except (IntegrityError, ObjectNotFound):
                     continue
                 if keymod.verify_cert(cert, self.master_sign_pk, self.id) and cert.get("kid") == kid:
                     certs[kid] = cert
@@ -217,33 +229,75 @@ class Repository:
         return self._certs
 
     def revocations(self) -> dict[str, dict]:
+        """kid -> the valid revocation of that key with the earliest time.
+        Revocation is monotonic: a later revocation never moves the earliest
+        one, and ``remembered`` ones (a check's memory of earlier runs,
+        :meth:`remember_revocations`) stand even when the storage withholds
+        them."""
         if self._revoked is None:
-            rev = {}
+            rev = {kid: dict(body) for kid, body in self._remembered.items()}
             for name, _ in self.storage.list("revoked/"):
-                kid = name.split("/", 1)[1]
+                kid = name.split("/", 1)[1].split(".", 1)[0]
                 try:
-                    body = open_signed_json(self.storage.read(name), self.master_sign_pk,
-                                            b"rekkord revocation v1\0", name)
+                    body = open_signed_json(self.storage.read(name, 0, schema.MAX_SMALL_OBJECT + 1),
+                                            self.master_sign_pk, b"rekkord revocation v1\0", name)
+                    schema.get(body, "time_ns", name, schema.integer(0, 2**63 - 1))
                 except (IntegrityError, ObjectNotFound):
                     continue
                 if body.get("kid") == kid and body.get("repo") == self.id:
-                    rev[kid] = body
+                    old = rev.get(kid)
+                    if old is None or body["time_ns"] < old["time_ns"]:
+                        rev[kid] = body
             self._revoked = rev
         return self._revoked
 
-    def revoke(self, kid: str) -> dict:
-        self.key.require("revoke", "revoke keys")
-        body = {"v": 1, "repo": self.id, "kid": kid, "time_ns": time.time_ns()}
-        self.storage.write(f"revoked/{kid}", signed_json(body, self.key.sign_seed, b"rekkord revocation v1\0"),
-                           exclusive=False)
+    def remember_revocations(self, known: dict[str, int]) -> dict[str, int]:
+        """Merge revocations remembered from earlier runs (kid -> time_ns);
+        returns what to remember now (the earliest of both for each key)."""
+        self._remembered = {k: {"v": 1, "repo": self.id, "kid": k, "time_ns": int(t)} for k, t in known.items()}
         self._revoked = None
-        return body
+        return {k: b["time_ns"] for k, b in self.revocations().items()}
+
+    def revoke(self, kid: str) -> dict:
+        """Revoke ``kid`` from now on.  A key already revoked stays revoked
+        from its first revocation (written once, never replaced)."""
+        self.key.require("revoke", "revoke keys")
+        self._revoked = None
+        old = self.revocations().get(kid)
+        if old is not None:
+            return old
+        body = {"v": 1, "repo": self.id, "kid": kid, "time_ns": time.time_ns()}
+        raw = signed_json(body, self.key.sign_seed, b"rekkord revocation v1\0")
+        name = f"revoked/{kid}"
+        try:
+            self.storage.write(name, raw, exclusive=True)
+        except ObjectExists:
+            # Something not valid sits under the name (or a concurrent
+            # revocation): keep it, and publish ours beside it.
+            self.storage.write(f"{name}.{crypto.random_bytes(4).hex()}", raw, exclusive=True)
+        self._revoked = None
+        return self.revocations().get(kid, body)
 
     def signer_pk(self, kid: str) -> bytes | None:
         if kid == keymod.kid_of(self.master_sign_pk):
             return self.master_sign_pk
         cert = self.certificates().get(kid)
         return bytes.fromhex(cert["sign_pk"]) if cert else None
+
+    def signer_role(self, kid: str) -> str | None:
+        """The role of a signing key: 'admin' for the master key, the
+        certificate's role for a derived key, None for an unknown key."""
+        if kid == keymod.kid_of(self.master_sign_pk):
+            return "admin"
+        cert = self.certificates().get(kid)
+        return cert["role"] if cert else None
+
+    def may_sign(self, kid: str, capability: str) -> bool:
+        """Whether ``kid`` is a certified key whose role has ``capability``
+        (e.g. only roles that may save sign trusted snapshot records)."""
+        role = self.signer_role(kid)
+        return role is not None and keymod.CAPABILITIES.get(role) is not None \
+            and capability in keymod.CAPABILITIES[role]
 
     # ---- blobs ---------------------------------------------------------------------
 
@@ -253,14 +307,25 @@ class Repository:
     def pack_cutter(self) -> PackCutter:
         return PackCutter(self.key.id_key)
 
+    def read_raw(self, name: str, btype: int | None = None) -> bytes:
+        """The stored bytes of a blob, read no further than the largest blob
+        of its type (an object beyond it is refused, never read whole)."""
+        limit = self.max_stored.get(btype) if btype is not None else max(self.max_stored.values())
+        raw = self.storage.read(name, 0, limit + 1)
+        if len(raw) > limit:
+            raise IntegrityError(f"blob {name.rsplit('/', 1)[-1]}: too large for a blob (more than {limit} bytes)")
+        return raw
+
     def read_blob(self, blob_id: bytes, expected_type: int | None = None) -> bytes:
         name = fmt.blob_name(blob_id)
         try:
-            raw = self.storage.read(name)
+            raw = self.read_raw(name, expected_type)
         except ObjectNotFound:
             raw = self._read_fossil(blob_id)
             if raw is None:
                 raise IntegrityError(f"blob {blob_id.hex()} is missing from the repository") from None
+            if len(raw) > max(self.max_stored.values()):
+                raise IntegrityError(f"blob {blob_id.hex()}: too large for a blob")
         return self.codec.open(blob_id, raw, expected_type)
 
     def _read_fossil(self, blob_id: bytes) -> bytes | None:
@@ -286,6 +351,7 @@ class Repository:
 
     def _open_snapshot(self, sid: str, raw: bytes) -> Snapshot:
         record, msg, sig = fmt.open_record(sid, raw, self.key.log_sk, self.log_mix)
+        validate_record(record, f"snapshot {sid}", self.max_stored)
         problems = []
         if record.get("id") != sid:
             problems.append("record names another snapshot id (replayed or renamed)")
@@ -298,6 +364,12 @@ class Repository:
             why = (f"its certificate keys/{kid} is missing or invalid" if pk is None
                    else "the signature does not verify: the record was forged or altered")
             problems.append(f"signature by key {kid} is invalid or the key is not certified ({why})")
+        elif not self.may_sign(kid, "save"):
+            # Only roles that may save (admin, full, write) make trusted
+            # snapshots: a read or audit key holds secrets enough to seal and
+            # sign a record, but what it signs is never restored by channel.
+            problems.append(f"signed by key {kid}, {keymod.article(self.signer_role(kid))} "
+                            f"{self.signer_role(kid)} key, which may not save snapshots")
         rev = self.revocations().get(kid)
         if rev is not None and record.get("time_ns", 0) >= rev.get("time_ns", 0):
             problems.append(f"signed by key {kid} after it was revoked")
@@ -366,7 +438,13 @@ class Repository:
             return {}
         bid = bytes.fromhex(blob["id"])
         raw = bytes.fromhex(blob["sealed"])
-        return json.loads(self.codec.open(bid, raw, fmt.T_INDEX))
+        what = f"snapshot {snap.id}: private part"
+        d = schema.loads_object(self.codec.open(bid, raw, fmt.T_INDEX, max_plaintext=schema.MAX_PRIVATE), what,
+                                limit=schema.MAX_PRIVATE)
+        schema.get(d, "paths", what, schema.listof(schema.text(schema.MAX_PATH + 1, empty=False), 1 << 16),
+                   optional=True)
+        schema.get(d, "stdin", what, schema.text(schema.MAX_NAME, empty=False, name=True), optional=True)
+        return d
 
     # ---- repair hints (docs/integrity.md) --------------------------------------------
 
@@ -391,14 +469,17 @@ class Repository:
         out = {}
         for name, _ in self.storage.list("repairs/"):
             try:
-                d = json.loads(self.storage.read(name))
+                d = schema.loads_object(self.storage.read(name, 0, schema.MAX_LIST_OBJECT + 1), name,
+                                        limit=schema.MAX_LIST_OBJECT)
                 body, mac = d["body"], bytes.fromhex(d["mac"])
-                if body.get("repo") != self.id or not hmac.compare_digest(mac, self._repair_mac(body)):
+                if not isinstance(body, dict) or body.get("repo") != self.id \
+                        or not hmac.compare_digest(mac, self._repair_mac(body)):
                     raise ValueError("bad MAC")
-                out[name] = [bytes.fromhex(i) for i in body["ids"]]
+                ids = schema.get(body, "ids", name, schema.listof(schema.hexstr(32), 1 << 22))
+                out[name] = [bytes.fromhex(i) for i in ids]
             except ObjectNotFound:
                 continue  # deleted meanwhile (a check saw it healed)
-            except (ValueError, KeyError, TypeError, AttributeError):
+            except (IntegrityError, ValueError, KeyError, TypeError, AttributeError):
                 if on_problem:
                     on_problem(name, "repair hint is damaged or forged (bad MAC)")
         return out
@@ -413,6 +494,54 @@ class Repository:
             except ValueError:
                 continue
         return best
+
+
+# ---- schemas of what the repository holds (every byte of it is hostile input) ----------
+
+
+def validate_config(config: dict) -> None:
+    what = "config"
+    g = schema.get
+    g(config, "format", what, schema.integer(1, 1 << 16))
+    g(config, "repo", what, schema.hexstr(16))
+    g(config, "created", what, schema.integer(0, 2**63 - 1), optional=True)
+    for k in ("master_sign_pk", "data_pk", "log_pk"):
+        g(config, k, what, schema.hexstr(32))
+    g(config, "compression", what, schema.integer(0, 22), optional=True)
+    ch = g(config, "chunker", what, schema.mapping(16))
+    g(ch, "algorithm", "config chunker", schema.text(64), optional=True)
+    sizes = [g(ch, k, "config chunker", schema.integer(schema.CHUNK_MIN_LOW, schema.CHUNK_MAX_HIGH))
+             for k in ("min", "avg", "max")]
+    if not sizes[0] <= sizes[1] <= sizes[2]:
+        raise IntegrityError("config: chunker sizes are not min <= avg <= max")
+
+
+def validate_record(record: dict, what: str, max_stored: dict[int, int]) -> None:
+    """Type and range of every field a reader uses (docs/format.md §7)."""
+    g = schema.get
+    label = schema.text(schema.MAX_LABEL, printable=True)
+    g(record, "v", what, schema.integer(1, 1 << 16))
+    g(record, "id", what, schema.text(64))
+    g(record, "repo", what, schema.text(64))
+    g(record, "kid", what, schema.hexstr(12))
+    g(record, "channel", what, schema.text(schema.MAX_LABEL, empty=False, name=True, printable=True))
+    g(record, "time_ns", what, schema.integer(0, 2**63 - 1))
+    g(record, "host", what, label, optional=True)
+    g(record, "user", what, label, optional=True)
+    g(record, "tags", what, schema.listof(schema.text(schema.MAX_LABEL, empty=False, printable=True),
+                                          schema.MAX_TAGS), optional=True)
+    g(record, "index", what, schema.listof(schema.blob_ref(max_stored[fmt.T_INDEX]), schema.MAX_RECORD_BLOBS))
+    g(record, "reflist", what, schema.listof(schema.blob_ref(max_stored[fmt.T_REFLIST]), schema.MAX_RECORD_BLOBS))
+    stats = g(record, "stats", what, schema.mapping(256), optional=True, default={})
+    num = schema.number()
+    for k, v in stats.items():
+        if len(k) > 64 or num(v):
+            raise schema.bad(what, "stats", f"has an invalid counter {k[:64]!r}")
+    g(record, "linked_flag", what, schema.boolean, optional=True)
+    private = g(record, "private", what, schema.mapping(8), optional=True)
+    if private:
+        g(private, "id", what + " private part", schema.hexstr(32))
+        g(private, "sealed", what + " private part", schema.hexstr(max_bytes=fmt.stored_size(schema.MAX_PRIVATE)))
 
 
 def _holds_objects(storage: Storage) -> bool:
