@@ -31,10 +31,9 @@ from __future__ import annotations
 
 import math
 import os
-import struct
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -51,13 +50,14 @@ from .errors import (
     UnsupportedFormat,
     UsageError,
 )
-from .index import F_CHANGED, F_PARTIAL, F_UNREADABLE, KIND_NAMES, Entry, decode_one
+from .index import F_CHANGED, F_PARTIAL, F_UNREADABLE
 from .repository import Repository, Snapshot
+from .snapshot import describe_loss, iter_entries
 
 #: Names the repository layout uses (docs/format.md); anything else is reported.
 KNOWN_NAMES = ("config",)
 KNOWN_PREFIXES = ("keys/", "revoked/", "snapshots/", "blobs/", "generations/", "repairs/", "sessions/",
-                  "fossils/", "gc/")
+                  "fossils/", "gc/", "quarantine/")
 
 # Problem kinds.  All but UNVERIFIED are damage (exit 4); UNVERIFIED means the
 # storage failed to answer, so the check is incomplete (exit 7).
@@ -68,6 +68,7 @@ UNTRUSTED = "untrusted"
 UNEXPECTED = "unexpected"
 REPLAYED = "replayed"
 INCOMPLETE_GRAPH = "incomplete-graph"
+INVALID = "invalid"  # well sealed, but content no genuine save writes (forged by a key holder)
 UNVERIFIED = "unverified"
 
 WHAT_BLOB = {fmt.T_DATA: "data blob", fmt.T_INDEX: "index blob", fmt.T_REFLIST: "reference list"}
@@ -175,129 +176,6 @@ def parse_subset(spec: str | None) -> tuple[str, float] | None:
     except (ValueError, IndexError):
         raise UsageError(f"--read-data-subset: {spec!r} is neither a percentage (10%) nor a size (500M, 2GiB)") \
             from None
-
-
-# --- reading an index that may be damaged ---------------------------------------
-
-_LEN = struct.Struct("<I")
-_MIN_RECORD = 4 + 44 + 1 + 1 + 2 + 2 + 4  # head, meta, user, group, target, xattrs, extents
-_MAX_RECORD = 1 << 28
-
-
-def _plausible(e: Entry) -> bool:
-    p = e.path
-    return (e.kind in KIND_NAMES and e.flags < 16 and e.mode < 0o10000 and b"\0" not in p
-            and not p.startswith(b"/") and not p.endswith(b"/") and b"//" not in p
-            and all(x.length <= (64 << 20) for x in e.extents))
-
-
-def _chain(buf, o: int, final: bool) -> bool:
-    """Whether plausible records follow each other from offset ``o`` to the
-    end of ``buf`` (where a last record may be cut off, unless ``final``)."""
-    n = len(buf)
-    pos = o
-    count = 0
-    while n - pos >= 4:
-        (rl,) = _LEN.unpack_from(buf, pos)
-        if rl < _MIN_RECORD or rl > _MAX_RECORD:
-            return False
-        if pos + 4 + rl > n:
-            if final:
-                return False
-            head = buf[pos + 4:pos + 6]
-            if len(head) == 2 and (head[0] not in KIND_NAMES or head[1] >= 8):
-                return False
-            break
-        try:
-            e, pos = decode_one(buf, pos)
-        except IntegrityError:
-            return False
-        if not _plausible(e):
-            return False
-        count += 1
-    if final:
-        return count >= 1 and pos == n
-    return count >= 2
-
-
-def iter_entries_salvaging(repo: Repository, snap: Snapshot,
-                           on_damage: Callable[[list[tuple[bytes, str]], bytes | None, bytes | None], None],
-                           *, prefetch: int = 4) -> Iterator[Entry]:
-    """All entries of a snapshot, like ``snapshot.iter_entries``, but a missing
-    or damaged index blob does not end the walk: the records it held are
-    lost, reading resumes at the first record recognisable after it, and
-    ``on_damage(blobs, last_path_before, first_path_after)`` names each lost
-    run (``blobs``: [(blob id, message)]; paths None at the start or end).
-    Used by restore (restore every intact file) and by check (name paths)."""
-    repo.key.require("read", "read snapshot contents")
-    ids = [i for i, _ in snap.index]
-    buf = bytearray()
-    last_path: bytes | None = None
-    lost: list[tuple[bytes, str]] = []  # the current damaged run
-    pending = bytearray()  # data after a damaged run, until a record boundary is found
-
-    def fetch(bid: bytes):
-        try:
-            return repo.read_blob(bid, fmt.T_INDEX)
-        except (IntegrityError, StorageError, UnsupportedFormat) as e:
-            return e
-
-    with ThreadPoolExecutor(max(1, prefetch)) as pool:
-        futs = [pool.submit(fetch, b) for b in ids[:prefetch]]
-        for k, bid in enumerate(ids):
-            data = futs[k].result()
-            futs[k] = None
-            if k + prefetch < len(ids):
-                futs.append(pool.submit(fetch, ids[k + prefetch]))
-            final = k == len(ids) - 1
-            if isinstance(data, Exception):
-                msg = str(data)
-                prefix = f"blob {bid.hex()}: "
-                lost.append((bid, msg[len(prefix):] if msg.startswith(prefix) else msg))
-                buf.clear()
-                pending.clear()
-                continue
-            if lost:
-                pending += data
-                o = next((i for i in range(len(pending) - 3) if _chain(pending, i, final)), None)
-                if o is None:
-                    if len(pending) > (16 << 20):
-                        del pending[:len(pending) - (8 << 20)]
-                    continue
-                buf = bytearray(pending[o:])
-                pending.clear()
-                first, _ = decode_one(buf, 0)
-                on_damage(lost, last_path, first.path)
-                lost = []
-            else:
-                buf += data
-            pos = 0
-            n = len(buf)
-            try:
-                while n - pos >= 4:
-                    (rl,) = _LEN.unpack_from(buf, pos)
-                    if n - pos - 4 < rl:
-                        break
-                    e, pos = decode_one(buf, pos)
-                    last_path = e.path
-                    yield e
-            except IntegrityError as err:
-                lost.append((bid, f"undecodable index record ({err})"))
-                buf.clear()
-                continue
-            del buf[:pos]
-    if lost:
-        on_damage(lost, last_path, None)
-    elif buf:
-        on_damage([(ids[-1], "the index ends in the middle of a record")], last_path, None)
-
-
-def describe_loss(blobs: list[tuple[bytes, str]], before: bytes | None, after: bytes | None) -> str:
-    """One line for a lost run of index records."""
-    names = "; ".join(f"index blob {b.hex()}: {m}" for b, m in blobs)
-    a = f"/{os.fsdecode(before)}" if before is not None else "the start"
-    b = f"/{os.fsdecode(after)}" if after is not None else "the end"
-    return f"{names}: the entries between {a} and {b} are lost"
 
 
 # --- the checker -----------------------------------------------------------------
@@ -768,9 +646,14 @@ class Checker:
                     note = line.split(": the entries ", 1)[-1]
                     p.paths.append(f"(snapshot {snap.id[:8]}: the entries {note})")
 
+            refused: list[str] = []
+
+            def on_refused(path, why, refused=refused):
+                refused.append(f"/{os.fsdecode(path)}: {why}")
+
             flagged: dict[str, list[str]] = {}
             try:
-                for e in iter_entries_salvaging(self.repo, snap, on_damage):
+                for e in iter_entries(self.repo, snap, on_damage=on_damage, on_refused=on_refused):
                     if e.flags:
                         for bit, label in ((F_CHANGED, "changed while they were read"),
                                            (F_PARTIAL, "read only in part (I/O error)"),
@@ -797,6 +680,11 @@ class Checker:
             except RekkordError as e:
                 self.problem(f"snapshots/{snap.id}", "snapshot record", UNVERIFIED,
                              f"index could not be read: {e}", [snap.id])
+            if refused:
+                p = self.problem(f"snapshots/{snap.id}", "snapshot index", INVALID,
+                                 f"{len(refused)} index entries no save writes (refused by restore, mount and "
+                                 "listings): a forged or corrupted index", [snap.id])
+                p.paths = refused[:1000]
             for label, paths in flagged.items():  # recorded by the save; not damage
                 more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
                 self.report.notes.append(f"snapshot {snap.id[:8]} ({snap.channel}): {len(paths)} files were "
