@@ -5,6 +5,16 @@ positional writes (holes for all-zero extents and the tail, so sparse files
 stay sparse), then given their metadata and renamed into place.  A file whose
 data is damaged is never left under its final name (unless ``keep_damaged``);
 every other file still restores.
+
+The snapshot is hostile input (a compromised machine's write key can make
+one) and DEST may hold symlinks: entries come through
+:class:`rekkord.snapshot.EntryValidator`, and everything is created through
+directory descriptors reached from DEST without following a symlink
+(:mod:`rekkord.safefs`), so nothing outside DEST is ever created, changed or
+opened.  Privileges follow one policy (docs/guide-restore.md, "What restore
+recreates"): owners only as root (or ``--owner``); setuid and setgid bits only
+together with the owner they were saved with (``--no-setuid`` drops them
+always); device nodes and FIFOs unless ``--no-special``; sockets never.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from . import safefs
 from .errors import IntegrityError, NoSpace, StorageError, UsageError
 from .index import (
     F_LINKED,
@@ -34,7 +45,7 @@ from .index import (
     Entry,
 )
 from .repository import Repository, Snapshot
-from .snapshot import BlobFetcher, normalize_subpath, select
+from .snapshot import F_IMPLICIT, BlobFetcher, describe_loss, iter_entries, normalize_subpath, select
 
 HOLE_BLOCK = 64 * 1024
 BATCH_FILE_MAX = 1024 * 1024  # files up to this size, in one extent, are restored in batches
@@ -52,6 +63,8 @@ class RestoreOptions:
     threads: int | None = None
     verify: bool = False
     delete: bool = False  # remove what DEST has beyond the selection (implies overwrite)
+    setuid: bool = True  # keep setuid/setgid bits where the saved owner is restored too
+    special: bool = True  # create device nodes and FIFOs
 
 
 @dataclass
@@ -65,6 +78,9 @@ class RestoreStats:
     warnings: int = 0
     deleted: int = 0
     verified: int = 0
+    refused: int = 0  # entries the snapshot should not hold (forged or corrupted), not restored
+    not_created: int = 0  # device nodes, FIFOs and sockets left out by the policy
+    setuid_dropped: int = 0  # setuid/setgid bits not applied (owner not restored, or --no-setuid)
     duration: float = 0.0
 
 
@@ -125,8 +141,9 @@ class Restorer:
                  progress=None, warn=None):
         repo.key.require("read", "restore files")
         if not snap.signature_ok:
-            # Forged, altered, or signed by a revoked or uncertified key: its
-            # files could be anyone's choice (docs/integrity.md).
+            # Forged, altered, or signed by a revoked or uncertified key, or by
+            # a role that may not save: its files could be anyone's choice
+            # (docs/integrity.md).
             raise IntegrityError(f"snapshot {snap.id} is not trusted ({'; '.join(snap.problems)}); "
                                  "refusing to restore it")
         self.repo = repo
@@ -151,12 +168,11 @@ class Restorer:
         # took 55.8 s with two writers and 82.5 s with one, so two it is.
         self.threads = self.opts.threads or max(2, min(cores, 4))
         self._last_progress = 0.0
-        self._tmp_prefix = os.urandom(6).hex().encode() + b"-"
+        self._tmp_prefix = b".rekkord-tmp-" + os.urandom(6).hex().encode() + b"-"
         self._tmp_counter = itertools.count()
         self._creator = (os.geteuid(), os.getegid())  # owner of the files we create
-        self._made_dirs: set[bytes] = set()
-        self._salvaged = False  # part of the index was lost: parents may be missing
         self._damaged_paths: set[bytes] = set()  # snapshot paths of files restored damaged or not at all
+        self._dest_s = ""
 
     def warn(self, path: str, message: str, *, damaged: bool = False):
         with self.lock:
@@ -175,82 +191,102 @@ class Restorer:
             self._last_progress = now
             self.progress(self.stats)
 
+    def _show(self, comps: tuple) -> str:
+        """A DEST path for messages."""
+        return self._dest_s + ("/" + os.fsdecode(b"/".join(comps)) if comps else "")
+
+    # ---- the walk -------------------------------------------------------------------
+
     def restore(self, subpath: str | bytes | None, dest: str) -> RestoreStats:
         started = time.monotonic()
         sub = normalize_subpath(subpath)
         dest_b = os.path.abspath(os.fsencode(dest))
-        from .check import describe_loss, iter_entries_salvaging
+        self._dest_s = os.fsdecode(dest_b)
 
         def index_damage(blobs, before, after):
             # Records in damaged index blobs are lost; every other entry restores.
-            self._salvaged = True
             self.warn(f"(snapshot {self.snap.id[:8]} index)", "DAMAGED: " + describe_loss(blobs, before, after),
                       damaged=True)
 
+        def refused(path: bytes, why: str):
+            with self.lock:
+                self.stats.refused += 1
+            self.warn(f"(snapshot {self.snap.id[:8]}) /{os.fsdecode(path)}",
+                      f"REFUSED: {why}; not restored, nor anything below it", damaged=True)
+
         self._check_reflists(whole=not sub)
-        entries = select(iter_entries_salvaging(self.repo, self.snap, index_damage), sub)
-        first = None
-        try:
-            first = next(entries)
-        except StopIteration:
-            pass
+        entries = select(iter_entries(self.repo, self.snap, on_damage=index_damage, on_refused=refused), sub)
+        first = next(entries, None)
         if first is None:
             return self.stats
-        entry0, rel0 = first
-        # A single file lands at DEST/<name>; a directory's content lands in DEST.
+        entry0, _ = first
+        # Where an entry lands, as components below DEST: a single file at
+        # DEST/<name>; a directory's content in DEST; a whole snapshot at its
+        # saved absolute paths.
         if sub and entry0.kind != K_DIR:
-            def target(rel: bytes) -> bytes:
-                return dest_b + b"/" + entry0.name
-        elif sub:
-            def target(rel: bytes) -> bytes:
-                return dest_b + b"/" + rel if rel else dest_b
+            def place(rel: bytes) -> tuple:
+                return (entry0.name,)
         else:
-            def target(rel: bytes) -> bytes:
-                return dest_b + b"/" + rel
+            def place(rel: bytes) -> tuple:
+                return tuple(rel.split(b"/")) if rel else ()
 
-        if not self.opts.dry_run:
+        dry = self.opts.dry_run
+        root = None
+        if not dry:
             try:
                 os.makedirs(dest_b, exist_ok=True)
+                safefs.raise_fd_limit()
+                self._registry = safefs.DirRegistry()
+                root = self._registry.handle(safefs.open_root(dest_b))
             except OSError as e:
-                raise UsageError(f"cannot create {os.fsdecode(dest_b)}: {e.strerror}") from None
+                raise UsageError(f"cannot create {self._dest_s}: {e.strerror}") from None
+        self._root = root
         fetcher = BlobFetcher(self.repo, max(4, self.threads * 2, min(self.repo.storage.connections, 32)))
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rekkord-restore")
         inflight = threading.BoundedSemaphore(64)
-        dirs: list[tuple[bytes, Entry]] = []
+        # Directories whose metadata is set at the end, children first (in
+        # walk order: DEST components and the entry).
+        dirs: list[tuple[tuple, Entry]] = []
         # Memory must not grow with the number of files: only possible hard
         # link targets are remembered (F_LINKED marks them; snapshots made
         # before the flag existed remember every file), and finished tasks
         # are dropped from ``pending``.
         all_linkable = not self.snap.record.get("linked_flag")
-        restored: dict[bytes, Future] = {}  # snapshot path of a link target -> future of final path
+        restored: dict[bytes, Future] = {}  # snapshot path of a link target -> future of its DEST components
         pending: list[Future] = []
         failures: list[BaseException] = []
-        links: list[tuple[bytes, Entry]] = []
+        links: list[tuple[tuple, Entry]] = []
         held: list[tuple[Entry, bytes]] = []  # directories waiting for an included entry below them
-        blocked: list[bytes] = []  # directories DEST has a non-directory for: their content is skipped
-        expected: set[bytes] | None = set() if self.opts.delete else None  # what DEST keeps (--delete)
+        # The directories enclosing the next entry: (DEST components, handle);
+        # a handle of None: not restored (failed, or a non-directory in DEST
+        # is in the way): nothing below it is either.
+        stack: list[tuple[tuple, safefs.DirHandle | None]] = [((), root)]
+        expected: set[tuple] | None = set() if self.opts.delete else None  # what DEST keeps (--delete)
 
-        def run_file(path: bytes, e: Entry) -> bytes | None:
+        def run_file(parent, name, comps, e):
             try:
-                return self._restore_file(path, e, fetcher)
+                return self._restore_file(parent, name, comps, e, fetcher)
             finally:
+                parent.release()
                 inflight.release()
 
         # Small files that share a pack are restored by one task, in order:
         # one fetch of the pack, no per-file hand-off between threads.
         batch: dict = {"items": [], "blob": None, "fut": None}
 
-        def run_batch(items: list[tuple[bytes, Entry]], fut: Future):
+        def run_batch(items: list, fut: Future):
             out = {}
             try:
-                for path, e in items:
-                    final = self._restore_file(path, e, fetcher)
+                for parent, name, comps, e in items:
+                    final = self._restore_file(parent, name, comps, e, fetcher)
                     if all_linkable or e.flags & F_LINKED:
                         out[e.path] = final
                 fut.set_result(out)
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
                 fut.set_exception(exc)
             finally:
+                for parent, *_ in items:
+                    parent.release()
                 inflight.release()
 
         def track(fut: Future):
@@ -268,61 +304,69 @@ class Restorer:
             track(fut)
             pool.submit(run_batch, items, fut)
 
-        def submit(path: bytes, e: Entry):
+        def submit(parent, name: bytes, comps: tuple, e: Entry):
             linkable = all_linkable or e.flags & F_LINKED
+            parent.acquire()
             if len(e.extents) == 1 and e.size <= BATCH_FILE_MAX:
                 blob = e.extents[0].blob
                 if batch["items"] and (blob != batch["blob"] or len(batch["items"]) >= 512):
                     flush_batch()
                 if not batch["items"]:
                     batch["blob"], batch["fut"] = blob, Future()
-                batch["items"].append((path, e))
+                batch["items"].append((parent, name, comps, e))
                 if linkable:
                     restored[e.path] = batch["fut"]
                 return
             inflight.acquire()
-            fut = pool.submit(run_file, path, e)
+            fut = pool.submit(run_file, parent, name, comps, e)
             track(fut)
             if linkable:
                 restored[e.path] = fut
 
-        def make_dir(e: Entry, rel: bytes):
-            path = target(rel)
+        def leave_to(comps: tuple):
+            """Pop the directories that do not enclose ``comps``."""
+            while len(stack) > 1 and stack[-1][0] != comps[:len(stack[-1][0])]:
+                _, h = stack.pop()
+                if h is not None:
+                    h.release()
+
+        def parent_of(comps: tuple):
+            """The handle of the directory ``comps`` goes into, or None."""
+            leave_to(comps[:-1])
+            top, h = stack[-1]
+            if top != comps[:-1]:
+                return None  # its directory was not restored (nor anything in it)
+            return h
+
+        def make_dir(e: Entry, rel: bytes) -> bool:
+            comps = place(rel)
             if expected is not None:
-                expected.add(path)
-            if not self.opts.dry_run:
-                try:
-                    if self.opts.delete:
-                        _clear_conflict(path, want_dir=True)
-                    try:
-                        os.mkdir(path)
-                        self._made_dirs.add(path)  # ours: no setgid bit until the end
-                    except FileExistsError:
-                        if not statmod.S_ISDIR(os.lstat(path).st_mode):
-                            # A symlink (or a file) where a directory goes: never
-                            # restore through it (it may point outside DEST).
-                            if not self.opts.overwrite:
-                                self.warn(os.fsdecode(path), "exists and is not a directory (symlinks in DEST "
-                                          "are never followed); nothing restored below it (use --overwrite)")
-                                blocked.append(e.path)
-                                return False
-                            os.unlink(path)
-                            os.mkdir(path)
-                            self._made_dirs.add(path)
-                    except FileNotFoundError:
-                        os.makedirs(path, exist_ok=True)
-                except OSError as err:
-                    self.warn(os.fsdecode(path), f"cannot create directory: {err.strerror}")
+                expected.add(comps)
             self.stats.dirs += 1
-            if rel or not sub:
-                dirs.append((path, e))  # its metadata is set at the end
+            if not comps:  # DEST itself (a whole snapshot of '/', or the chosen directory)
+                if not sub and not dry:
+                    dirs.append((comps, e))
+                return True
+            if dry:
+                leave_to(comps[:-1])
+                stack.append((comps, None))
+                return True
+            parent = parent_of(comps)
+            if parent is None:
+                stack.append((comps, None))
+                return False
+            h = self._open_or_make_dir(parent, comps, e)
+            stack.append((comps, h))
+            if h is None:
+                return False
+            if not e.flags & F_IMPLICIT:
+                dirs.append((comps, e))
+            if len(stack) + self._registry.limit // 2 < self._registry.open:
+                flush_batch()
+                self._registry.wait_below(len(stack) + self._registry.limit // 2)
             return True
 
         def handle(e: Entry, rel: bytes):
-            while blocked and not e.path.startswith(blocked[-1] + b"/"):
-                blocked.pop()
-            if blocked:
-                return  # below a directory DEST has a symlink for (named once, at the directory)
             if self.filter.active():
                 while held and not e.path.startswith(held[-1][0].path + b"/"):
                     held.pop()
@@ -333,50 +377,56 @@ class Restorer:
                     held.append((e, rel))
                     return
                 for he, hrel in held:  # an included entry: create the directories above it
-                    if not make_dir(he, hrel):
-                        held.clear()
-                        return
+                    make_dir(he, hrel)
                 held.clear()
-            path = target(rel)
             if e.kind == K_DIR:
                 make_dir(e, rel)
                 return
-            if self._salvaged and not self.opts.dry_run:
-                os.makedirs(os.path.dirname(path), exist_ok=True)  # its directory's entry may be lost
+            comps = place(rel)
+            if dry:
+                parent = None
+            else:
+                parent = parent_of(comps)
+                if parent is None:
+                    return  # below a directory that was not restored (named there)
+            name = comps[-1]
             if expected is not None:
-                expected.add(path)
-                if not self.opts.dry_run:
+                expected.add(comps)
+                if not dry:
                     try:
-                        _clear_conflict(path, want_dir=False)
+                        _clear_conflict(parent.fd, name, want_dir=False)
                     except OSError as err:
-                        self.warn(os.fsdecode(path), f"cannot remove what is in the way: {err.strerror}")
+                        self.warn(self._show(comps), f"cannot remove what is in the way: {err.strerror}")
                         return
             if e.kind == K_HARDLINK and e.target in restored:
-                links.append((path, e))
+                links.append((comps, e))
                 return
             if e.kind in (K_FILE, K_HARDLINK):
                 if e.flags & F_UNREADABLE:
-                    self.warn(os.fsdecode(path), "was unreadable when saved; not restored")
+                    self.warn(self._show(comps), "was unreadable when saved; not restored")
                     return
                 self.stats.files += 1
                 self.stats.bytes += e.size
-                if self.opts.dry_run:
+                if dry:
                     return
-                if not self.opts.overwrite and os.path.lexists(path):
-                    self._skip(path)
+                if not self.opts.overwrite and safefs.lstat(parent.fd, name) is not None:
+                    self._skip(comps)
                     return
-                submit(path, e)
+                submit(parent, name, comps, e)
+                return
+            if not self._policy_allows(e):
+                self.stats.not_created += 1
                 return
             self.stats.others += 1
-            if self.opts.dry_run:
+            if dry:
                 return
-            if not self.opts.overwrite and os.path.lexists(path):
-                self._skip(path)
+            if not self.opts.overwrite and safefs.lstat(parent.fd, name) is not None:
+                self._skip(comps)
                 return
-            self._restore_special(path, e)
+            self._restore_special(parent.fd, name, comps, e)
 
         try:
-            handle(entry0, rel0)
+            handle(*first)
             for e, rel in entries:
                 handle(e, rel)
                 self._tick()
@@ -385,67 +435,185 @@ class Restorer:
                 fut.exception()  # wait
             if failures:
                 raise failures[0]  # e.g. NoSpace: never end "successfully" with files missing
-            for path, e in links:
-                self._restore_hardlink(path, e, restored)
+            leave_to(())
+            for comps, e in links:
+                self._restore_hardlink(comps, e, restored)
             if expected is not None:
-                self._delete_extra(self._delete_scopes(sub, entry0, dest_b), expected)
-            if not self.opts.dry_run:
-                for path, e in reversed(dirs):
-                    self._apply_meta(path, e, is_dir=True)
+                self._delete_extra(self._delete_scopes(sub, entry0), expected)
+            if not dry:
+                self._apply_dir_meta(dirs)
         finally:
             pool.shutdown(wait=True)
             fetcher.close()
+            for _, h in stack:
+                if h is not None:
+                    h.release()
         self.stats.duration = round(time.monotonic() - started, 3)
         self._tick(force=True)
         return self.stats
 
+    def _policy_allows(self, e: Entry) -> bool:
+        """Device nodes and FIFOs unless --no-special; sockets never (they
+        belong to running programs)."""
+        if e.kind == K_SOCKET:
+            return False
+        if e.kind in (K_CHAR, K_BLOCK, K_FIFO):
+            return self.opts.special
+        return True
+
+    def _open_or_make_dir(self, parent: safefs.DirHandle, comps: tuple, e: Entry) -> safefs.DirHandle | None:
+        """Create (0700 until its metadata is set at the end) or open the
+        directory ``comps[-1]`` in ``parent``; a symlink or a file where it
+        goes is never followed: without --overwrite nothing is restored below
+        it, with it the link (or file) is replaced."""
+        name = comps[-1]
+        made = False
+        try:
+            if self.opts.delete:
+                _clear_conflict(parent.fd, name, want_dir=True)
+            try:
+                os.mkdir(name, 0o700, dir_fd=parent.fd)
+                made = True
+            except FileExistsError:
+                pass
+            try:
+                fd = safefs.open_dir(parent.fd, name)
+            except OSError as err:
+                if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                # A symlink (or a file) where a directory goes: never
+                # restore through it (it may point outside DEST).
+                if not self.opts.overwrite:
+                    self.warn(self._show(comps), "exists and is not a directory (symlinks in DEST are never "
+                              "followed); nothing restored below it (use --overwrite)")
+                    return None
+                safefs.unlink(parent.fd, name)
+                os.mkdir(name, 0o700, dir_fd=parent.fd)
+                made = True
+                fd = safefs.open_dir(parent.fd, name)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(f"no space left creating {self._show(comps)}") from None
+            self.warn(self._show(comps), f"cannot create directory: {err.strerror}")
+            return None
+        return self._registry.handle(fd, made)
+
+    def _apply_dir_meta(self, dirs: list[tuple[tuple, Entry]]):
+        """Directory modes, owners and times, children before parents (their
+        creation changed the parents' times; a parent made read-only first
+        could not be entered), each reached again from DEST without
+        following a symlink."""
+        root = self._root.fd
+        chain: list[tuple[tuple, int | None, Entry]] = []  # open directories enclosing the current one
+
+        def pop():
+            comps, fd, e = chain.pop()
+            if fd is not None:
+                try:
+                    self._set_dir_meta(fd, comps, e)
+                finally:
+                    os.close(fd)
+
+        try:
+            for comps, e in dirs:
+                if not comps:
+                    continue
+                while chain and chain[-1][0] != comps[:len(chain[-1][0])]:
+                    pop()
+                fd = None
+                try:
+                    if chain and chain[-1][0] == comps[:-1] and chain[-1][1] is not None:
+                        fd = safefs.open_dir(chain[-1][1], comps[-1])
+                    else:  # its parent is not in the list (DEST, or a directory DEST had)
+                        fd = safefs.open_path(root, comps)
+                except OSError as err:
+                    self.warn(self._show(comps), f"cannot set metadata: {err.strerror}")
+                chain.append((comps, fd, e))
+            while chain:
+                pop()
+            for comps, e in dirs:
+                if not comps:
+                    self._set_dir_meta(root, comps, e)
+        finally:
+            for _, fd, _ in chain:
+                if fd is not None:
+                    os.close(fd)
+
+    def _set_dir_meta(self, fd: int, comps: tuple, e: Entry):
+        try:
+            self._meta_fd(fd, comps, e)
+            os.utime(fd, ns=(e.atime_ns or e.mtime_ns, e.mtime_ns))
+        except OSError as err:
+            self.warn(self._show(comps), f"cannot set metadata: {err.strerror}")
+
     # ---- --delete ----------------------------------------------------------------
 
-    def _delete_scopes(self, sub: bytes, entry0: Entry, dest_b: bytes) -> list[tuple[bytes, bytes]]:
-        """(directory in DEST, its path in the snapshot) trees that --delete cleans:
-        DEST for a directory, the saved paths for a whole snapshot (never the
+    def _delete_scopes(self, sub: bytes, entry0: Entry) -> list[tuple[tuple, bytes]]:
+        """(DEST components, snapshot path) of the trees --delete cleans: DEST
+        for a directory, the saved paths for a whole snapshot (never the
         directories above them), nothing for a single file."""
         if sub:
-            return [(dest_b, sub)] if entry0.kind == K_DIR else []
+            return [((), sub)] if entry0.kind == K_DIR else []
         out = []
         for p in self.repo.private(self.snap).get("paths", []):
             rel = normalize_subpath(p)
-            out.append((dest_b + b"/" + rel if rel else dest_b, rel))
+            out.append((tuple(rel.split(b"/")) if rel else (), rel))
         return out
 
-    def _delete_extra(self, scopes: list[tuple[bytes, bytes]], expected: set[bytes]):
-        for top, snap_top in scopes:
+    def _delete_extra(self, scopes: list[tuple[tuple, bytes]], expected: set[tuple]):
+        if self._root is not None:
+            root = os.dup(self._root.fd)
+        else:  # a dry run counts what DEST (if it exists) has
             try:
-                top_dev = os.lstat(top).st_dev
+                root = safefs.open_root(os.fsencode(self._dest_s))
             except OSError:
-                continue
-            if not statmod.S_ISDIR(os.lstat(top).st_mode):
-                continue
-            for dirpath, dirnames, filenames in os.walk(top, topdown=False):
-                for name in dirnames + filenames:
-                    path = os.path.join(dirpath, name)
-                    if path in expected:
-                        continue
-                    sp = (snap_top + b"/" if snap_top else b"") + path[len(top) + 1:]
-                    try:
-                        st = os.lstat(path)
-                    except FileNotFoundError:
-                        continue
-                    is_dir = statmod.S_ISDIR(st.st_mode)
-                    if is_dir and st.st_dev != top_dev:
-                        continue  # another file system mounted here: not ours to clean
-                    if self.filter.select(sp, is_dir) != PathFilter.YES:
-                        continue  # outside the selection (excluded / not included): kept
-                    if self.opts.dry_run:
-                        self.stats.deleted += 1
-                        continue
-                    try:
-                        os.rmdir(path) if is_dir else os.unlink(path)
-                        self.stats.deleted += 1
-                    except OSError as err:
-                        if is_dir and err.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                            continue  # holds entries the patterns protect
-                        self.warn(os.fsdecode(path), f"cannot delete: {err.strerror}")
+                return
+        try:
+            for top, snap_top in scopes:
+                try:
+                    fd = safefs.open_path(root, top)
+                except OSError:
+                    continue  # not there, or not a directory (never followed)
+                try:
+                    self._delete_below(fd, top, snap_top, expected)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(root)
+
+    def _delete_below(self, fd: int, top: tuple, snap_top: bytes, expected: set[tuple]):
+        top_dev = os.fstat(fd).st_dev
+        # os.fwalk works on descriptors and never follows a symlink (one is
+        # deleted as a file, its target untouched).
+        for dirpath, dirnames, filenames, dfd in os.fwalk(".", topdown=False, follow_symlinks=False, dir_fd=fd):
+            base = tuple(c for c in os.fsencode(dirpath).split(b"/") if c not in (b"", b"."))
+            for name in dirnames + filenames:
+                nb = os.fsencode(name)
+                comps = top + base + (nb,)
+                if comps in expected:
+                    continue
+                sp = b"/".join(((snap_top,) if snap_top else ()) + base + (nb,))
+                st = safefs.lstat(dfd, nb)
+                if st is None:
+                    continue
+                is_dir = statmod.S_ISDIR(st.st_mode)
+                if is_dir and st.st_dev != top_dev:
+                    continue  # another file system mounted here: not ours to clean
+                if self.filter.select(sp, is_dir) != PathFilter.YES:
+                    continue  # outside the selection (excluded / not included): kept
+                if self.opts.dry_run:
+                    self.stats.deleted += 1
+                    continue
+                try:
+                    if is_dir:
+                        os.rmdir(nb, dir_fd=dfd)
+                    else:
+                        os.unlink(nb, dir_fd=dfd)
+                    self.stats.deleted += 1
+                except OSError as err:
+                    if is_dir and err.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                        continue  # holds entries the patterns protect
+                    self.warn(self._show(comps), f"cannot delete: {err.strerror}")
 
     def _check_reflists(self, *, whole: bool):
         """Restore does not need the reference lists, but prune does: say so
@@ -469,24 +637,26 @@ class Restorer:
                           f"reference list blob {bid.hex()} is damaged ({msg}); the files are not affected, "
                           "but prune cannot see which blobs this snapshot uses: run rekkord check")
 
-    def _skip(self, path: bytes):
+    def _skip(self, comps: tuple):
         with self.lock:
             self.stats.skipped += 1
-        self.warn(os.fsdecode(path), "exists; not overwritten (use --overwrite)")
+        self.warn(self._show(comps), "exists; not overwritten (use --overwrite)")
 
     # ---- files -----------------------------------------------------------------
 
-    def _tmp_name(self, path: bytes) -> bytes:
+    def _tmp_name(self) -> bytes:
         # A random prefix per restore and a counter: unique without a
         # getrandom() per file.
-        d = os.path.dirname(path)
-        return d + b"/.rekkord-tmp-" + self._tmp_prefix + b"%d" % next(self._tmp_counter)
+        return self._tmp_prefix + b"%d" % next(self._tmp_counter)
 
-    def _restore_file(self, path: bytes, e: Entry, fetcher: BlobFetcher) -> bytes | None:
-        tmp = self._tmp_name(path)
-        spath = os.fsdecode(path)
+    def _restore_file(self, parent: safefs.DirHandle, name: bytes, comps: tuple, e: Entry,
+                      fetcher: BlobFetcher) -> tuple | None:
+        """Returns the file's DEST components once it is in place, else None."""
+        dfd = parent.fd
+        tmp = self._tmp_name()
+        spath = self._show(comps)
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            fd = safefs.create(dfd, tmp)
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace(f"no space left writing {spath}") from None
@@ -521,10 +691,11 @@ class Restorer:
             if damaged is None or self.opts.keep_damaged:
                 if written_end != e.size:  # a trailing hole, an empty or a short file
                     os.ftruncate(fd, e.size if pos == e.size else pos)
-                self._apply_meta_fd(fd, spath, e)
+                self._meta_fd(fd, comps, e, parent)
+                os.utime(fd, ns=(e.atime_ns or e.mtime_ns, e.mtime_ns))
         except OSError as err:
             os.close(fd)
-            _unlink(tmp)
+            safefs.unlink(dfd, tmp)
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace(f"no space left writing {spath}") from None
             self.warn(spath, f"cannot write: {err.strerror}")
@@ -535,52 +706,76 @@ class Restorer:
                 self._damaged_paths.add(e.path)
             if self.opts.keep_damaged:
                 try:
-                    os.utime(tmp, ns=(e.atime_ns or e.mtime_ns, e.mtime_ns), follow_symlinks=False)
-                    os.replace(tmp, path)
+                    safefs.rename(dfd, tmp, name)
                 except OSError as err:
-                    _unlink(tmp)
+                    safefs.unlink(dfd, tmp)
                     self.warn(spath, f"DAMAGED, and cannot rename into place: {err.strerror}", damaged=True)
                     return None
                 self.warn(spath, f"DAMAGED (kept, with holes where data is missing): {damaged}", damaged=True)
-                return path
-            _unlink(tmp)
+                return comps
+            safefs.unlink(dfd, tmp)
             self.warn(spath, f"DAMAGED, not restored: {damaged}", damaged=True)
             return None
         try:
-            os.utime(tmp, ns=(e.atime_ns or e.mtime_ns, e.mtime_ns), follow_symlinks=False)
-            os.replace(tmp, path)
+            safefs.rename(dfd, tmp, name)
         except OSError as err:
-            _unlink(tmp)
+            safefs.unlink(dfd, tmp)
             self.warn(spath, f"cannot rename into place: {err.strerror}")
             return None
         if self.opts.verify:
-            self._verify(path, e, fetcher)
-        return path
+            self._verify(dfd, name, comps, e, fetcher)
+        return comps
 
-    def _verify(self, path: bytes, e: Entry, fetcher: BlobFetcher):
-        with open(path, "rb") as f:
+    def _verify(self, dfd: int, name: bytes, comps: tuple, e: Entry, fetcher: BlobFetcher):
+        spath = self._show(comps)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except OSError as err:
+            self.warn(spath, f"verification failed: cannot open: {err.strerror}", damaged=True)
+            return
+        with os.fdopen(fd, "rb") as f:
             for x in e.extents:
                 expect = fetcher.get(x.blob).result()[x.offset:x.offset + x.length]
                 if f.read(x.length) != expect:
-                    self.warn(os.fsdecode(path), "verification failed: content differs after writing",
-                              damaged=True)
+                    self.warn(spath, "verification failed: content differs after writing", damaged=True)
                     return
             if f.read(1):
-                self.warn(os.fsdecode(path), "verification failed: file is longer than saved", damaged=True)
+                self.warn(spath, "verification failed: file is longer than saved", damaged=True)
                 return
         with self.lock:
             self.stats.verified += 1
 
-    def _apply_meta_fd(self, fd: int, spath: str, e: Entry):
-        # A file we create belongs to us, unless its directory (one we did not
-        # make) passes its group down with the setgid bit: then always chown.
-        if self.owner and ((e.uid, e.gid) != self._creator
-                           or os.path.dirname(os.fsencode(spath)) not in self._made_dirs):
-            try:
-                os.fchown(fd, e.uid, e.gid)
-            except OSError as err:
-                self.warn(spath, f"cannot set owner: {err.strerror}")
-        os.fchmod(fd, e.mode)
+    def _mode(self, e: Entry, owned: bool) -> int:
+        """The mode to apply: setuid/setgid only with the owner they were
+        saved with (a setuid file owned by whoever restores it is not what
+        was saved, and may be a hole), never with --no-setuid."""
+        mode = e.mode & 0o7777
+        if mode & 0o6000 and not (self.opts.setuid and owned):
+            with self.lock:
+                self.stats.setuid_dropped += 1
+            mode &= ~0o6000
+        return mode
+
+    def _meta_fd(self, fd: int, comps: tuple, e: Entry, parent: safefs.DirHandle | None = None):
+        """Owner, mode and xattrs through an open descriptor (times are the
+        caller's: they must come after the last write)."""
+        spath = self._show(comps)
+        owned = (e.uid, e.gid) == self._creator
+        if self.owner:
+            # A file we create belongs to us, unless its directory (one we did
+            # not make) passes its group down with the setgid bit: then always chown.
+            if not owned or parent is None or not parent.made:
+                try:
+                    os.fchown(fd, e.uid, e.gid)
+                    owned = True
+                except OSError as err:
+                    self.warn(spath, f"cannot set owner: {err.strerror}")
+                    owned = False
+            else:
+                owned = True
+        elif parent is not None and not parent.made:
+            owned = owned and os.fstat(fd).st_gid == e.gid
+        os.fchmod(fd, self._mode(e, owned))
         self._xattrs(fd, spath, e)
 
     def _xattrs(self, target, spath: str, e: Entry, follow=True):
@@ -594,21 +789,10 @@ class Restorer:
                 if name.startswith("user."):
                     self.warn(spath, f"cannot set xattr {name}: {err.strerror}")
 
-    def _apply_meta(self, path: bytes, e: Entry, is_dir=False):
-        spath = os.fsdecode(path)
-        try:
-            if self.owner:
-                os.chown(path, e.uid, e.gid, follow_symlinks=False)
-            os.chmod(path, e.mode)
-            self._xattrs(path, spath, e)
-            os.utime(path, ns=(e.atime_ns or e.mtime_ns, e.mtime_ns), follow_symlinks=False)
-        except OSError as err:
-            self.warn(spath, f"cannot set metadata: {err.strerror}")
-
     # ---- links and special files ------------------------------------------------------
 
-    def _restore_hardlink(self, path: bytes, e: Entry, restored: dict[bytes, Future]):
-        spath = os.fsdecode(path)
+    def _restore_hardlink(self, comps: tuple, e: Entry, restored: dict[bytes, Future]):
+        spath = self._show(comps)
         fut = restored.get(e.target)
         first = fut.result() if fut is not None and fut.exception() is None else None
         if isinstance(first, dict):  # restored in a batch of small files
@@ -623,69 +807,90 @@ class Restorer:
             return
         if target_damaged:
             self.warn(spath, f"DAMAGED (kept, with holes): hard link to /{os.fsdecode(e.target)}", damaged=True)
-        if not self.opts.overwrite and os.path.lexists(path):
-            self._skip(path)
-            return
-        tmp = self._tmp_name(path)
+        root = self._root.fd
+        src_fd = dst_fd = None
+        tmp = self._tmp_name()
         try:
-            os.link(first, tmp)
-            os.replace(tmp, path)
+            src_fd = safefs.open_path(root, first[:-1])
+            dst_fd = safefs.open_path(root, comps[:-1])
+            if not self.opts.overwrite and safefs.lstat(dst_fd, comps[-1]) is not None:
+                self._skip(comps)
+                return
+            safefs.link(src_fd, first[-1], dst_fd, tmp)
+            safefs.rename(dst_fd, tmp, comps[-1])
             self.stats.files += 1
         except OSError as err:
-            _unlink(tmp)
+            if dst_fd is not None:
+                safefs.unlink(dst_fd, tmp)
             self.warn(spath, f"cannot create hard link: {err.strerror}")
+        finally:
+            for fd in (src_fd, dst_fd):
+                if fd is not None:
+                    os.close(fd)
 
-    def _restore_special(self, path: bytes, e: Entry):
-        spath = os.fsdecode(path)
-        tmp = self._tmp_name(path)
+    def _restore_special(self, dfd: int, name: bytes, comps: tuple, e: Entry):
+        spath = self._show(comps)
+        tmp = self._tmp_name()
         try:
             if e.kind == K_SYMLINK:
-                os.symlink(e.target, tmp)
+                os.symlink(e.target, tmp, dir_fd=dfd)
             elif e.kind == K_FIFO:
-                os.mkfifo(tmp, 0o600)
+                os.mkfifo(tmp, 0o600, dir_fd=dfd)
             elif e.kind in (K_CHAR, K_BLOCK):
                 kind = statmod.S_IFCHR if e.kind == K_CHAR else statmod.S_IFBLK
                 try:
-                    os.mknod(tmp, 0o600 | kind, e.rdev)
+                    os.mknod(tmp, 0o600 | kind, e.rdev, dir_fd=dfd)
                 except PermissionError:
                     self.warn(spath, "device node not recreated (needs root)")
                     return
-            elif e.kind == K_SOCKET:
-                return  # sockets belong to running programs; nothing to restore
             else:
                 return
-        except OSError as err:
-            _unlink(tmp)
-            self.warn(spath, f"cannot create {e.kind_name}: {err.strerror}")
+        except (OSError, OverflowError, ValueError) as err:
+            safefs.unlink(dfd, tmp)
+            self.warn(spath, f"cannot create {e.kind_name}: {getattr(err, 'strerror', None) or err}")
             return
         try:
+            times = (e.atime_ns or e.mtime_ns, e.mtime_ns)
             if e.kind == K_SYMLINK:
                 if self.owner:
-                    os.chown(tmp, e.uid, e.gid, follow_symlinks=False)
-                self._xattrs(tmp, spath, e, follow=False)
-                os.utime(tmp, ns=(e.atime_ns or e.mtime_ns, e.mtime_ns), follow_symlinks=False)
+                    os.chown(tmp, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
+                if e.xattrs:
+                    self._xattrs(safefs.proc_path(dfd, tmp), spath, e, follow=False)
+                os.utime(tmp, ns=times, dir_fd=dfd, follow_symlinks=False)
             else:
-                self._apply_meta(tmp, e)
-            os.replace(tmp, path)
+                # A FIFO or a device node: opening it for real could block or
+                # touch a device, so its metadata goes through an O_PATH
+                # descriptor of the node itself (never a symlink in its place).
+                with safefs.node(dfd, tmp) as path:
+                    owned = (e.uid, e.gid) == self._creator
+                    if self.owner:
+                        try:
+                            os.chown(path, e.uid, e.gid)
+                            owned = True
+                        except OSError as err:
+                            self.warn(spath, f"cannot set owner: {err.strerror}")
+                            owned = False
+                    os.chmod(path, self._mode(e, owned))
+                    if e.xattrs:
+                        self._xattrs(path, spath, e)
+                    os.utime(path, ns=times)
+            safefs.rename(dfd, tmp, name)
         except OSError as err:
-            _unlink(tmp)
+            safefs.unlink(dfd, tmp)
             self.warn(spath, f"cannot restore {e.kind_name}: {err.strerror}")
 
 
-def _clear_conflict(path: bytes, *, want_dir: bool) -> None:
+def _clear_conflict(parent_fd: int, name: bytes, *, want_dir: bool) -> None:
     """--delete: remove what stands where an entry of another type goes (a
     symlink where a directory goes is removed too, never followed)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
+    st = safefs.lstat(parent_fd, name)
+    if st is None:
         return
     if statmod.S_ISDIR(st.st_mode):
         if not want_dir:
-            import shutil
-
-            shutil.rmtree(path)
+            safefs.remove_tree(parent_fd, name)
     elif want_dir:
-        os.unlink(path)
+        safefs.unlink(parent_fd, name)
 
 
 def _write_sparse(fd: int, data: bytes, pos: int) -> int:
