@@ -44,7 +44,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
-from . import crypto, format as fmt, keys as keymod
+from . import crypto, format as fmt, keys as keymod, schema
 from .errors import IntegrityError, ObjectExists, ObjectNotFound, RekkordError, SnapshotNotFound, StorageError
 
 #: Key for the MAC of save-session markers (format v1; docs/maintenance.md).
@@ -67,6 +67,12 @@ TEMP_KEEP = 86400.0
 
 SESSIONS = "sessions/"
 FOSSILS = "fossils/"
+#: Objects set aside because another object claimed their name and verified
+#: better (or a check found them spoiled): kept as evidence, never read.
+QUARANTINE = "quarantine/"
+QUARANTINE_KEEP = 30 * 86400.0
+#: Context of the signatures on prune's bookkeeping (format v1, docs/maintenance.md).
+GC_SIG_CONTEXT = b"rekkord gc v1\0"
 GC = "gc/collections/"  # collection manifests (gc/forgotten/: the forget log, rekkord/forget.py)
 GENERATIONS = "generations/"
 DEAD_SUFFIX = ".dead"
@@ -143,27 +149,57 @@ def bump_generation(storage, cid: str) -> int:
 # ---- collection manifests --------------------------------------------------------
 
 
-def _read_json(storage, name: str) -> dict | None:
+def _read_json(storage, name: str, limit: int = schema.MAX_SMALL_OBJECT) -> dict | None:
     try:
-        d = json.loads(storage.read(name))
+        raw = storage.read(name, 0, limit + 1)
     except ObjectNotFound:
         return None
-    except ValueError:
-        raise IntegrityError(f"{name}: damaged (not valid JSON)") from None
-    if not isinstance(d, dict):
-        raise IntegrityError(f"{name}: damaged (not a JSON object)")
-    return d
+    return schema.loads_object(raw, name, limit=limit)
+
+
+def signed_object(key, name: str, body: dict) -> bytes:
+    """Prune's bookkeeping (collection manifests and closings, dead-session
+    tombstones), signed by the pruning key and bound to its name: a write
+    key or the storage can plant such objects, but not sign them."""
+    sig = crypto.sign(key.sign_seed, GC_SIG_CONTEXT + name.encode() + b"\0" + keymod.canonical(body))
+    return json.dumps({"body": body, "kid": key.kid, "sig": sig.hex()}, sort_keys=True).encode()
+
+
+def read_signed(repo, name: str, limit: int = schema.MAX_SMALL_OBJECT) -> dict | None:
+    """The body of a signed bookkeeping object, or None when it is missing,
+    damaged, or not signed by a certified, unrevoked key that may prune."""
+    try:
+        d = _read_json(repo.storage, name, limit)
+        if d is None:
+            return None
+        body, kid, sig = d["body"], d["kid"], bytes.fromhex(d["sig"])
+    except (IntegrityError, KeyError, ValueError, TypeError, AttributeError):
+        return None
+    if not isinstance(body, dict) or not isinstance(kid, str) or not repo.may_sign(kid, "prune") \
+            or kid in repo.revocations():
+        return None
+    pk = repo.signer_pk(kid)
+    if pk is None or not crypto.verify(pk, GC_SIG_CONTEXT + name.encode() + b"\0" + keymod.canonical(body), sig):
+        return None
+    return body
+
+
+def _manifest_ids(body: dict, name: str) -> list[tuple[bytes, int]]:
+    try:
+        packed = base64.b64decode(body["fossils"], validate=True)
+        return fmt.unpack_reflist(packed)
+    except (KeyError, TypeError, ValueError, IntegrityError):
+        raise IntegrityError(f"{name}: damaged fossil list") from None
 
 
 def read_collection_ids(storage, cid: str) -> list[tuple[bytes, int]] | None:
-    """The blob ids (and sizes) collection ``cid`` set out to fossilise."""
-    d = _read_json(storage, f"{GC}{cid}.fossils")
+    """The blob ids (and sizes) collection ``cid`` set out to fossilise, by
+    the word of its manifest (signed or not: only used to move fossils back)."""
+    name = f"{GC}{cid}.fossils"
+    d = _read_json(storage, name, schema.MAX_LIST_OBJECT)
     if d is None:
         return None
-    try:
-        return fmt.unpack_reflist(base64.b64decode(d["fossils"]))
-    except (KeyError, TypeError, ValueError, IntegrityError):
-        raise IntegrityError(f"{GC}{cid}.fossils: damaged fossil list") from None
+    return _manifest_ids(d.get("body", d) if isinstance(d.get("body"), dict) else d, name)
 
 
 def find_fossil(storage, blob_id: bytes) -> str | None:
@@ -195,22 +231,24 @@ def read_moved(storage, blob_id: bytes) -> bytes | None:
     return None
 
 
-def resurrect(storage, src: str, blob_id: bytes, *, drop_spare: bool = False) -> bool:
+def resurrect(storage, src: str, blob_id: bytes, *, drop_spare=None) -> bool:
     """Move fossil ``src`` back to ``blobs/``.  True when ``blobs/`` holds
     the blob afterwards (moved now, or already there).
 
     When ``blobs/`` already has the blob the fossil is kept unless
-    ``drop_spare``: only a prune settling a *closed* collection may drop it.
-    Anyone else may be looking at a collection still moving blobs -- the
-    object in ``blobs/`` may be a copy that collection is about to delete, and
-    its fossil the copy that survives."""
+    ``drop_spare`` (a callable settling the conflict: only a prune settling a
+    *closed* collection passes one).  Anyone else may be looking at a
+    collection still moving blobs -- the object in ``blobs/`` may be a copy
+    that collection is about to delete, and its fossil the copy that
+    survives.  Two objects claiming one name are never settled by the name
+    alone: ``drop_spare(src, dst)`` reads both and keeps what verifies."""
     dst = fmt.blob_name(blob_id)
     try:
         storage.rename(src, dst)
         return True
     except ObjectExists:
-        if drop_spare:
-            storage.delete(src)
+        if drop_spare is not None:
+            drop_spare(src, dst, blob_id)
         return True
     except ObjectNotFound:
         return storage.exists(dst)
@@ -234,15 +272,19 @@ def _marker_mac(key: bytes, body: dict) -> bytes:
 
 
 def open_marker(raw: bytes, key: bytes, sid: str) -> dict | None:
-    """The body of a session marker, or None when it is damaged or forged."""
+    """The body of a session marker, or None when it is damaged, forged or
+    malformed (any key holder can MAC one: its fields are checked too)."""
     try:
-        d = json.loads(raw)
+        d = schema.loads_object(raw, "session marker")
         body, mac = d["body"], bytes.fromhex(d["mac"])
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (IntegrityError, ValueError, KeyError, TypeError, AttributeError):
         return None
     if not isinstance(body, dict) or body.get("session") != sid:
         return None
     if not hmac.compare_digest(mac, _marker_mac(key, body)):
+        return None
+    num = schema.number(0, 2**62)
+    if num(body.get("refreshed")) or num(body.get("started")) or type(body.get("ended", False)) is not bool:
         return None
     return body
 
@@ -268,6 +310,7 @@ class SaveSession:
         self.started = clock()
         self.started_mono = time.monotonic()
         self.closed_at_start: set[str] = set()
+        self.collections_at_start: set[str] = set()
         self.declared_dead = False
         self.refreshes = 0
         self._stop = threading.Event()
@@ -287,7 +330,8 @@ class SaveSession:
         self.storage.write(self.name, self._marker(), exclusive=True)
         self._active = True
         try:
-            _, self.closed_at_start = _collection_files(self.storage)
+            intents, self.closed_at_start = _collection_files(self.storage)
+            self.collections_at_start = intents | self.closed_at_start
         except BaseException:
             self.end()
             raise
@@ -354,7 +398,20 @@ class SaveSession:
                 refset = {bytes(mv[o:o + 32]) for o in range(0, len(mv), 32)}
             return refset
 
-        intents, _ = _collection_files(storage)
+        intents, done = _collection_files(storage)
+        # A collection that closed after this save started must have named it
+        # (its marker was written first) and so cannot have deleted anything
+        # it uses.  One that did not name it, or that is gone already, means
+        # the marker was missing (deleted by someone with storage access) or
+        # the save was taken for dead: verify every referenced blob.
+        suspicious = False
+        for cid in (self.collections_at_start - self.closed_at_start) - (intents | done):
+            suspicious = True  # settled (or rolled back) while this save ran
+        for cid in done - self.closed_at_start:
+            d = read_signed(self.repo, f"{GC}{cid}.done")
+            sessions = d.get("sessions") if d is not None else None
+            if not isinstance(sessions, list) or self.id not in sessions:
+                suspicious = True
         for cid in sorted(intents - self.closed_at_start):
             try:
                 ids = read_collection_ids(storage, cid) or []
@@ -369,7 +426,7 @@ class SaveSession:
                 except StorageError:
                     pass  # an optimisation only: the next prune moves it back
 
-        dead = (self.declared_dead or storage.exists(self.dead_name)
+        dead = (suspicious or self.declared_dead or storage.exists(self.dead_name)
                 or self.clock() - self.started > LONG_SAVE or time.monotonic() - self.started_mono > LONG_SAVE)
         if dead:
             try:
@@ -391,7 +448,7 @@ class SaveSession:
                     cache.set_meta("listed", "0")
                     cache.commit()
                 raise StorageError(f"snapshot {sid} withdrawn: a prune presumed this save dead (no refresh of "
-                                   f"{self.name} in time) and {why}; run the save again")
+                                   f"{self.name} in time, or the marker was removed) and {why}; run the save again")
         return resurrected
 
     def _verify(self, refs: set[bytes]) -> list[bytes]:
@@ -436,6 +493,8 @@ class PruneReport:
     collections_pending: list[str] = field(default_factory=list)
     waiting_for_sessions: int = 0  # running saves that pending collections wait for
     sessions_declared_dead: int = 0
+    conflicts: int = 0  # two objects under one blob's name (a fossil and a blob) settled by verifying both
+    quarantined: list[str] = field(default_factory=list)  # set aside under quarantine/ (kept 30 days)
     temporaries_removed: int = 0  # leftovers of interrupted writes (killed saves)
     temporaries_bytes: int = 0
     generation: int = 0
@@ -531,6 +590,8 @@ class Pruner:
         self.report = PruneReport(dry_run=dry_run)
         self.walk = _Walk(repo, self.threads)
         self._session_state: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._kept: set[str] = set()  # fossils left in place by a conflict this run could not settle
 
     # ---- helpers -----------------------------------------------------------
 
@@ -570,11 +631,13 @@ class Pruner:
             return self._session_state[sid]
         name = f"{SESSIONS}{sid}"
         try:
-            raw = self.storage.read(name)
+            raw = self.storage.read(name, 0, schema.MAX_SMALL_OBJECT + 1)
         except ObjectNotFound:
             state = "finished"
         else:
-            if self.storage.exists(name + DEAD_SUFFIX):
+            # Only a tombstone signed by a key that may prune counts: a write
+            # key (or the storage) cannot declare a running save dead.
+            if read_signed(self.repo, name + DEAD_SUFFIX) is not None:
                 state = "dead"
             else:
                 body = open_marker(raw, self.key, sid)
@@ -586,11 +649,12 @@ class Pruner:
                     state = "dead"
                     self.report.sessions_declared_dead += 1
                     if not self.dry_run:
-                        body = json.dumps({"v": 1, "time": int(self.clock()), "by": self.repo.key.kid}).encode()
+                        tomb = name + DEAD_SUFFIX
+                        body = {"v": 1, "session": sid, "time": int(self.clock()), "by": self.repo.key.kid}
                         try:
-                            self.storage.write(name + DEAD_SUFFIX, body, exclusive=True)
+                            self.storage.write(tomb, signed_object(self.repo.key, tomb, body), exclusive=True)
                         except ObjectExists:
-                            pass
+                            pass  # (an unsigned one: the save still sees it and verifies its blobs)
         self._session_state[sid] = state
         return state
 
@@ -604,15 +668,95 @@ class Pruner:
 
     def _move_back(self, cid: str, items: list[tuple[bytes, str, int]], *, drop_spare: bool = True) -> int:
         """Resurrect fossils (id, name, size); returns bytes moved.  Spare
-        fossils (``blobs/`` has the blob) are dropped unless the collection is
-        our own one still being built."""
+        fossils (``blobs/`` has the blob) are settled by :meth:`_settle_spare`
+        unless the collection is one still being built."""
         if self.dry_run or not items:
             return sum(s for _, _, s in items)
-        self._map(lambda it: resurrect(self.storage, it[1], it[0], drop_spare=drop_spare), items,
+        resolver = self._settle_spare if drop_spare else None
+        self._map(lambda it: resurrect(self.storage, it[1], it[0], drop_spare=resolver), items,
                   f"resurrecting from {cid}")
         return sum(s for _, _, s in items)
 
+    # ---- two objects, one name ---------------------------------------------------
+
+    def _verdict(self, raw: bytes | None, bid: bytes) -> int:
+        """2: opens and matches its id (keys that can read); 1: its MAC
+        verifies; 0: invalid or unreadable."""
+        if raw is None:
+            return 0
+        codec = self.repo.codec
+        if codec.verify_mac(bid, raw):
+            return 0
+        if self.repo.key.can("read"):
+            try:
+                codec.open(bid, raw)
+                return 2
+            except (IntegrityError, RekkordError):
+                return 0
+        return 1
+
+    def _read_bounded(self, name: str) -> bytes | None:
+        try:
+            return self.repo.read_raw(name)
+        except (ObjectNotFound, IntegrityError):
+            return None
+
+    def _settle_spare(self, fossil: str, blob: str, bid: bytes) -> None:
+        """A fossil whose blob is back in ``blobs/``.  Two objects claiming
+        one name are never settled by the name alone: the fossil is dropped
+        only when it holds the same bytes, or when both open and match the id
+        (a key that can read); when only the fossil verifies it replaces the
+        one in ``blobs/``; otherwise (the one in ``blobs/`` verifies at least
+        as well: an audit key cannot tell two valid MACs apart) the fossil is
+        set aside in ``quarantine/``, where a check that finds the blob
+        spoiled looks for a good copy."""
+        a, b = self._read_bounded(blob), self._read_bounded(fossil)
+        if b is None:
+            return
+        if a is not None and a == b:
+            self.storage.delete(fossil)
+            return
+        va, vb = self._verdict(a, bid), self._verdict(b, bid)
+        with self._lock:
+            self.report.conflicts += 1
+        if va == vb == 2:
+            self.storage.delete(fossil)  # two genuine sealings of the same content
+        elif va >= vb:
+            self._quarantine(fossil)
+        else:
+            self._quarantine(blob)
+            try:
+                self.storage.rename(fossil, blob)
+            except ObjectExists:
+                with self._lock:  # someone put a copy back meanwhile; the fossil stays for the next prune
+                    self._kept.add(fossil)
+
+    def _quarantine(self, name: str) -> None:
+        """Set an object aside (kept as evidence for a while, never read)."""
+        dst = f"{QUARANTINE}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(self.clock()))}-" \
+              f"{crypto.random_bytes(4).hex()}/{name}"
+        try:
+            self.storage.rename(name, dst)
+            self.report.quarantined.append(name)
+        except ObjectNotFound:
+            pass
+
     # ---- the run -------------------------------------------------------------
+
+    def _closed(self, cid: str) -> tuple[dict, dict] | None:
+        """(manifest, closing) of a collection closed by a key that may
+        prune: both signed, both naming this collection.  Anything else is
+        not a closed collection (and is rolled back, never deleted from)."""
+        done = read_signed(self.repo, f"{GC}{cid}.done")
+        if done is None or done.get("collection") != cid:
+            return None
+        manifest = read_signed(self.repo, f"{GC}{cid}.fossils", schema.MAX_LIST_OBJECT)
+        if manifest is None or manifest.get("collection") != cid:
+            return None
+        if not isinstance(done.get("sessions", []), list) \
+                or not all(isinstance(x, str) for x in done.get("sessions", [])):
+            return None
+        return manifest, done
 
     def run(self) -> PruneReport:
         started = time.monotonic()
@@ -620,46 +764,49 @@ class Pruner:
         rep = self.report
         if not self.dry_run:
             storage.defer_sync()
-        intents, done = _collection_files(storage)
+        intents, done_names = _collection_files(storage)
         fossils = self._fossils_by_collection()
-        # Collections without .done: interrupted (or, if prunes overlap, still
-        # being built).  Roll back: every fossil whose blob is not in blobs/
-        # goes back.  Spare fossils stay until the collection is clearly
-        # abandoned: a prune still copying may delete the blobs/ original.
-        incomplete = sorted((intents | set(fossils)) - done)
+        closed: dict[str, tuple[dict, dict]] = {}
+        for cid in sorted(done_names):
+            c = self._closed(cid)
+            if c is not None:
+                closed[cid] = c
+        # Collections not validly closed: interrupted (or, if prunes overlap,
+        # still being built), or forged.  Roll back: every fossil whose blob
+        # is not in blobs/ goes back.  Spare fossils stay until the collection
+        # is clearly abandoned: a prune still copying may delete the blobs/
+        # original.
+        incomplete = sorted((intents | done_names | set(fossils)) - set(closed))
         if incomplete:
             in_blobs = {fmt.blob_id_from_name(n) for n, _ in storage.list("blobs/")}
         for cid in incomplete:
             owner = None
             if cid in intents:
-                owner = (_read_json_quiet(storage, f"{GC}{cid}.fossils") or {}).get("owner")
+                manifest = read_signed(self.repo, f"{GC}{cid}.fossils", schema.MAX_LIST_OBJECT)
+                owner = manifest.get("owner") if manifest is not None else None
                 if isinstance(owner, str) and self.session_state(owner) == "running":
                     continue  # still being built by another prune
             items = [(bid, n, s) for bid, (n, s) in fossils.get(cid, {}).items() if bid not in in_blobs]
             self._move_back(cid, items, drop_spare=False)
             rep.rolled_back += len(items)
-            spares = [n for bid, (n, _) in fossils.get(cid, {}).items() if bid in in_blobs]
+            spares = [(bid, n) for bid, (n, _) in fossils.get(cid, {}).items() if bid in in_blobs]
             # Spare copies go once the owner is known to be gone (without an
             # owner to ask: once the collection is clearly abandoned).
             abandoned = isinstance(owner, str) or self.clock() - _collection_time(cid) > DEAD_KEEP
             if self.dry_run or (spares and not abandoned):
                 continue
             storage.flush()
-            for n in spares:
-                storage.delete(n)
-            storage.delete(f"{GC}{cid}.fossils")
+            for bid, n in spares:
+                self._settle_spare(n, fmt.blob_name(bid), bid)
+            if not any(n in self._kept for _, n in spares):
+                storage.delete(f"{GC}{cid}.fossils")
+                storage.delete(f"{GC}{cid}.done")
         # Which closed collections may delete: every session they name has
         # finished or is dead -- judged before the snapshots are listed.
-        closed = {}
-        for cid in sorted(done):
-            d = _read_json(storage, f"{GC}{cid}.done")
-            if d is None:
-                continue
-            closed[cid] = d
-        ready = [cid for cid, d in closed.items() if self._all_finished(d.get("sessions", {}))]
+        ready = [cid for cid, (_, d) in closed.items() if self._all_finished(d.get("sessions", []))]
         refs = self.walk.update()
         for cid in sorted(closed):
-            self._settle(cid, fossils.get(cid, {}), refs, delete=cid in ready)
+            self._settle(cid, fossils.get(cid, {}), refs, closed[cid][0], delete=cid in ready)
         # Step 1: a new collection of what nothing references.
         listing = {}
         for name, size in storage.list("blobs/"):
@@ -675,12 +822,14 @@ class Pruner:
         if unused and not self.dry_run:
             cid = self._collect(unused, listing)
             # Step 2 at once when no save that could have seen the blobs runs.
-            d = _read_json(storage, f"{GC}{cid}.done") or {}
-            if self._all_finished(d.get("sessions", {}), fresh=True):
+            c = self._closed(cid)
+            if c is not None and self._all_finished(c[1].get("sessions", []), fresh=True):
                 refs = self.walk.update()
-                self._settle(cid, self._fossils_by_collection(cid).get(cid, {}), refs, delete=True)
+                self._settle(cid, self._fossils_by_collection(cid).get(cid, {}), refs, c[0], delete=True)
             else:
                 rep.collections_pending.append(cid)
+                if c is not None:
+                    closed[cid] = c
         elif unused and not any(self.session_state(s) == "running" for s in self._list_sessions()):
             # Dry run: with no save running, a real run would delete them at once.
             rep.deleted += len(unused)
@@ -691,8 +840,8 @@ class Pruner:
         rep.generation = gens[-1] if gens else 0
         waiting = set()
         for cid in rep.collections_pending:
-            d = closed.get(cid) or _read_json(storage, f"{GC}{cid}.done") or {}
-            waiting.update(s for s in d.get("sessions", {}) if self._session_state.get(s) == "running")
+            d = closed[cid][1] if cid in closed else {}
+            waiting.update(s for s in d.get("sessions", []) if self._session_state.get(s) == "running")
         rep.waiting_for_sessions = len(waiting)
         rep.duration = round(time.monotonic() - started, 3)
         return rep
@@ -702,24 +851,36 @@ class Pruner:
         states = [self.session_state(s, fresh=fresh) for s in sessions]
         return all(s != "running" for s in states)
 
-    def _settle(self, cid: str, fossils: dict[bytes, tuple[str, int]], refs: set[bytes], *, delete: bool):
+    def _settle(self, cid: str, fossils: dict[bytes, tuple[str, int]], refs: set[bytes], manifest: dict, *,
+                delete: bool):
         """Step 2 for one closed collection: resurrect what is referenced;
-        when ``delete``, delete the rest and the collection."""
+        when ``delete``, delete the rest -- only fossils its signed manifest
+        lists, with the size it recorded -- and the collection."""
         rep = self.report
-        back = [(bid, n, s) for bid, (n, s) in fossils.items() if bid in refs]
-        rep.resurrected += len(back)
+        listed = dict(_manifest_ids(manifest, f"{GC}{cid}.fossils"))
+        back = [(bid, n, s) for bid, (n, s) in fossils.items() if bid in refs or bid not in listed]
+        # (A fossil the manifest does not list was not put there by this
+        # collection: it goes back if blobs/ lacks it, never deleted.)
+        rep.resurrected += sum(1 for b, _, _ in back if b in refs)
         rep.resurrected_bytes += self._move_back(cid, back)
         if not delete:
             rep.collections_pending.append(cid)
             return
-        doomed = [(n, s) for bid, (n, s) in fossils.items() if bid not in refs]
+        doomed = [(n, s) for bid, (n, s) in fossils.items() if bid not in refs and listed.get(bid) == s]
+        kept = [n for bid, (n, s) in fossils.items() if bid not in refs and bid in listed and listed[bid] != s]
         rep.deleted += len(doomed)
         rep.deleted_bytes += sum(s for _, s in doomed)
-        rep.collections_deleted.append(cid)
         if self.dry_run:
+            rep.collections_deleted.append(cid)
             return
         self.storage.flush()  # resurrected blobs are durable before any fossil goes
         self._map(lambda it: self.storage.delete(it[0]), doomed, f"deleting fossils of {cid}")
+        for n in kept:  # not the bytes the collection moved: set aside, not deleted
+            self._quarantine(n)
+        if any(n in self._kept for n, _ in fossils.values()):
+            rep.collections_pending.append(cid)  # spares kept in a conflict: settled again next time
+            return
+        rep.collections_deleted.append(cid)
         self.storage.delete(f"{GC}{cid}.fossils")
         self.storage.delete(f"{GC}{cid}.done")
 
@@ -733,19 +894,21 @@ class Pruner:
     def _collect_as(self, owner: "SaveSession", unused: list[bytes], listing: dict[bytes, int]) -> str:
         storage = self.storage
         rep = self.report
+        key = self.repo.key
         cid = new_collection_id()
         rep.collection = cid
         body = {"v": 1, "collection": cid, "created": int(self.clock()), "owner": owner.id, "count": len(unused),
                 "bytes": rep.fossilised_bytes,
                 "fossils": base64.b64encode(fmt.pack_reflist([(b, listing[b]) for b in unused])).decode()}
-        storage.write(f"{GC}{cid}.fossils", json.dumps(body).encode(), exclusive=True)
+        name = f"{GC}{cid}.fossils"
+        storage.write(name, signed_object(key, name, body), exclusive=True)
         # Move: copy everything, make the copies durable, then delete the originals.
         if type(storage).rename is not _base_rename():
             def move(bid):
                 try:
                     storage.rename(fmt.blob_name(bid), fossil_name(cid, bid))
                 except (ObjectNotFound, ObjectExists):
-                    pass  # gone meanwhile / already moved
+                    pass  # gone meanwhile / something planted under the fossil's name: the blob stays
 
             self._map(move, unused, "fossilising")
         else:
@@ -757,7 +920,8 @@ class Pruner:
                 try:
                     storage.write(fossil_name(cid, bid), data, exclusive=True)
                 except ObjectExists:
-                    pass
+                    # Only a copy of these very bytes lets the original go.
+                    return self._read_bounded(fossil_name(cid, bid)) == data
                 return True
 
             copied = self._map(copy, unused, "fossilising")
@@ -784,7 +948,8 @@ class Pruner:
             storage.flush()
         done = {"v": 1, "collection": cid, "generation": gen, "closed": int(self.clock()),
                 "sessions": sorted(sessions), "snapshots": sorted(self.walk.snap_refs)}
-        storage.write(f"{GC}{cid}.done", json.dumps(done).encode(), exclusive=False)
+        name = f"{GC}{cid}.done"
+        storage.write(name, signed_object(key, name, done), exclusive=False)
         storage.flush()
         return cid
 
@@ -801,6 +966,13 @@ class Pruner:
                 continue
             if self.clock() - t > FORGET_LOG_KEEP:
                 storage.delete(name)
+        for name, _ in storage.list(QUARANTINE):
+            try:
+                t = calendar.timegm(time.strptime(name[len(QUARANTINE):].split("-")[0], "%Y%m%dT%H%M%SZ"))
+            except ValueError:
+                continue
+            if self.clock() - t > QUARANTINE_KEEP:
+                storage.delete(name)
         gens = generations(storage)
         if len(gens) > GENERATIONS_KEPT:
             for n in gens[: len(gens) - GENERATIONS_KEPT]:
@@ -816,7 +988,7 @@ class Pruner:
                 markers.add(rest)
         for sid in markers:
             try:
-                body = open_marker(storage.read(f"{SESSIONS}{sid}"), self.key, sid)
+                body = open_marker(storage.read(f"{SESSIONS}{sid}", 0, schema.MAX_SMALL_OBJECT + 1), self.key, sid)
             except ObjectNotFound:
                 continue
             if body is not None and body.get("ended"):
@@ -829,25 +1001,19 @@ class Pruner:
                 # at the tombstone): a tombstone without one is useless.
                 storage.delete(f"{SESSIONS}{sid}{DEAD_SUFFIX}")
                 continue
-            d = _read_json_quiet(storage, f"{SESSIONS}{sid}{DEAD_SUFFIX}")
-            if d is None or now - float(d.get("time", 0)) < DEAD_KEEP:
+            d = read_signed(self.repo, f"{SESSIONS}{sid}{DEAD_SUFFIX}")
+            if d is None:
+                continue  # not signed by a pruning key: ignored by prune (the save verifies and removes it)
+            if now - float(d.get("time", 0) if type(d.get("time")) in (int, float) else 0) < DEAD_KEEP:
                 continue
-            if sid in markers:
-                try:
-                    body = open_marker(storage.read(f"{SESSIONS}{sid}"), self.key, sid)
-                except ObjectNotFound:
-                    body = None
-                if body is not None and now - float(body.get("refreshed", 0)) <= self.timeout:
-                    continue  # still refreshed: the save lives and will need its tombstone
-                storage.delete(f"{SESSIONS}{sid}")
+            try:
+                body = open_marker(storage.read(f"{SESSIONS}{sid}", 0, schema.MAX_SMALL_OBJECT + 1), self.key, sid)
+            except ObjectNotFound:
+                body = None
+            if body is not None and now - float(body.get("refreshed", 0)) <= self.timeout:
+                continue  # still refreshed: the save lives and will need its tombstone
+            storage.delete(f"{SESSIONS}{sid}")
             storage.delete(f"{SESSIONS}{sid}{DEAD_SUFFIX}")
-
-
-def _read_json_quiet(storage, name: str) -> dict | None:
-    try:
-        return _read_json(storage, name)
-    except IntegrityError:
-        return None
 
 
 def _base_rename():

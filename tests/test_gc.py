@@ -36,6 +36,7 @@ from rekkord.gc import (
     open_marker,
     parse_fossil_name,
     prune,
+    signed_object,
 )
 from rekkord.keys import Key
 from rekkord.repository import Repository
@@ -359,9 +360,9 @@ def test_unfinished_collection_waits_for_its_owner(local_repo, tmp_path):
     audit.storage.write(f"snapshots/{s1}", raw)
     # Pretend its owner still runs: hands off.
     owner = SaveSession(audit, refresh_interval=None).begin()
-    body = json.loads(audit.storage.read(f"gc/collections/{cid}.fossils"))
-    audit.storage.write(f"gc/collections/{cid}.fossils", json.dumps({**body, "owner": owner.id}).encode(),
-                        exclusive=False)
+    name = f"gc/collections/{cid}.fossils"
+    body = json.loads(audit.storage.read(name))["body"]
+    audit.storage.write(name, signed_object(audit.key, name, {**body, "owner": owner.id}), exclusive=False)
     rep = prune(audit)
     assert rep.rolled_back == 0 and len(names(audit.storage, "fossils/")) == len(blobs)
     owner.end()
