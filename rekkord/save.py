@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import format as fmt
 from .cache import Cache
-from .errors import ObjectExists, RekkordError, StorageError, UsageError
+from .errors import IntegrityError, ObjectExists, RekkordError, StorageError, StoragePermissionDenied, UsageError
 from .index import (
     F_CHANGED,
     F_LINKED,
@@ -263,6 +263,12 @@ class Saver:
         # from check, or written by a save that died before its flush
         # (docs/integrity.md).  Filled by _prepare_cache.
         self.suspects: set[bytes] = set()
+        # Of those, the ones a repair hint names: uploaded again whatever the
+        # object under their name holds (its MAC may be valid and its content
+        # spoiled: any key holder can make such an object, docs/integrity.md).
+        self.hinted: set[bytes] = set()
+        self.repaired: set[bytes] = set()  # hinted blobs this save uploaded again
+        self._hints: dict[str, list[bytes]] = {}
         self._last_progress = 0.0
 
     # ---- warnings / progress ---------------------------------------------------
@@ -287,14 +293,18 @@ class Saver:
 
     def store_blob(self, btype: int, data) -> tuple[bytes, int]:
         blob_id = self.codec.blob_id(btype, data)
-        size = self.cache.blob_size(blob_id)
+        hinted = blob_id in self.hinted
+        # Reference lists decide what prune keeps, and any key holding psk can
+        # make one: never trust one by its name (the cache knows names from a
+        # listing) -- write it, and verify what a name already holds.
+        size = None if hinted or btype == fmt.T_REFLIST else self.cache.blob_size(blob_id)
         if size is not None:
             with self.stats_lock:
                 self.stats.blobs_known += 1
             return blob_id, size
         name = fmt.blob_name(blob_id)
         suspect = blob_id in self.suspects
-        if suspect:
+        if suspect and not hinted:
             size = self._intact_size(name, blob_id)
             if size is not None:  # present and intact after all: nothing to upload
                 self.cache.add_blob(blob_id, size)
@@ -303,7 +313,7 @@ class Saver:
                 return blob_id, size
         raw = self.codec.seal(btype, blob_id, data)
         try:
-            self.repo.storage.write(name, raw, exclusive=True)
+            self.repo.storage.write(name, raw, exclusive=not hinted)
             size = len(raw)
             new = True
         except ObjectExists:
@@ -311,13 +321,26 @@ class Saver:
             new = False
             # Same content, same level: same stored size.  A different size
             # means a damaged object (e.g. left empty by a crash); verify it.
-            if suspect or (size != len(raw) and self._intact_size(name, blob_id) is None):
-                # Missing or damaged in storage (verified above): replace it.
+            # A reference list is read back and compared whatever its size.
+            if suspect or (btype == fmt.T_REFLIST and not self._same_reflist(name, blob_id, data)) or (
+                    size != len(raw) and self._intact_size(name, blob_id) is None):
+                # Missing, damaged or not ours in storage (verified above): replace it.
                 self.repo.storage.write(name, raw, exclusive=False)
                 size = len(raw)
                 new = True
                 with self.stats_lock:
                     self.stats.blobs_repaired += 1
+        except StoragePermissionDenied as e:
+            if not hinted:
+                raise
+            raise StoragePermissionDenied(
+                f"blob {blob_id.hex()} is named by a repair hint (found missing or damaged by a check) and "
+                f"cannot be uploaded again here ({e}); a check with a key and credentials that may delete "
+                "quarantines the bad object, after which this save can replace it") from None
+        if hinted:
+            with self.stats_lock:
+                self.stats.blobs_repaired += 1
+                self.repaired.add(blob_id)
         if new:
             self.cache.add_pending(blob_id)
         self.cache.add_blob(blob_id, size)
@@ -330,11 +353,19 @@ class Saver:
                 self.stats.blobs_known += 1
         return blob_id, size
 
+    def _same_reflist(self, name: str, blob_id: bytes, data) -> bool:
+        """Whether the reference list stored under ``name`` holds ``data``
+        (a write key can open reference lists: they are sealed with psk)."""
+        try:
+            return self.repo.read_blob(blob_id, fmt.T_REFLIST) == bytes(data)
+        except (IntegrityError, StorageError):
+            return False
+
     def _intact_size(self, name: str, blob_id: bytes) -> int | None:
         """The stored size if the object exists with a valid MAC, else None."""
         try:
-            raw = self.repo.storage.read(name)
-        except StorageError:
+            raw = self.repo.read_raw(name)
+        except (StorageError, IntegrityError):
             return None
         return None if self.codec.verify_mac(blob_id, raw) else len(raw)
 
@@ -570,6 +601,7 @@ class Saver:
         from .gc import SaveSession
 
         with SaveSession(self.repo) as session:
+            self._closed_at_start = session.closed_at_start
             result = self._save(channel, paths, time_ns=time_ns)
             session.after_record(result.snapshot_id, self.refs, self.cache)
         return result
@@ -635,6 +667,7 @@ class Saver:
         self.cache.clear_pending()
         sid = self.repo.write_snapshot(record)
         self.repo.storage.flush()  # the record too, before we say it is saved
+        self._note_repaired()
         self.cache.set_meta("last_snapshot", sid)
         self.cache.set_meta("save_open", "0")
         self.cache.commit()
@@ -679,7 +712,13 @@ class Saver:
 
     def _prepare_cache(self):
         gen = self.repo.generation()
-        if self.cache.get_meta("generation") != str(gen) or self.cache.get_meta("listed") != "1":
+        # A collection closed since the blobs were listed moved some of them
+        # to fossils: list again (the generation says so too, unless someone
+        # with storage access removed the newest generation).
+        closed = getattr(self, "_closed_at_start", set())
+        seen = set(filter(None, (self.cache.get_meta("collections_seen") or "").split(",")))
+        if self.cache.get_meta("generation") != str(gen) or self.cache.get_meta("listed") != "1" \
+                or not closed <= seen:
             self.cache.begin()
             self.cache.reset_blobs()
             batch = []
@@ -693,6 +732,7 @@ class Saver:
             self.cache.add_blobs(batch)
             self.cache.set_meta("generation", gen)
             self.cache.set_meta("listed", "1")
+            self.cache.set_meta("collections_seen", ",".join(sorted(closed)))
             self.cache.commit()
             relisted = True
         else:
@@ -710,18 +750,51 @@ class Saver:
                 bid = fmt.blob_id_from_name(name)
                 if bid is not None and known(bid) is None:
                     suspects.add(bid)
+        # A repair hint stays in force until a check finds what it names
+        # intact (and deletes it): every save that produces one of its blobs
+        # uploads it again, once per cache (then its own upload is what the
+        # object holds).  A save that does not hold the data cannot repair
+        # it, and must not stop the next save, of another channel, from doing so.
         hints = self.repo.repairs()
-        done = set(filter(None, (self.cache.get_meta("repairs_done") or "").split(",")))
+        repaired = self._repaired_by_cache()
+        self._hints = hints
+        hinted = set()
         for name, ids in hints.items():
-            if name not in done:  # each hint once: what it names is then re-uploaded and cached
-                suspects.update(ids)
-        self.cache.set_meta("repairs_done", ",".join(sorted(hints)))
+            done = repaired.get(name, set())
+            hinted.update(i for i in ids if i not in done)
+        suspects |= hinted
         if suspects:
             self.cache.begin()
             self.cache.forget_blobs(suspects)
             self.cache.clear_pending()
             self.cache.commit()
         self.suspects = suspects
+        self.hinted = hinted
+
+    def _repaired_by_cache(self) -> dict[str, set[bytes]]:
+        import json
+
+        try:
+            d = json.loads(self.cache.get_meta("repairs_uploaded") or "{}")
+            return {k: {bytes.fromhex(i) for i in v} for k, v in d.items()}
+        except (ValueError, TypeError, AttributeError):
+            return {}
+
+    def _note_repaired(self) -> None:
+        """Remember, per hint, which of its blobs this cache uploaded again
+        (hints that are gone are forgotten)."""
+        import json
+
+        if not self._hints:
+            self.cache.set_meta("repairs_uploaded", "{}")
+            return
+        before = self._repaired_by_cache()
+        out = {}
+        for name, ids in self._hints.items():
+            got = before.get(name, set()) | (self.repaired & set(ids))
+            if got:
+                out[name] = sorted(i.hex() for i in got)
+        self.cache.set_meta("repairs_uploaded", json.dumps(out))
 
     def _shutdown(self, cancel=False):
         self.file_pool.shutdown(wait=True, cancel_futures=cancel)
