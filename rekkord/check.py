@@ -200,6 +200,7 @@ class Checker:
         self.lock = threading.Lock()
         self._last_progress = 0.0
         self.names: dict[bytes, str] = {}  # storage names of referenced blobs that are not blobs/xx/<id>
+        self.spoiled: set[bytes] = set()  # MAC valid, content wrong (found by decrypting)
         self._fossil_sizes: dict[bytes, int] = {}
         self.empty_leftovers: list[str] = []
 
@@ -349,6 +350,21 @@ class Checker:
     def _check_keys(self, listing: dict[str, int]):
         repo = self.repo
         certs = repo.certificates()
+        if self.cache is not None:
+            # Revocation is monotonic: one seen by an earlier check stands even
+            # when the storage withholds it now.
+            import json
+
+            try:
+                known = {k: int(v) for k, v in json.loads(self.cache.get_meta("revocations") or "{}").items()}
+            except (ValueError, TypeError, AttributeError):
+                known = {}
+            stored = set(repo.revocations())
+            for kid in sorted(set(known) - stored):
+                self.problem(f"revoked/{kid}", "revocation", MISSING, "seen by an earlier check and gone now "
+                             "(deleted by someone with storage access?); the key stays revoked from "
+                             f"{_when(known[kid] / 1e9)}")
+            self.cache.set_meta("revocations", json.dumps(repo.remember_revocations(known)))
         for name in listing:
             if name.startswith("keys/") and name[5:] not in certs:
                 self.problem(name, "key certificate", DAMAGED, "damaged, forged or stored under another name "
@@ -358,7 +374,7 @@ class Checker:
             if name.startswith("revoked/") and name[8:] not in revs:
                 self.problem(name, "revocation", DAMAGED, "damaged, forged or stored under another name "
                              "(not a revocation the master key signed)")
-        self.hints = repo.repairs(on_problem=lambda n, m: self.problem(n, "repair hint", DAMAGED, m))
+        self.hints = repo.repair_hints(on_problem=lambda n, m: self.problem(n, "repair hint", DAMAGED, m))
         from .forget import forgotten_snapshots
 
         forgotten_snapshots(repo, on_problem=lambda n, m: self.problem(n, "forget log entry", DAMAGED, m))
@@ -572,7 +588,12 @@ class Checker:
                 try:
                     codec.open(bid, raw, btype)
                 except (IntegrityError, UnsupportedFormat) as e:
-                    bad[bid] = self.problem(name, what, DAMAGED, _strip(str(e), bid))
+                    # A valid MAC over content that is not the id's: made by a
+                    # key holder (any key has psk), not by a bit flip.
+                    msg = _strip(str(e), bid) + " (its MAC is valid: spoiled by a key holder)"
+                    bad[bid] = self.problem(name, what, DAMAGED, msg)
+                    with self.lock:
+                        self.spoiled.add(bid)
                     return
                 with self.lock:
                     self.report.blobs_decrypted += 1
@@ -772,20 +793,69 @@ class Checker:
             self.cache.forget_blobs(damaged_ids)
         if not self.heal:
             return
+        full = self.can_read and (self.read_data or self.subset is not None)
         try:
+            self._contain(bad, damaged_ids)
             covered = set()
-            for name, ids in self.hints.items():
+            for name, (ids, deep) in self.hints.items():
                 ids = set(ids)
                 if ids & damaged_ids:
                     covered |= ids
-                elif all(b in verified or b not in refs for b in ids):
-                    self.repo.storage.delete(name)  # everything it named is intact again, or gone
+                elif (full or not deep) and all(b in verified or b not in refs for b in ids):
+                    # Everything it named is intact again (or no longer used).
+                    # A deep hint (spoiled content under a valid MAC) is only
+                    # cleared by a check that decrypted what it names.
+                    self.repo.storage.delete(name)
                     self.report.repairs_removed += 1
             new = damaged_ids - covered
             if new:
-                self.report.repair_hint = self.repo.write_repair(sorted(new))
+                self.report.repair_hint = self.repo.write_repair(sorted(new), deep=bool(new & self.spoiled))
         except StorageError as e:
             self.report.notes.append(f"could not update repair hints: {e}")
+
+    def _contain(self, bad: dict[bytes, Problem], damaged_ids: set[bytes]):
+        """Spoiled blobs (a valid MAC over the wrong content, which any key
+        holder can make) go to quarantine/, so that the saves that still have
+        the data can store it under its name again, even on storage that
+        only lets them create; a copy in quarantine/ that verifies (set aside
+        by a prune that could not tell two valid MACs apart) comes back."""
+        from .gc import QUARANTINE
+
+        spare: dict[bytes, list[str]] = {}
+        for name, _ in self.repo.storage.list(QUARANTINE):
+            bid = fmt.blob_id_from_name("/".join(name.split("/")[-3:]))
+            if bid is not None and bid in damaged_ids:
+                spare.setdefault(bid, []).append(name)
+        codec = self.repo.codec
+        for bid in sorted(damaged_ids):
+            name = fmt.blob_name(bid)
+            good = None
+            for q in spare.get(bid, ()):
+                try:
+                    raw = self.repo.read_raw(q)
+                    if self.can_read:
+                        codec.open(bid, raw)
+                    elif codec.verify_mac(bid, raw):
+                        continue
+                except (IntegrityError, UnsupportedFormat, StorageError):
+                    continue
+                good = q
+                break
+            if bid not in self.spoiled and good is None:
+                continue  # (a missing or MAC-damaged blob: savers replace it by its name)
+            where = f"{QUARANTINE}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(4).hex()}/{name}"
+            try:
+                if self.repo.storage.exists(name):
+                    self.repo.storage.rename(name, where)
+                    self.report.notes.append(f"{name} set aside as {where} (spoiled: a valid MAC over other "
+                                             "content)" if bid in self.spoiled else f"{name} set aside as {where}")
+                if good is not None:
+                    self.repo.storage.rename(good, name)
+                    bad[bid].message += f"; a good copy was found in {good} and put back"
+                    damaged_ids.discard(bid)
+            except StorageError as e:
+                self.report.notes.append(f"could not set {name} aside ({e}); the next save that has the data "
+                                         "replaces it")
 
 
 def _strip(msg: str, bid: bytes) -> str:

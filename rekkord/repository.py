@@ -452,18 +452,26 @@ class Repository:
         return crypto.keyed_hash(crypto.derive(CTX_REPAIR, self.key.psk), b"rekkord repair v1\0",
                                  keymod.canonical(body))
 
-    def write_repair(self, blob_ids) -> str:
+    def write_repair(self, blob_ids, *, deep: bool = False) -> str:
         """Publish blob ids found missing or damaged, so that savers holding
         the data forget them from their caches and upload them again.  MACed
-        with a psk-derived key: the storage can neither forge nor alter one."""
+        with a psk-derived key: the storage can neither forge nor alter one.
+        ``deep``: some were found spoiled only by decrypting them (a valid MAC
+        over the wrong content): only a check that decrypts may clear it."""
         body = {"v": 1, "repo": self.id, "time_ns": time.time_ns(), "kid": self.key.kid,
                 "ids": sorted(b.hex() for b in blob_ids)}
+        if deep:
+            body["deep"] = True
         name = f"repairs/{crypto.random_bytes(12).hex()}"
         raw = json.dumps({"body": body, "mac": self._repair_mac(body).hex()}, sort_keys=True).encode()
         self.storage.write(name, raw)
         return name
 
     def repairs(self, on_problem=None) -> dict[str, list[bytes]]:
+        return {name: ids for name, (ids, _) in self.repair_hints(on_problem).items()}
+
+    def repair_hints(self, on_problem=None) -> dict[str, tuple[list[bytes], bool]]:
+        """Valid repair hints: name -> (blob ids, deep)."""
         """Valid repair hints: name -> blob ids.  Invalid ones are reported
         through ``on_problem(name, message)`` and otherwise ignored."""
         out = {}
@@ -476,7 +484,8 @@ class Repository:
                         or not hmac.compare_digest(mac, self._repair_mac(body)):
                     raise ValueError("bad MAC")
                 ids = schema.get(body, "ids", name, schema.listof(schema.hexstr(32), 1 << 22))
-                out[name] = [bytes.fromhex(i) for i in ids]
+                deep = schema.get(body, "deep", name, schema.boolean, optional=True, default=False)
+                out[name] = ([bytes.fromhex(i) for i in ids], deep)
             except ObjectNotFound:
                 continue  # deleted meanwhile (a check saw it healed)
             except (IntegrityError, ValueError, KeyError, TypeError, AttributeError):

@@ -81,6 +81,7 @@ class RestoreStats:
     refused: int = 0  # entries the snapshot should not hold (forged or corrupted), not restored
     not_created: int = 0  # device nodes, FIFOs and sockets left out by the policy
     setuid_dropped: int = 0  # setuid/setgid bits not applied (owner not restored, or --no-setuid)
+    repair_hint: str | None = None  # published for the damaged blobs found (so saves upload them again)
     duration: float = 0.0
 
 
@@ -442,6 +443,8 @@ class Restorer:
                 self._delete_extra(self._delete_scopes(sub, entry0), expected)
             if not dry:
                 self._apply_dir_meta(dirs)
+            if fetcher.damaged and not dry:
+                self._publish_hint(fetcher.damaged)
         finally:
             pool.shutdown(wait=True)
             fetcher.close()
@@ -451,6 +454,17 @@ class Restorer:
         self.stats.duration = round(time.monotonic() - started, 3)
         self._tick(force=True)
         return self.stats
+
+    def _publish_hint(self, damaged: set[bytes]):
+        """A damaged blob is named in a repair hint, so that every save that
+        still has the data uploads it again (best effort: a restore host may
+        hold read-only credentials)."""
+        from .errors import RekkordError
+
+        try:
+            self.stats.repair_hint = self.repo.write_repair(sorted(damaged))
+        except RekkordError:
+            pass
 
     def _policy_allows(self, e: Entry) -> bool:
         """Device nodes and FIFOs unless --no-special; sockets never (they

@@ -377,9 +377,15 @@ class BlobFetcher:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.fetched = 0
+        self.damaged: set[bytes] = set()  # blobs found missing or damaged (for a repair hint)
 
     def _fetch(self, blob_id: bytes) -> bytes:
-        data = self.repo.read_blob(blob_id, fmt.T_DATA)
+        try:
+            data = self.repo.read_blob(blob_id, fmt.T_DATA)
+        except IntegrityError:
+            with self.lock:
+                self.damaged.add(blob_id)
+            raise
         with self.lock:
             self.bytes += len(data)
             self.fetched += 1
