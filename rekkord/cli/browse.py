@@ -10,6 +10,7 @@ import click
 from ..errors import UsageError
 from .context import Settings, echo_json, human_bytes, pass_settings
 from .progress import style
+from .text import path as text_path, safe
 
 _COLOURS = {"added": "green", "removed": "red", "modified": "yellow", "metadata": "cyan"}
 
@@ -52,7 +53,7 @@ def diff_cmd(s: Settings, snap1, snap2, subpath, no_metadata, fast, as_json):
         return
     for c in changes:
         extra = f"  ({', '.join(c.details)})" if c.details and c.status in ("modified", "metadata") else ""
-        line = f"{STATUS_CHARS[c.status]}  {c.display_path}"
+        line = f"{STATUS_CHARS[c.status]}  {text_path(c.path)}"
         click.echo(style(line, fg=_COLOURS[c.status]) + extra)
     if not s.quiet:
         click.echo(f"{a.id[:8]} -> {b.id[:8]}: {st.added} added, {st.removed} removed, {st.modified} modified, "
@@ -96,7 +97,7 @@ def find_cmd(s: Settings, pattern, channel, host, latest, as_json):
 
     def on_error(snap, err):
         problems.append(snap.id)
-        click.echo(f"rekkord: error: snapshot {snap.id[:8]}: {err}", err=True)
+        click.echo(f"rekkord: error: snapshot {snap.id[:8]}: {safe(str(err))}", err=True)
 
     for snap, e in find(repo, snaps, pattern, threads=min(4, s.threads or 4), on_error=on_error):
         path = "/" + os.fsdecode(e.path)
@@ -104,7 +105,7 @@ def find_cmd(s: Settings, pattern, channel, host, latest, as_json):
             rows.append({"snapshot": snap.id, "channel": snap.channel, "snapshot_time": _iso(snap.time),
                          "path": path, "type": e.kind_name, "size": e.size, "mtime": _iso(e.mtime_ns / 1e9)})
         else:
-            click.echo(f"{snap.id[:8]}  {_when(snap.time)}  {snap.channel}  {path}"
+            click.echo(f"{snap.id[:8]}  {_when(snap.time)}  {snap.channel}  {text_path(e.path)}"
                        f"{'/' if e.kind_name == 'dir' else ''}  {e.size if e.kind_name != 'dir' else '-'}  "
                        f"{_when(e.mtime_ns / 1e9)}")
             rows.append(None)

@@ -60,14 +60,19 @@ def channels_cmd(s: Settings, stale, expect, as_json):
         click.echo(f"rekkord: warning: {w}", err=True)
     now = time.time()
     chans: dict[str, dict] = {}
-    for x in snaps:  # oldest first: the last one wins
-        c = chans.setdefault(x.channel, {"channel": x.channel, "snapshots": 0})
+    none = {"latest": None, "time": None, "time_ns": None, "age_seconds": None, "host": None}
+    for x in snaps:  # oldest first: the last trusted one wins
+        c = chans.setdefault(x.channel, {"channel": x.channel, "snapshots": 0, "untrusted": 0, **none})
         c["snapshots"] += 1
+        if not x.signature_ok:
+            # Forged, or signed by a revoked key or by a role that may not
+            # save: never a channel's latest, never counted as fresh.
+            c["untrusted"] += 1
+            continue
         c.update(latest=x.id, time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(x.time)), time_ns=x.time_ns,
-                 age_seconds=round(now - x.time, 3), host=x.host, trusted=x.signature_ok)
+                 age_seconds=round(now - x.time, 3), host=x.host)
     for name in expect:
-        chans.setdefault(name, {"channel": name, "snapshots": 0, "latest": None, "time": None, "time_ns": None,
-                                "age_seconds": None, "host": None, "trusted": None})
+        chans.setdefault(name, {"channel": name, "snapshots": 0, "untrusted": 0, **none})
     rows = sorted(chans.values(), key=lambda c: c["channel"])
     stale_rows = []
     for c in rows:
@@ -86,8 +91,8 @@ def channels_cmd(s: Settings, stale, expect, as_json):
                 status = style("STALE", fg="red", bold=True)
             elif limit is not None:
                 status = style("ok", fg="green")
-            if c.get("trusted") is False:
-                status = (status + " " if status else "") + style("UNTRUSTED", fg="red")
+            if c.get("untrusted"):
+                status = (status + " " if status else "") + style(f"{c['untrusted']} UNTRUSTED", fg="red")
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c["time_ns"] / 1e9)) if c["time_ns"] else "-"
             out.append([c["channel"], (c["latest"] or "-")[:8], when,
                         human_age(c["age_seconds"]) if c["age_seconds"] is not None else "never",

@@ -35,11 +35,13 @@ def check_cmd(s: Settings, read_data, read_data_subset, no_heal, as_json):
     if as_json:
         echo_json(report.to_json())
         raise SystemExit(report.exit_code)
+    from .text import safe
+
     for p in report.problems:
         label = "damage" if p.damage else "could not verify"
-        click.echo(f"rekkord: {label}: {p}", err=True)
+        click.echo(f"rekkord: {label}: {safe(str(p))}", err=True)
     for n in report.notes:
-        click.echo(f"rekkord: note: {n}", err=True)
+        click.echo(f"rekkord: note: {safe(n)}", err=True)
     status = {"clean": "no problems found", "damaged": f"{len(report.problems)} problems found",
               "incomplete": f"{len(report.problems)} objects could not be verified"}[report.status]
     if not s.quiet or not report.ok:

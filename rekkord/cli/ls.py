@@ -8,6 +8,8 @@ import time
 import click
 
 from .context import Settings, echo_json, pass_settings
+from .progress import warn_printer
+from .text import path as text_path, safe
 
 
 def entry_json(e) -> dict:
@@ -37,7 +39,9 @@ def ls_cmd(s: Settings, spec, recursive, long_, as_json):
     sub = normalize_subpath(path)
     out = []
     depth0 = sub.count(b"/") + 1 if sub else 0
-    for e, rel in select(iter_entries(repo, snap), sub):
+    warn = warn_printer(s.quiet)
+    entries = iter_entries(repo, snap, on_refused=lambda p, why: warn(f"/{os.fsdecode(p)}", f"REFUSED: {why}"))
+    for e, rel in select(entries, sub):
         if not recursive and e.path.count(b"/") + (1 if e.path else 0) > depth0 + 1 and rel:
             continue
         if not recursive and rel and e.path.count(b"/") != (depth0 if sub else 0):
@@ -45,12 +49,12 @@ def ls_cmd(s: Settings, spec, recursive, long_, as_json):
         if as_json:
             out.append(entry_json(e))
         elif long_:
-            click.echo(f"{e.mode_string()} {e.user.decode(errors='replace') or e.uid:>8} "
-                       f"{e.group.decode(errors='replace') or e.gid:>8} {e.size:>12} "
+            click.echo(f"{e.mode_string()} {safe(e.user.decode(errors='replace')) or e.uid:>8} "
+                       f"{safe(e.group.decode(errors='replace')) or e.gid:>8} {e.size:>12} "
                        f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(e.mtime_ns / 1e9))} "
-                       f"/{os.fsdecode(e.path)}" + (f" -> {os.fsdecode(e.target)}" if e.kind == 3 else ""))
+                       f"{text_path(e.path)}" + (f" -> {safe(os.fsdecode(e.target))}" if e.kind == 3 else ""))
         else:
-            click.echo("/" + os.fsdecode(e.path))
+            click.echo(text_path(e.path))
     if as_json:
         echo_json(out)
 

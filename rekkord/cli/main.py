@@ -46,8 +46,11 @@ class RekkordGroup(click.Group):
         try:
             return super().invoke(ctx)
         except RekkordError as e:
-            _log_error(str(e))
-            click.echo(f"rekkord: error: {e}", err=True)
+            from .text import safe
+
+            msg = safe(str(e))  # one line, whatever names it holds
+            _log_error(msg)
+            click.echo(f"rekkord: error: {msg}", err=True)
             sys.exit(e.exit_code)
         except KeyboardInterrupt:
             click.echo("rekkord: interrupted", err=True)
@@ -61,8 +64,10 @@ class RekkordGroup(click.Group):
             raise
         except OSError as e:
             # Anything the library did not translate: still one clear line.
-            where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-            click.echo(f"rekkord: error: {e.strerror or e}{where}", err=True)
+            from .text import safe
+
+            where = f" ({safe(os.fsdecode(e.filename))})" if getattr(e, "filename", None) else ""
+            click.echo(f"rekkord: error: {safe(str(e.strerror or e))}{where}", err=True)
             sys.exit(ExitCode.NO_SPACE if e.errno == 28 else ExitCode.ERROR)
         except Exception as e:  # a bug: still one line, the traceback only with -v
             s = ctx.obj
@@ -70,7 +75,9 @@ class RekkordGroup(click.Group):
                 import traceback
 
                 traceback.print_exc()
-            click.echo(f"rekkord: internal error: {type(e).__name__}: {e} (run with -v for details; "
+            from .text import safe
+
+            click.echo(f"rekkord: internal error: {type(e).__name__}: {safe(str(e))} (run with -v for details; "
                        "please report this)", err=True)
             sys.exit(ExitCode.ERROR)
 

@@ -115,6 +115,9 @@ def warn_printer(quiet: bool):
     in the log file."""
 
     def warn(path: str, message: str):
+        from .text import safe
+
+        path, message = safe(path), safe(message)
         log.warning("%s: %s", path, message)
         click.echo(f"rekkord: warning: {path}: {message}", err=True)
 
