@@ -1,0 +1,216 @@
+"""The attacker of the hostile-input tests: builds repository objects with only
+what ONE key file holds (a write, audit or read key), or with only what the
+storage holds (``key_file=None``: every stored object, public keys included).
+
+It uses the format's code for encoding (an attacker has the source) but never
+the library's checks, and never a secret its key file does not hold: the
+secrets come from the key file on disk, the public values from the stored
+config.  Everything it makes is written straight to the storage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+
+from rekkord import crypto, format as fmt, keys as keymod
+from rekkord.chunker import INDEX_PARAMS, Chunker, ChunkerParams, PackCutter, chunker_seed
+from rekkord.index import Entry, encode
+from rekkord.storage.local import LocalStorage
+
+
+class Attacker:
+    def __init__(self, url: str, key_file: str | None = None, storage=None):
+        self.storage = storage or LocalStorage(url, sync=False)
+        self.config = json.loads(self.storage.read("config"))["body"]  # public: anyone with storage access
+        self.key = keymod.load(key_file) if key_file else None
+        k = self.key
+        r = os.urandom
+        psk = k.psk if k else None
+        self.id_key = k.id_key if k and k.id_key else r(32)  # the storage can only guess secrets
+        self.psk = psk or r(32)
+        self.mac_key = crypto.derive(crypto.CTX_MAC, self.psk)
+        self.list_key = crypto.derive(crypto.CTX_LIST, self.psk)
+        self.session_mix = crypto.derive(crypto.CTX_SESSION, self.psk)
+        self.log_mix = crypto.derive(crypto.CTX_LOG, self.psk)
+        self.data_pk = bytes.fromhex(self.config["data_pk"])
+        self.log_pk = bytes.fromhex(self.config["log_pk"])
+        self.sign_seed = k.sign_seed if k else r(32)
+        self.kid = keymod.kid_of(crypto.sign_public(self.sign_seed))
+        self.codec = fmt.BlobCodec(fmt.BlobKeys(id_key=self.id_key, mac_key=self.mac_key, list_key=self.list_key,
+                                                session_mix=self.session_mix, data_pk=self.data_pk,
+                                                data_sk=k.data_sk if k else None))
+        ch = self.config["chunker"]
+        self.params = ChunkerParams(ch["min"], ch["avg"], ch["max"])
+
+    # ---- blobs -----------------------------------------------------------------
+
+    def blob_id(self, btype: int, plaintext: bytes) -> bytes:
+        return self.codec.blob_id(btype, plaintext)
+
+    def seal(self, btype: int, plaintext: bytes, *, claim_id: bytes | None = None) -> tuple[bytes, bytes]:
+        """(id, stored bytes) of a blob holding ``plaintext`` -- under the id of
+        other content with ``claim_id`` (the MAC still verifies: psk suffices)."""
+        bid = claim_id or self.blob_id(btype, plaintext)
+        return bid, bytes(self.codec.seal(btype, bid, plaintext))
+
+    def seal_inner(self, btype: int, blob_id: bytes, inner: bytes) -> bytes:
+        """A blob whose sealed INNER part (compression byte, body length,
+        body, padding) is ``inner`` exactly: for bodies no honest writer makes."""
+        if btype == fmt.T_REFLIST:
+            sealing, eph, key = fmt.SEAL_LIST, bytes(32), self.list_key
+        else:
+            eph_sk, eph = crypto.new_ephemeral()
+            shared = crypto.x25519(eph_sk, self.data_pk)
+            sealing, key = fmt.SEAL_SESSION, crypto.session_key(self.session_mix, shared, eph, self.data_pk)
+        nonce = os.urandom(24)
+        header = fmt.BLOB_MAGIC + bytes([btype, sealing, 0, 0]) + eph + nonce
+        ct = crypto.aead_encrypt(key, nonce, inner, header + blob_id)
+        return header + ct + crypto.keyed_hash(self.mac_key, blob_id, header, ct)
+
+    def put_blob(self, blob_id: bytes, raw: bytes, *, overwrite: bool = False) -> int:
+        self.storage.write(fmt.blob_name(blob_id), raw, exclusive=not overwrite)
+        return len(raw)
+
+    def blob(self, btype: int, plaintext: bytes, **kw) -> tuple[bytes, int]:
+        bid, raw = self.seal(btype, plaintext, **kw)
+        self.put_blob(bid, raw, overwrite=True)
+        return bid, len(raw)
+
+    def data(self, content: bytes) -> list:
+        """Data blobs for ``content`` cut like a save would; returns extents."""
+        from rekkord.index import Extent
+
+        out = []
+        if len(content) < self.params.min_size:
+            bid, _ = self.blob(fmt.T_DATA, content)
+            return [Extent(bid, 0, len(content))] if content else []
+        for ch in Chunker(self.params, chunker_seed(self.id_key)).cut(content):
+            bid, _ = self.blob(fmt.T_DATA, bytes(ch))
+            out.append(Extent(bid, 0, len(ch)))
+        return out
+
+    def chunk_ids(self, content: bytes) -> list[bytes]:
+        """The ids an honest save of a file holding ``content`` will use (what
+        a write key can predict for content it knows)."""
+        if len(content) < self.params.min_size:
+            return [self.blob_id(fmt.T_DATA, content)]
+        return [self.blob_id(fmt.T_DATA, bytes(c)) for c in Chunker(self.params, chunker_seed(self.id_key))
+                .cut(content)]
+
+    def index(self, entries: list[Entry] | bytes, pieces: int = 1) -> list[list]:
+        """Index blobs holding ``entries`` (or a raw index stream)."""
+        stream = entries if isinstance(entries, (bytes, bytearray)) else b"".join(encode(e) for e in entries)
+        if not stream:
+            bid, size = self.blob(fmt.T_INDEX, b"")
+            return [[bid.hex(), size]]
+        step = -(-len(stream) // pieces)
+        out = []
+        for i in range(0, len(stream), step):
+            bid, size = self.blob(fmt.T_INDEX, bytes(stream[i:i + step]))
+            out.append([bid.hex(), size])
+        return out
+
+    def reflist(self, blob_ids) -> list[list]:
+        recs = [(b, self.storage.stat(fmt.blob_name(b)) or 1) for b in dict.fromkeys(blob_ids)]
+        bid, size = self.blob(fmt.T_REFLIST, fmt.pack_reflist(recs))
+        return [[bid.hex(), size]]
+
+    # ---- records -----------------------------------------------------------------
+
+    def record(self, channel: str = "nightly", index: list | None = None, reflist: list | None = None, *,
+               time_ns: int | None = None, host: str = "victim", sid: str | None = None, override: dict | None = None,
+               **extra) -> str:
+        """A snapshot record sealed to the public log key with this key's
+        psk mix and signed by this key's own signing key."""
+        sid = sid or os.urandom(16).hex()
+        rec = {"v": 1, "id": sid, "repo": self.config["repo"], "kid": self.kid, "channel": channel,
+               "time_ns": time_ns if time_ns is not None else 2_000_000_000 * 10**9, "host": host, "user": "root",
+               "tags": [], "index": index or [], "reflist": reflist or [], "stats": {}, "linked_flag": True}
+        rec.update(extra)
+        rec.update(override or {})
+        self.put_record(sid, json.dumps(rec, sort_keys=True, separators=(",", ":")).encode())
+        return sid
+
+    def put_record(self, sid: str, body: bytes) -> None:
+        """Seal and sign any body (bytes, not necessarily JSON)."""
+        sig = crypto.sign(self.sign_seed, b"rekkord snapshot v1\0" + sid.encode() + b"\0" + body)
+        plaintext = struct.pack("<I", len(body)) + body + sig
+        eph_sk, eph_pk = crypto.new_ephemeral()
+        key = crypto.session_key(self.log_mix, crypto.x25519(eph_sk, self.log_pk), eph_pk, self.log_pk)
+        nonce = os.urandom(24)
+        header = fmt.SNAP_MAGIC + eph_pk + nonce
+        self.storage.write(f"snapshots/{sid}", header + crypto.aead_encrypt(key, nonce, plaintext,
+                                                                            header + sid.encode()), exclusive=False)
+
+    def snapshot(self, entries: list[Entry], channel: str = "nightly", *, pieces: int = 1, **kw) -> str:
+        """A whole snapshot: index, reference list and record."""
+        ids = [x.blob for e in entries for x in e.extents]
+        return self.record(channel, self.index(entries, pieces), self.reflist(ids) if ids else [], **kw)
+
+    # ---- anything else ----------------------------------------------------------------
+
+    def put(self, name: str, data: bytes, *, overwrite: bool = True) -> None:
+        self.storage.write(name, data, exclusive=not overwrite)
+
+    def delete(self, name: str) -> None:
+        self.storage.delete(name)
+
+    def names(self, prefix: str = "") -> list[str]:
+        return sorted(n for n, _ in self.storage.list(prefix))
+
+    def pack_cutter(self) -> PackCutter:
+        return PackCutter(self.id_key)
+
+    def index_chunker(self) -> Chunker:
+        return Chunker(INDEX_PARAMS, chunker_seed(self.id_key))
+
+
+def zstd_claiming(size: int) -> bytes:
+    """A valid zstd frame of ``size`` zero bytes: a few kilobytes that
+    decompress (or claim to) to ``size``."""
+    import zstandard
+
+    out = bytearray()
+
+    class Sink:
+        def write(self, b):
+            out.extend(b)
+            return len(b)
+
+    w = zstandard.ZstdCompressor(level=1).stream_writer(Sink(), size=size, closefd=False)
+    block = bytes(1 << 22)
+    left = size
+    while left:
+        n = min(left, len(block))
+        w.write(block[:n])
+        left -= n
+    w.flush(zstandard.FLUSH_FRAME)
+    return bytes(out)
+
+
+def inner(comp: int, body: bytes, *, claim_len: int | None = None, pad: int = 0) -> bytes:
+    """INNER of a blob: compression byte, u64 body length (or a claimed one), body, padding."""
+    return bytes([comp]) + struct.pack("<Q", len(body) if claim_len is None else claim_len) + body + bytes(pad)
+
+
+def tree_state(root) -> dict:
+    """Everything about a directory tree that an escape from DEST could change:
+    names, types, modes, owners, times, link targets and contents."""
+    out = {}
+    root = os.fsencode(root)
+    for dp, ds, fs in os.walk(root):
+        for n in ds + fs:
+            p = os.path.join(dp, n)
+            st = os.lstat(p)
+            rec = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_size)
+            if os.path.islink(p):
+                rec += (os.readlink(p),)
+            elif os.path.isfile(p):
+                with open(p, "rb") as f:
+                    rec += (f.read(),)
+            out[os.path.relpath(p, root)] = rec
+    st = os.lstat(root)
+    out[b"."] = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
+    return out
