@@ -201,6 +201,8 @@ class Checker:
         self._last_progress = 0.0
         self.names: dict[bytes, str] = {}  # storage names of referenced blobs that are not blobs/xx/<id>
         self.spoiled: set[bytes] = set()  # MAC valid, content wrong (found by decrypting)
+        self.resized: dict[bytes, int] = {}  # present with a size other than recorded: verified before judged
+        self.size_conflicts: dict[bytes, set[int]] = {}
         self._fossil_sizes: dict[bytes, int] = {}
         self.empty_leftovers: list[str] = []
 
@@ -294,9 +296,13 @@ class Checker:
                 fossil_refs += 1
             if actual is None:
                 bad[bid] = self.problem(self.blob_name(bid), what, MISSING, "missing")
-            elif actual != size:
-                bad[bid] = self.problem(self.blob_name(bid), what, WRONG_SIZE,
-                                        f"has {actual} bytes where {size} were stored (truncated or replaced)")
+            elif actual != size or bid in self.size_conflicts:
+                # Recorded with another size (or with several): damage, unless
+                # the object verifies -- a spoiled object replaced by a good
+                # copy of the same content (format v1 records the stored size
+                # the save found, and a forgery's size is not the honest one).
+                self.resized[bid] = actual
+                present.append(bid)
             else:
                 present.append(bid)
         r.blobs_checked = len(present)
@@ -505,10 +511,7 @@ class Checker:
         for bid, data in reflists.items():
             for child, csize in fmt.unpack_reflist(data):
                 ref(child, csize, fmt.T_DATA, None)
-        for bid, sizes in size_conflicts.items():
-            self.problem(fmt.blob_name(bid), WHAT_BLOB[kinds.get(bid, fmt.T_DATA)], DAMAGED,
-                         f"recorded with different sizes ({', '.join(map(str, sorted(sizes)))}): a record or "
-                         "reference list names it wrongly")
+        self.size_conflicts = size_conflicts
         return refs, kinds, direct, reflists
 
     def _count(self, raw: bytes):
@@ -568,11 +571,18 @@ class Checker:
                 with self.lock:
                     self.empty_leftovers.append(name)
                 return
-            if not orphan and len(raw) != refs[bid]:
+            recorded = self.size_conflicts.get(bid, {refs[bid]}) if not orphan else set()
+            resized = not orphan and (len(raw) not in recorded or len(recorded) > 1)
+            if resized and bid not in self.resized:
                 bad[bid] = self.problem(name, what, WRONG_SIZE,
                                         f"read {len(raw)} bytes where {refs[bid]} were stored")
                 return
             problem = codec.verify_mac(bid, raw)
+            if resized and problem:
+                sizes = ", ".join(map(str, sorted(recorded)))
+                bad[bid] = self.problem(name, what, WRONG_SIZE, f"has {len(raw)} bytes where {sizes} were "
+                                        f"recorded (truncated or replaced): {problem}")
+                return
             if problem:
                 if orphan:
                     problem += "; nothing references it: a damaged leftover, a copy of another object or a forgery"
@@ -584,7 +594,7 @@ class Checker:
                 bad[bid] = self.problem(name, what, DAMAGED, f"is a {WHAT_BLOB.get(codec.blob_type(raw), '?')}, "
                                         f"but is referenced as a {what}")
                 return
-            if full and not orphan:
+            if (full or (resized and self.can_read)) and not orphan:
                 try:
                     codec.open(bid, raw, btype)
                 except (IntegrityError, UnsupportedFormat) as e:
@@ -597,6 +607,12 @@ class Checker:
                     return
                 with self.lock:
                     self.report.blobs_decrypted += 1
+            if resized:
+                sizes = ", ".join(map(str, sorted(recorded)))
+                how = "decrypts to its content" if self.can_read else "has a valid MAC (a decrypting check proves its content)"
+                with self.lock:
+                    self.report.notes.append(f"{name} has {len(raw)} bytes where snapshots recorded {sizes}, and "
+                                             f"{how}: a spoiled or damaged object was replaced by a good copy")
             with self.lock:
                 verified.add(bid)
 
@@ -822,21 +838,18 @@ class Checker:
         from .gc import QUARANTINE
 
         spare: dict[bytes, list[str]] = {}
-        for name, _ in self.repo.storage.list(QUARANTINE):
-            bid = fmt.blob_id_from_name("/".join(name.split("/")[-3:]))
-            if bid is not None and bid in damaged_ids:
-                spare.setdefault(bid, []).append(name)
+        if self.can_read:  # (only a decrypting key can tell a good copy from a forgery with a valid MAC)
+            for name, _ in self.repo.storage.list(QUARANTINE):
+                bid = fmt.blob_id_from_name("blobs/" + "/".join(name.split("/")[-2:]))  # (a blob's or a fossil's)
+                if bid is not None and bid in damaged_ids and bad[bid].kind in (MISSING, DAMAGED):
+                    spare.setdefault(bid, []).append(name)
         codec = self.repo.codec
         for bid in sorted(damaged_ids):
             name = fmt.blob_name(bid)
             good = None
             for q in spare.get(bid, ()):
                 try:
-                    raw = self.repo.read_raw(q)
-                    if self.can_read:
-                        codec.open(bid, raw)
-                    elif codec.verify_mac(bid, raw):
-                        continue
+                    codec.open(bid, self.repo.read_raw(q))
                 except (IntegrityError, UnsupportedFormat, StorageError):
                     continue
                 good = q

@@ -231,9 +231,13 @@ def read_moved(storage, blob_id: bytes) -> bytes | None:
     return None
 
 
-def resurrect(storage, src: str, blob_id: bytes, *, drop_spare=None) -> bool:
+MOVED, PRESENT = 2, 1
+
+
+def resurrect(storage, src: str, blob_id: bytes, *, drop_spare=None) -> int:
     """Move fossil ``src`` back to ``blobs/``.  True when ``blobs/`` holds
-    the blob afterwards (moved now, or already there).
+    the blob afterwards: :data:`MOVED` (moved now) or :data:`PRESENT`
+    (already there); 0 when it is nowhere.
 
     When ``blobs/`` already has the blob the fossil is kept unless
     ``drop_spare`` (a callable settling the conflict: only a prune settling a
@@ -245,18 +249,18 @@ def resurrect(storage, src: str, blob_id: bytes, *, drop_spare=None) -> bool:
     dst = fmt.blob_name(blob_id)
     try:
         storage.rename(src, dst)
-        return True
+        return MOVED
     except ObjectExists:
         if drop_spare is not None:
             drop_spare(src, dst, blob_id)
-        return True
+        return PRESENT
     except ObjectNotFound:
-        return storage.exists(dst)
+        return PRESENT if storage.exists(dst) else 0
     except StorageError:
         # E.g. credentials that may write but not delete (append-only backup
         # machines): the copy is back in blobs/, the fossil stays for prune.
         if storage.exists(dst):
-            return True
+            return MOVED
         raise
 
 
@@ -311,6 +315,7 @@ class SaveSession:
         self.started_mono = time.monotonic()
         self.closed_at_start: set[str] = set()
         self.collections_at_start: set[str] = set()
+        self.generation_at_start = 0
         self.declared_dead = False
         self.refreshes = 0
         self._stop = threading.Event()
@@ -332,6 +337,8 @@ class SaveSession:
         try:
             intents, self.closed_at_start = _collection_files(self.storage)
             self.collections_at_start = intents | self.closed_at_start
+            gens = generations(self.storage)
+            self.generation_at_start = gens[-1] if gens else 0
         except BaseException:
             self.end()
             raise
@@ -404,10 +411,24 @@ class SaveSession:
         # it uses.  One that did not name it, or that is gone already, means
         # the marker was missing (deleted by someone with storage access) or
         # the save was taken for dead: verify every referenced blob.
-        suspicious = False
-        for cid in (self.collections_at_start - self.closed_at_start) - (intents | done):
-            suspicious = True  # settled (or rolled back) while this save ran
-        for cid in done - self.closed_at_start:
+        suspicious = bool((self.collections_at_start - self.closed_at_start) - (intents | done))
+        # Every collection that moved blobs bumped the generation: one that
+        # came and went while this save ran (settled without waiting for it)
+        # is gone from gc/ but not from generations/.
+        later = [n for n in generations(storage) if n > self.generation_at_start]
+        if later and set(range(self.generation_at_start + 1, max(later) + 1)) - set(later):
+            suspicious = True  # a generation is missing
+        moved = set()
+        for n in later:
+            try:
+                cid = (_read_json(storage, f"{GENERATIONS}{n}") or {}).get("collection")
+            except IntegrityError:
+                cid = None
+            if not isinstance(cid, str) or cid not in intents | done:
+                suspicious = True
+            elif cid in done:
+                moved.add(cid)
+        for cid in moved | (done - self.closed_at_start):
             d = read_signed(self.repo, f"{GC}{cid}.done")
             sessions = d.get("sessions") if d is not None else None
             if not isinstance(sessions, list) or self.id not in sessions:
@@ -666,16 +687,18 @@ class Pruner:
                 out.append(sid)
         return out
 
-    def _move_back(self, cid: str, items: list[tuple[bytes, str, int]], *, drop_spare: bool = True) -> int:
-        """Resurrect fossils (id, name, size); returns bytes moved.  Spare
-        fossils (``blobs/`` has the blob) are settled by :meth:`_settle_spare`
-        unless the collection is one still being built."""
+    def _move_back(self, cid: str, items: list[tuple[bytes, str, int]], *,
+                   drop_spare: bool = True) -> tuple[int, int]:
+        """Resurrect fossils (id, name, size); returns (count, bytes) moved.
+        Spare fossils (``blobs/`` has the blob) are settled by
+        :meth:`_settle_spare` unless the collection is one still being built."""
         if self.dry_run or not items:
-            return sum(s for _, _, s in items)
+            return len(items), sum(s for _, _, s in items)
         resolver = self._settle_spare if drop_spare else None
-        self._map(lambda it: resurrect(self.storage, it[1], it[0], drop_spare=resolver), items,
-                  f"resurrecting from {cid}")
-        return sum(s for _, _, s in items)
+        got = self._map(lambda it: resurrect(self.storage, it[1], it[0], drop_spare=resolver), items,
+                        f"resurrecting from {cid}")
+        moved = [it for it, r in zip(items, got) if r == MOVED]
+        return len(moved), sum(s for _, _, s in moved)
 
     # ---- two objects, one name ---------------------------------------------------
 
@@ -695,6 +718,14 @@ class Pruner:
                 return 0
         return 1
 
+    def _same_content(self, a: bytes, b: bytes, bid: bytes) -> bool:
+        """Two sealings that this key can open (any key opens reference
+        lists) holding the same plaintext."""
+        try:
+            return self.repo.codec.open(bid, a) == self.repo.codec.open(bid, b)
+        except RekkordError:
+            return False
+
     def _read_bounded(self, name: str) -> bytes | None:
         try:
             return self.repo.read_raw(name)
@@ -713,7 +744,7 @@ class Pruner:
         a, b = self._read_bounded(blob), self._read_bounded(fossil)
         if b is None:
             return
-        if a is not None and a == b:
+        if a is not None and (a == b or self._same_content(a, b, bid)):
             self.storage.delete(fossil)
             return
         va, vb = self._verdict(a, bid), self._verdict(b, bid)
@@ -787,8 +818,7 @@ class Pruner:
                 if isinstance(owner, str) and self.session_state(owner) == "running":
                     continue  # still being built by another prune
             items = [(bid, n, s) for bid, (n, s) in fossils.get(cid, {}).items() if bid not in in_blobs]
-            self._move_back(cid, items, drop_spare=False)
-            rep.rolled_back += len(items)
+            rep.rolled_back += self._move_back(cid, items, drop_spare=False)[0]
             spares = [(bid, n) for bid, (n, _) in fossils.get(cid, {}).items() if bid in in_blobs]
             # Spare copies go once the owner is known to be gone (without an
             # owner to ask: once the collection is clearly abandoned).
@@ -861,8 +891,10 @@ class Pruner:
         back = [(bid, n, s) for bid, (n, s) in fossils.items() if bid in refs or bid not in listed]
         # (A fossil the manifest does not list was not put there by this
         # collection: it goes back if blobs/ lacks it, never deleted.)
-        rep.resurrected += sum(1 for b, _, _ in back if b in refs)
-        rep.resurrected_bytes += self._move_back(cid, back)
+        n, size = self._move_back(cid, [x for x in back if x[0] in refs])
+        rep.resurrected += n
+        rep.resurrected_bytes += size
+        self._move_back(cid, [x for x in back if x[0] not in refs])
         if not delete:
             rep.collections_pending.append(cid)
             return
@@ -943,8 +975,9 @@ class Pruner:
         mine = self._fossils_by_collection(cid).get(cid, {})
         back = [(bid, n, s) for bid, (n, s) in mine.items() if bid in refs]
         if back:
-            self.report.resurrected += len(back)
-            self.report.resurrected_bytes += self._move_back(cid, back)
+            n, size = self._move_back(cid, back)
+            self.report.resurrected += n
+            self.report.resurrected_bytes += size
             storage.flush()
         done = {"v": 1, "collection": cid, "generation": gen, "closed": int(self.clock()),
                 "sessions": sorted(sessions), "snapshots": sorted(self.walk.snap_refs)}

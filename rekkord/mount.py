@@ -189,6 +189,9 @@ class SnapshotFS:
     def __init__(self, repo: Repository, snap: Snapshot | None, *, cache_bytes: int = 64 << 20,
                  threads: int = 8, refresh: float = 60.0, warn: Callable[[str, str], None] | None = None):
         repo.key.require("read", "mount snapshots")
+        if snap is not None and not snap.signature_ok:
+            raise IntegrityError(f"snapshot {snap.id} is not trusted ({'; '.join(snap.problems)}); refusing to "
+                                 "mount it")
         self.repo = repo
         self.single = snap
         self.refresh_interval = refresh
@@ -230,7 +233,10 @@ class SnapshotFS:
             snaps = self.repo.snapshots(on_problem=lambda sid, msg: problems.append((sid, msg)))
             for sid, msg in problems:
                 if self.warn:
-                    self.warn(f"snapshot {sid}", msg)
+                    self.warn(f"snapshot {sid}", msg + "; not shown")
+            # Only trusted snapshots are shown (one forged, or signed by a
+            # revoked key or a role that may not save, is named above).
+            snaps = [s for s in snaps if s.signature_ok]
             top = Node.virtual_dir(self.mounted_at)
             for s in snaps:  # oldest first
                 ch = top.children.get(s.channel.encode())

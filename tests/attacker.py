@@ -21,10 +21,10 @@ from rekkord.storage.local import LocalStorage
 
 
 class Attacker:
-    def __init__(self, url: str, key_file: str | None = None, storage=None):
+    def __init__(self, url: str | None, key_file: str | None = None, storage=None, key=None):
         self.storage = storage or LocalStorage(url, sync=False)
         self.config = json.loads(self.storage.read("config"))["body"]  # public: anyone with storage access
-        self.key = keymod.load(key_file) if key_file else None
+        self.key = keymod.load(key_file) if key_file else key
         k = self.key
         r = os.urandom
         psk = k.psk if k else None

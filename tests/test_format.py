@@ -221,3 +221,105 @@ def test_snapshot_record_seal_and_open(repos):
     # The log key alone (X25519) is not enough: the psk mix is needed too.
     with pytest.raises(IntegrityError):
         fmt.open_record("sid1", raw, k.log_sk, bytes(32))
+
+
+# ---- hostile input: fuzzing the decoders ---------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+_FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                         HealthCheck.too_slow])
+
+
+def _typed_only(fn):
+    """``fn()`` either returns or raises one of rekkord's own errors."""
+    from rekkord.errors import RekkordError
+
+    try:
+        return fn()
+    except RekkordError:
+        return None
+
+
+def _seal_inner(repos, btype, bid, inner_plain):
+    from attacker import Attacker
+
+    w = repos["write"]
+    return Attacker(None, storage=w.storage, key=w.key).seal_inner(btype, bid, inner_plain)
+
+
+@_FUZZ
+@given(raw=st.binary(max_size=4000), btype=st.sampled_from([None, 1, 2, 3]))
+def test_fuzz_opening_random_bytes(repos, raw, btype):
+    _typed_only(lambda: repos["read"].codec.open(os.urandom(32), raw, btype))
+
+
+@_FUZZ
+@given(data=st.binary(max_size=3000), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)),
+                                                      max_size=4), cut=st.integers(0, 10**6))
+def test_fuzz_opening_mutated_blobs(repos, data, flips, cut):
+    bid, raw = seal(repos["write"], fmt.T_DATA, data)
+    b = bytearray(raw)
+    for pos, x in flips:
+        b[pos % len(b)] ^= x
+    b = b[: max(0, len(b) - cut % 80)] if cut % 3 == 0 else b
+    out = _typed_only(lambda: repos["read"].codec.open(bid, bytes(b), fmt.T_DATA))
+    assert out is None or out == data
+
+
+@_FUZZ
+@given(btype=st.sampled_from([1, 2, 3]), comp=st.integers(0, 3), body=st.binary(max_size=2000),
+       claim=st.one_of(st.none(), st.integers(0, 2**64 - 1)), pad=st.integers(0, 64))
+def test_fuzz_a_valid_mac_over_any_inner_plaintext(repos, btype, comp, body, claim, pad):
+    """A key holder seals an INNER no honest writer makes (any compression
+    byte, any claimed length, any zstd): a typed error, never another."""
+    bid = os.urandom(32)
+    raw = _seal_inner(repos, btype, bid, bytes([comp]) + struct.pack("<Q", len(body) if claim is None else claim)
+                      + body + bytes(pad))
+    _typed_only(lambda: repos["read"].codec.open(bid, raw, btype))
+
+
+@_FUZZ
+@given(frame=st.binary(max_size=500))
+def test_fuzz_zstd_frames_under_a_valid_mac(repos, frame):
+    bid = os.urandom(32)
+    for body in (frame, b"\x28\xb5\x2f\xfd" + frame):  # with and without the zstd magic
+        raw = _seal_inner(repos, fmt.T_INDEX, bid, bytes([fmt.COMP_ZSTD]) + struct.pack("<Q", len(body)) + body)
+        _typed_only(lambda: repos["read"].codec.open(bid, raw, fmt.T_INDEX))
+
+
+@_FUZZ
+@given(raw=st.binary(max_size=600))
+def test_fuzz_opening_random_records(repos, raw):
+    r = repos["read"]
+    _typed_only(lambda: fmt.open_record("a" * 32, b"RKS1" + raw, r.key.log_sk, r.log_mix))
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+                     lambda kids: st.lists(kids, max_size=4) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
+                     max_leaves=20)
+_fields = ["v", "id", "repo", "kid", "channel", "time_ns", "host", "user", "tags", "index", "reflist", "stats",
+           "linked_flag", "private"]
+
+
+@_FUZZ
+@given(values=st.dictionaries(st.sampled_from(_fields), _json, max_size=8), drop=st.sets(st.sampled_from(_fields)))
+def test_fuzz_sealed_and_signed_records_with_any_fields(repos, values, drop):
+    """A write key seals and signs a record with any JSON in any field: the
+    record opens as a trusted snapshot, or is refused with a typed error."""
+    from attacker import Attacker
+
+    w = repos["write"]
+    a = Attacker(None, storage=w.storage, key=w.key)
+    sid = os.urandom(16).hex()
+    rec = {"v": 1, "id": sid, "repo": w.id, "kid": w.key.kid, "channel": "c", "time_ns": 1, "index": [],
+           "reflist": []}
+    rec.update(values)
+    for k in drop:
+        rec.pop(k, None)
+    a.put_record(sid, json.dumps(rec).encode())
+    snap = _typed_only(lambda: repos["read"].load_snapshot(sid))
+    if snap is not None:  # whatever opened is usable without surprises
+        assert isinstance(snap.channel, str) and isinstance(snap.time_ns, int)
+        snap.to_json(), snap.index, snap.reflist, snap.tags, snap.stats
+    w.storage.delete(f"snapshots/{sid}")

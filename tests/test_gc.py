@@ -191,7 +191,9 @@ def test_fossils_a_save_used_are_resurrected(local_repo, tmp_path):
 
     saver, src, _, audit = garbage_and_a_saver(local_repo, tmp_path, 3, prune_all)
     r = saver.save("c", [str(src)])
-    assert r.stats.blobs_new == 0  # it believed them all present
+    # It believed them all present: only its reference list is written again
+    # (a save never trusts a reference list by its name).
+    assert r.stats.blobs_new == 1
     check_ok(local_repo.repo("full"), read_data=True)  # all back in blobs/
     rep = prune(audit)
     assert rep.resurrected == 0 and rep.deleted == 0 and names(audit.storage, "fossils/") == []
@@ -916,3 +918,33 @@ def test_prune_killed_at_random_points(tmp_path, run_cli):
     assert names(sc.storage, "fossils/") == []
     assert [n for n in names(sc.storage, "gc/") if not n.startswith("gc/forgotten/")] == []
     sc.verify()
+
+
+# ---- hostile input: prune's bookkeeping -------------------------------------------------------
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                     lambda k: st.lists(k, max_size=4) | st.dictionaries(st.text(max_size=10), k, max_size=4),
+                     max_leaves=20)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=st.binary(max_size=300) | _json.map(lambda v: json.dumps(v).encode()),
+       body=st.dictionaries(st.sampled_from(["v", "session", "started", "refreshed", "ended", "n"]), _json))
+def test_fuzz_markers_and_signed_bookkeeping(local_repo, raw, body):
+    """Session markers (any key holder can MAC one) and signed collection
+    objects with any content: None or a well-typed body, never an exception."""
+    from rekkord.gc import _marker_key, _marker_mac, read_signed
+
+    w = local_repo.repo("write")
+    key = _marker_key(w.key.psk)
+    assert open_marker(raw, key, "s" * 32) is None or isinstance(open_marker(raw, key, "s" * 32), dict)
+    body = {**body, "session": "s" * 32}
+    macd = json.dumps({"body": body, "mac": _marker_mac(key, body).hex()}).encode()
+    got = open_marker(macd, key, "s" * 32)
+    assert got is None or (isinstance(got.get("refreshed"), (int, float)) and not isinstance(got["refreshed"], bool))
+    w.storage.write("gc/collections/x.done", raw, exclusive=False)
+    assert read_signed(local_repo.repo("audit"), "gc/collections/x.done") is None
+    w.storage.write("gc/collections/x.done", signed_object(w.key, "gc/collections/x.done", {"v": 1}),
+                    exclusive=False)
+    assert read_signed(local_repo.repo("audit"), "gc/collections/x.done") is None  # a write key may not prune
+    w.storage.delete("gc/collections/x.done")

@@ -528,3 +528,209 @@ def test_revocation_is_monotonic(box, tmp_path):
     report = Checker(box.repo.repo("audit"), cache).run()
     assert any(p.object == f"snapshots/{sid}" and "revoked" in p.message for p in report.problems)
     assert any(p.object == f"revoked/{write_kid}" and p.kind == "missing" for p in report.problems)
+
+
+# ---- 6. garbage collection ----------------------------------------------------------------------
+
+
+def _save(box, src, role="write", channel="c", cache=None):
+    return Saver(box.repo.repo(role), cache or Cache(None)).save(channel, [str(src)])
+
+
+def _restores_whole(box, sid, src, name):
+    from treeutil import assert_same_tree
+
+    out = box.tmp / name
+    st, problems = restore(box, sid, sub=str(src), dest=out)
+    assert st.damaged == 0, problems
+    assert_same_tree(src, out)
+
+
+def _tree(box, name="src", n=6, big=True):
+    src = box.tmp / name
+    src.mkdir()
+    for i in range(n):
+        (src / f"small-{i}").write_bytes(os.urandom(3000 + i))
+    if big:
+        (src / "big.bin").write_bytes(os.urandom(3 << 20))
+    return src
+
+
+def test_fossils_planted_under_every_live_name_cost_no_snapshot_its_data(box):
+    from rekkord.gc import prune
+
+    src = _tree(box)
+    sid = _save(box, src).snapshot_id
+    w = box.w
+    for name in w.names("blobs/"):
+        bid = fmt.blob_id_from_name(name)
+        raw = w.seal(fmt.T_DATA, b"garbage for " + bid, claim_id=bid)[1]  # a valid MAC, other content
+        w.put(f"fossils/20260101T000000Z-evil/{bid.hex()[:2]}/{bid.hex()}", raw)
+    for _ in range(2):
+        prune(box.repo.repo("audit"), session_timeout=0)
+    _restores_whole(box, sid, src, "out")
+    assert Checker(box.repo.repo("full"), Cache(None), read_data=True).run().ok
+    assert not w.names("fossils/")  # settled: the planted copies were set aside, not used
+
+
+@pytest.mark.parametrize("role", ["audit", "full"])
+def test_a_spoiled_copy_under_the_name_of_a_fossil_never_costs_the_genuine_one(box, role):
+    """A write key plants a valid-MAC forgery in blobs/ while the genuine
+    blob is a fossil, and a new save reuses the name: prune keeps the copy
+    that verifies (a full key can tell), or sets the fossil aside where a
+    decrypting check finds it and puts it back (an audit key cannot tell)."""
+    from rekkord.gc import SaveSession, fossil_name, prune
+
+    src = _tree(box, big=False)
+    first = _save(box, src).snapshot_id
+    from rekkord.forget import forget
+
+    running = SaveSession(box.repo.repo("write"), refresh_interval=None).begin()  # keeps the collection open
+    forget(box.repo.repo("audit"), ids=[first])
+    rep = prune(box.repo.repo(role))
+    assert rep.collections_pending and rep.fossilised
+    w = box.w
+    fossils = w.names("fossils/")
+    for name in fossils:  # the attacker fills blobs/ again with forgeries
+        bid = fmt.blob_id_from_name("blobs/" + "/".join(name.split("/")[2:]))
+        w.put(fmt.blob_name(bid), w.seal(fmt.T_DATA, b"spoiled " + bid, claim_id=bid)[1])
+    second = _save(box, src).snapshot_id  # dedups against the forgeries
+    running.end()
+    prune(box.repo.repo(role))
+    full = Checker(box.repo.repo("full"), Cache(None), read_data=True).run()
+    if role == "audit":
+        assert w.names("quarantine/")  # the genuine fossils, set aside; the check put them back
+        assert not full.ok and any("put back" in p.message for p in full.problems)
+    assert Checker(box.repo.repo("full"), Cache(None), read_data=True).run().ok
+    _restores_whole(box, second, src, "out")
+    del fossil_name
+
+
+def test_forged_bookkeeping_never_lets_prune_delete(box):
+    """Unsigned or write-key-signed collection closings and dead-session
+    tombstones: prune takes none of them."""
+    from rekkord.forget import forget
+    from rekkord.gc import GC, SESSIONS, SaveSession, prune, signed_object
+
+    src = _tree(box, big=False)
+    first = _save(box, src).snapshot_id
+    running = SaveSession(box.repo.repo("write"), refresh_interval=None).begin()
+    forget(box.repo.repo("audit"), ids=[first])
+    rep = prune(box.repo.repo("audit"))
+    [cid] = rep.collections_pending
+    w = box.w
+    done = json.loads(w.storage.read(f"{GC}{cid}.done"))
+    forged = {**done["body"], "sessions": []}
+    name = f"{GC}{cid}.done"
+    w.put(name, json.dumps({"body": forged, "kid": done["kid"], "sig": done["sig"]}).encode())  # not re-signed
+    assert prune(box.repo.repo("audit")).deleted == 0
+    wkey = box.repo.keys["write"]  # a write key may sign, but may not prune
+    w.put(name, signed_object(wkey, name, forged))
+    assert prune(box.repo.repo("audit")).deleted == 0
+    tomb = f"{SESSIONS}{running.id}.dead"
+    w.put(tomb, signed_object(wkey, tomb, {"v": 1, "session": running.id, "time": 0}))
+    assert prune(box.repo.repo("audit")).deleted == 0
+    # The running save reuses the fossilised blobs and completes: its snapshot is whole.
+    saver = Saver(box.repo.repo("write"), Cache(None))
+    res = saver._save("c", [str(src)])
+    running.after_record(res.snapshot_id, saver.refs)
+    running.end()
+    prune(box.repo.repo("audit"))
+    _restores_whole(box, res.snapshot_id, src, "out")
+
+
+def test_a_save_whose_marker_is_deleted_never_keeps_a_snapshot_with_deleted_blobs(box, monkeypatch):
+    """The storage deletes a running save's session marker, so a prune
+    collects and deletes blobs the save reuses: the save notices (the
+    collection does not name it), verifies, withdraws its record and fails."""
+    from rekkord.errors import StorageError
+    from rekkord.forget import forget
+    from rekkord.gc import prune
+
+    src = _tree(box, big=False)
+    cache = Cache(None)
+    first = _save(box, src, cache=cache).snapshot_id
+    forget(box.repo.repo("audit"), ids=[first])
+    real = Saver._prepare_cache
+
+    def attack(self):
+        real(self)
+        for name in box.w.names("sessions/"):
+            Attacker(box.url).delete(name)
+        prune(box.repo.repo("audit"))
+
+    monkeypatch.setattr(Saver, "_prepare_cache", attack)
+    with pytest.raises(StorageError, match="withdrawn"):
+        Saver(box.repo.repo("write"), cache).save("c", [str(src)])
+    assert box.repo.repo("read").snapshots() == []  # no record that references deleted blobs
+
+
+def test_a_planted_reference_list_cannot_hide_a_saves_blobs_from_prune(box):
+    """A write key predicts the reference list of a file another machine
+    will save and plants, under its name, one that omits the file's blob.
+    The save writes its own list over it (it reads back what the name
+    holds), so prune keeps the file."""
+    from rekkord.gc import prune
+
+    w = box.w
+    content = os.urandom(4000)
+    src = box.tmp / "src"
+    src.mkdir()
+    (src / "f").write_bytes(content)
+    pack_id, raw = w.seal(fmt.T_DATA, content)
+    honest = fmt.pack_reflist([(pack_id, len(raw))])
+    rid = w.blob_id(fmt.T_REFLIST, honest)
+    w.put_blob(rid, w.seal(fmt.T_REFLIST, fmt.pack_reflist([]), claim_id=rid)[1])
+    sid = _save(box, src).snapshot_id
+    assert box.repo.repo("read").load_snapshot(sid).reflist[0][0] == rid
+    prune(box.repo.repo("audit"), session_timeout=0)
+    prune(box.repo.repo("audit"), session_timeout=0)
+    _restores_whole(box, sid, src, "out")
+
+
+def test_a_session_that_never_ends_only_delays_prune(box):
+    from rekkord.forget import forget
+    from rekkord.gc import SESSIONS, SaveSession, prune
+
+    src = _tree(box, big=False)
+    sid = _save(box, src).snapshot_id
+    fake = SaveSession(box.repo.repo("write"), refresh_interval=None, clock=lambda: 4_000_000_000.0)
+    fake.begin()  # refreshed far in the future, and never ended
+    forget(box.repo.repo("audit"), ids=[sid])
+    for _ in range(2):
+        rep = prune(box.repo.repo("audit"))
+        assert rep.deleted == 0 and rep.waiting_for_sessions == 1
+    assert box.w.names(SESSIONS)
+
+
+# ---- 7. spoiled deduplication (format v1) -----------------------------------------------------------
+
+
+def test_spoiled_deduplication_is_found_contained_and_healed(box, tmp_path):
+    """A compromised machine plants valid-MAC garbage under the ids of a file
+    another machine will save.  The audit check cannot see it (v1's known
+    limit); a decrypting check names it, sets it aside and publishes a hint;
+    the victim's next save -- its file unchanged, served by the stat cache --
+    uploads the data again, and the earlier snapshot restores whole."""
+    w = box.w
+    content = os.urandom(3 << 20)
+    src = box.tmp / "src"
+    src.mkdir()
+    (src / "package.tar").write_bytes(content)
+    planted = w.chunk_ids(content)
+    for bid in planted:
+        w.put_blob(bid, w.seal(fmt.T_DATA, os.urandom(1000), claim_id=bid)[1])
+    cache = Cache(str(tmp_path / "victim.sqlite"))
+    sid = Saver(box.repo.repo("write"), cache).save("c", [str(src)]).snapshot_id
+    assert Checker(box.repo.repo("audit"), Cache(None)).run().ok  # MACs verify: v1 cannot tell
+    r = Checker(box.repo.repo("full"), Cache(None), read_data=True).run()
+    spoiled = {p.object for p in r.problems if "spoiled" in p.message}
+    assert spoiled == {fmt.blob_name(b) for b in planted} and r.damaged_snapshots == [sid]
+    assert r.repair_hint and len(w.names("quarantine/")) == len(planted)
+    res = Saver(box.repo.repo("write"), cache).save("c", [str(src)])
+    assert res.stats.blobs_repaired == len(planted)
+    _restores_whole(box, sid, src, "out")
+    # An audit check cannot clear a hint about content it cannot decrypt.
+    assert Checker(box.repo.repo("audit"), Cache(None)).run().repairs_removed == 0
+    r = Checker(box.repo.repo("full"), Cache(None), read_data=True).run()
+    assert r.ok and r.repairs_removed == 1 and r.healed_snapshots == []

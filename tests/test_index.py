@@ -109,3 +109,34 @@ def test_extents_encoding():
     assert len(raw) == 5 * 40
     assert ix.decode_extents(raw) == xs
     assert ix.decode_extents(b"") == []
+
+
+# ---- hostile input: fuzzing the decoder -----------------------------------------------------
+
+from hypothesis import HealthCheck  # noqa: E402
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=600))
+def test_fuzz_decoding_random_bytes(buf):
+    from rekkord.errors import IntegrityError
+
+    try:
+        ix.decode_one(buf, 0)
+    except IntegrityError:
+        pass
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(entries, st.lists(st.tuples(st.integers(0, 10**6), st.integers(1, 255)), min_size=1, max_size=5))
+def test_fuzz_decoding_mutated_records(e, flips):
+    from rekkord.errors import IntegrityError
+
+    b = bytearray(ix.encode(e))
+    for pos, x in flips:
+        b[pos % len(b)] ^= x
+    try:
+        got, end = ix.decode_one(bytes(b), 0)
+        assert end <= len(b)
+    except IntegrityError:
+        pass

@@ -247,3 +247,49 @@ def test_a_channel_resolves_to_its_latest_trusted_snapshot(local_repo):
     assert reader.resolve(bad).id == bad and not reader.resolve(bad).signature_ok
     only_bad = w.write_snapshot(record("other", time.time_ns() + 10**9))
     assert reader.resolve("other").id == only_bad  # the caller refuses it, saying why
+
+
+# ---- hostile input: the bookkeeping the library reads ----------------------------------------
+
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+from rekkord.storage.memory import MemoryStorage  # noqa: E402
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                     lambda k: st.lists(k, max_size=4) | st.dictionaries(st.text(max_size=10), k, max_size=4),
+                     max_leaves=20)
+_FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@_FUZZ
+@given(field=st.sampled_from(["format", "repo", "created", "master_sign_pk", "data_pk", "log_pk", "chunker",
+                              "compression"]), value=_json)
+def test_fuzz_a_config_field_signed_by_the_master_key(local_repo, field, value):
+    """Even a master-signed config is checked field by field: a typed error, never another."""
+    from rekkord.errors import RekkordError
+    from rekkord.repository import signed_json
+
+    m = local_repo.master
+    body = json.loads(open(os.path.join(local_repo.url, "config"), "rb").read())["body"]
+    forged = {**body, field: value}
+    storage = MemoryStorage()
+    storage.write("config", signed_json(forged, m.sign_seed, b"rekkord config v1\0"))
+    try:
+        Repository.open(storage, m)
+    except RekkordError:
+        pass
+
+
+@_FUZZ
+@given(raw=st.binary(max_size=400) | _json.map(lambda v: json.dumps(v).encode()))
+def test_fuzz_certificates_revocations_and_hints(local_repo, raw):
+    repo = local_repo.repo("audit")
+    for name in ("keys/" + "ab" * 12, "revoked/" + "ab" * 12, "repairs/" + "cd" * 12):
+        repo.storage.write(name, raw, exclusive=False)
+    repo._certs = repo._revoked = None
+    assert "ab" * 12 not in repo.certificates()
+    assert "ab" * 12 not in repo.revocations()
+    problems = []
+    assert "repairs/" + "cd" * 12 not in repo.repairs(on_problem=lambda n, m: problems.append(n))
+    for name in ("keys/" + "ab" * 12, "revoked/" + "ab" * 12, "repairs/" + "cd" * 12):
+        repo.storage.delete(name)

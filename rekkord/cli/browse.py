@@ -79,8 +79,9 @@ def find_cmd(s: Settings, pattern, channel, host, latest, as_json):
 
     repo = s.open_repo()
     repo.key.require("read", "search snapshot contents")
-    snaps = repo.snapshots(on_problem=lambda sid, msg: click.echo(f"rekkord: warning: snapshot {sid}: {msg}",
-                                                                   err=True))
+    snaps = repo.snapshots(on_problem=lambda sid, msg: click.echo(f"rekkord: warning: snapshot {sid}: "
+                                                                   f"{safe(msg)}; not searched", err=True))
+    snaps = [x for x in snaps if x.signature_ok]
     if channel:
         snaps = [x for x in snaps if x.channel in channel]
     if host:
