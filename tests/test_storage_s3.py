@@ -8,6 +8,7 @@ import shutil
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -367,7 +368,7 @@ def test_a_client_clock_days_off_still_saves_restores_and_checks(s3_server, tmp_
     make_awkward_tree(src)
     log = str(tmp_path / "save.log")
     sid = json.loads(cli("-k", write, "save", "--json", "c", src, log=log).stdout)["id"]
-    assert "this machine's clock is 3.0 days" in open(log).read()
+    assert "this machine's clock is 3.0 days" in Path(log).read_text()
     cli("-k", master, "restore", sid, tmp_path / "out")
     assert_same_tree(src, tmp_path / "out" / str(src).lstrip("/"))
     cli("-k", audit, "check")
