@@ -647,7 +647,8 @@ class Cache:
                     db.execute("DELETE FROM session_pending WHERE session=?", (sid,))
                     db.execute("DELETE FROM sessions WHERE id=?", (sid,))
 
-        self._flush()
+        if not self._flush():
+            return  # what was forgotten of them must be in the file first: they stay for the next save
         with self._wlock:
             ok = self._transaction(fn)
         if ok:

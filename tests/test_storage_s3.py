@@ -367,8 +367,11 @@ def test_a_client_clock_days_off_still_saves_restores_and_checks(s3_server, tmp_
     src = tmp_path / "src"
     make_awkward_tree(src)
     log = str(tmp_path / "save.log")
-    sid = json.loads(cli("-k", write, "save", "--json", "c", src, log=log).stdout)["id"]
+    p = cli("-k", write, "save", "--json", "c", src, log=log)
+    sid = json.loads(p.stdout)["id"]
     assert "this machine's clock is 3.0 days" in Path(log).read_text()
+    warning = p.stderr.decode().splitlines()
+    assert len(warning) == 1 and warning[0].startswith("rekkord: warning: ") and "set the clock" in warning[0]
     cli("-k", master, "restore", sid, tmp_path / "out")
     assert_same_tree(src, tmp_path / "out" / str(src).lstrip("/"))
     cli("-k", audit, "check")
