@@ -283,8 +283,8 @@ class Cache:
         the file is busy (read it as "not known").
 
         The hot lookups of a save (a file's stat-cache row, a blob's size)
-        share one read transaction for up to :data:`READ_SPAN` seconds (a new
-        read transaction per lookup costs a third more): never longer, so the
+        share one read transaction for up to :data:`READ_SPAN` seconds (one
+        read transaction per lookup would cost more than the lookup): never longer, so the
         WAL can always be checkpointed, and never past a write of this
         process (which would otherwise be invisible to it).  The read
         connection never writes, so it never needs a write lock."""
@@ -556,7 +556,7 @@ class Cache:
         if not ok:
             # Without its row, a crash of this save would go unnoticed: keep
             # nothing of this run in the file rather than that.
-            self._release_session_lock()
+            self._release_session_lock(remove=True)
             self._degrade("locked by other processes for too long")
 
     def close_session(self) -> None:

@@ -264,7 +264,7 @@ def test_concurrent_saves_on_s3_share_one_cache(tmp_path, s3_server):
 def test_many_concurrent_saves_share_one_cache(tmp_path, request, where):
     if where == "s3":
         srv = request.getfixturevalue("s3_server")
-        concurrent_operations(tmp_path, srv.url(), srv.env(), savers=12, rounds=3, options=srv.options())
+        concurrent_operations(tmp_path, srv.url(), srv.env(), savers=12, rounds=2, options=srv.options())
     else:
         concurrent_operations(tmp_path, str(tmp_path / "repo"), {}, savers=12, rounds=3)
 
