@@ -220,6 +220,8 @@ class LocalStorage(Storage):
                 if attempt:
                     raise ObjectNotFound(f"{what}: cannot create {os.path.dirname(dst)}") from None
             except OSError as e:
+                if e.errno == errno.EXDEV:  # fossils/ on another file system (a mount inside the repository)
+                    return Storage.rename(self, src, dst)
                 raise _translate(e, what) from e
         if self._deferred:
             self._sync_dirs.update((d, os.path.dirname(sp)))
