@@ -624,7 +624,7 @@ class Saver:
         time_ns = time_ns or time.time_ns()
         self._prepare_cache()
         self._cache_has_files = self.cache.has_files()  # a first save skips every lookup
-        self.cache.set_meta("save_open", "1")  # cleared once the record is durable
+        self.cache.open_session()  # closed once the record is durable (rekkord/cache.py)
         self.cache.commit()
         self.cache.begin()
         self.repo.storage.defer_sync()
@@ -634,10 +634,9 @@ class Saver:
             self._shutdown(cancel=True)
             try:
                 self.repo.storage.flush()  # what was written is then durable: no need to re-verify it
-                self.cache.clear_pending()
-                self.cache.set_meta("save_open", "0")
+                self.cache.close_session()
             except RekkordError:
-                pass
+                self.cache.leave_session()  # not durable: the next save re-verifies what it wrote
             self.cache.commit()
             raise
         self._shutdown()
@@ -669,7 +668,7 @@ class Saver:
         self.repo.storage.flush()  # the record too, before we say it is saved
         self._note_repaired()
         self.cache.set_meta("last_snapshot", sid)
-        self.cache.set_meta("save_open", "0")
+        self.cache.close_session()
         self.cache.commit()
         self._tick(force=True)
         return SaveResult(sid, channel, self.stats, self.warnings)
@@ -712,6 +711,7 @@ class Saver:
 
     def _prepare_cache(self):
         gen = self.repo.generation()
+        self.cache.bind_generation(gen)
         # A collection closed since the blobs were listed moved some of them
         # to fossils: list again (the generation says so too, unless someone
         # with storage access removed the newest generation).
@@ -742,8 +742,9 @@ class Saver:
         # and blobs a check found missing or damaged must be uploaded again:
         # forget them (and the cached files using them) and verify each one
         # by reading it back before trusting it.
-        suspects = set(self.cache.pending_blobs())
-        if self.cache.get_meta("save_open") == "1" and not relisted:
+        dead = self.cache.dead_sessions()  # saves that died on this cache: {session: their pending blobs}
+        suspects = {b for ids in dead.values() for b in ids}
+        if dead and not relisted:
             # The dead save may have stored blobs its cache never recorded.
             known = self.cache.blob_size
             for name, _size in self.repo.storage.list("blobs/"):
@@ -764,10 +765,8 @@ class Saver:
             hinted.update(i for i in ids if i not in done)
         suspects |= hinted
         if suspects:
-            self.cache.begin()
             self.cache.forget_blobs(suspects)
-            self.cache.clear_pending()
-            self.cache.commit()
+        self.cache.reap_sessions(dead)
         self.suspects = suspects
         self.hinted = hinted
 

@@ -164,6 +164,18 @@ class FaultyStorage(Storage):
     def create(self) -> None:
         self.inner.create()
 
+    def now(self) -> float:
+        return self.inner.now()
+
+    def mtime(self, name: str) -> float | None:
+        return self.inner.mtime(name)
+
+    def list_times(self, prefix: str = ""):
+        f = self._fault("list", prefix)
+        if f is not None:
+            self._raise(f, f"list {prefix}")
+        return self.inner.list_times(prefix)
+
     def close(self) -> None:
         self.inner.close()
 

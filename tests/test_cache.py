@@ -156,3 +156,310 @@ def test_a_newer_generation_makes_the_writer_revalidate(local_repo, tmp_path):
     repo = local_repo.repo("read")
     Restorer(repo, repo.load_snapshot(again.snapshot_id)).restore(str(src), str(tmp_path / "out"))
     assert_same_tree(src, tmp_path / "out")
+
+
+# ---- many processes on one cache --------------------------------------------------
+
+
+def _repository(tmp_path, url, options=None):
+    """A repository at ``url`` with key files of every role -> (key files, env)."""
+    from rekkord.keys import Key
+    from rekkord.repository import Repository
+    from rekkord.storage import open_storage
+
+    master = Key.generate_master()
+    Repository.init(open_storage(url, options), master)
+    admin = Repository.open(open_storage(url, options), master)
+    files = {"admin": str(tmp_path / "admin.key")}
+    master.save(files["admin"])
+    for role in ("full", "write", "read", "audit"):
+        k = master.derive(role, f"t-{role}")
+        admin.publish_cert(k.cert)
+        files[role] = str(tmp_path / f"{role}.key")
+        k.save(files[role])
+    return files
+
+
+def _sources(tmp_path, n):
+    """``n`` small trees that share some files (the same blobs, written by
+    several savers at once) and differ in others."""
+    import random
+
+    shared = random.Random(7).randbytes(400_000)
+    out = []
+    for i in range(n):
+        rng = random.Random(i)
+        src = tmp_path / f"src{i}"
+        (src / "d").mkdir(parents=True)
+        (src / "shared.bin").write_bytes(shared)
+        (src / "own.bin").write_bytes(rng.randbytes(300_000))
+        for j in range(25):
+            (src / "d" / f"f{j}").write_bytes(rng.randbytes(rng.randrange(10, 6000)) if j % 3 else b"same %d" % j)
+        out.append(src)
+    return out
+
+
+def concurrent_operations(tmp_path, url, env, *, savers, rounds, options=None):
+    """``savers`` real `rekkord save` processes at once (write key and full
+    key: two caches, each shared by many), beside a check and a restore
+    with the full key, all on one cache directory; ``rounds`` times (later
+    rounds find their files in the stat cache).  Every process exits 0 and
+    every snapshot restores equal to its source."""
+    import json
+    import subprocess
+    import sys
+
+    keys = _repository(tmp_path, url, options)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("REKKORD_")}, **env,
+           "REKKORD_REPOSITORY": url, "REKKORD_CACHE_DIR": str(tmp_path / "cache")}
+    sources = _sources(tmp_path, savers)
+
+    def start(*args):
+        return subprocess.Popen([sys.executable, "-m", "rekkord", *map(str, args)], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def finish(p):
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0 and b"error" not in err, (p.args[3:], p.returncode, err.decode())
+        return out
+
+    snapshots = []  # (id, source)
+    for r in range(rounds):
+        if r:
+            for src in sources[::2]:  # a change in half of the trees
+                (src / "d" / "f1").write_bytes(os.urandom(3000 + r))
+        procs = [(start("-k", keys["write" if i % 3 else "full"], "save", "--json", f"c{i}", src), src)
+                 for i, src in enumerate(sources)]
+        others = [start("-k", keys["full"], "check")]
+        if snapshots:
+            others.append(start("-k", keys["full"], "restore", snapshots[-1][0], tmp_path / f"during{r}"))
+        for p, src in procs:
+            snapshots.append((json.loads(finish(p))["id"], src))
+        for p in others:
+            finish(p)
+    finish(start("-k", keys["audit"], "check"))
+    finish(start("-k", keys["full"], "check", "--read-data"))  # every snapshot, every byte
+    for k, (sid, src) in enumerate(snapshots[-savers:]):  # the latest of each source
+        dest = tmp_path / f"out{k}"
+        finish(start("-k", keys["read"], "restore", sid, dest))
+        assert_same_tree(src, dest / str(src).lstrip("/"))
+    return snapshots
+
+
+def test_concurrent_saves_checks_and_restores_share_one_cache(tmp_path):
+    """Before: 'internal error: OperationalError: database is locked' for a
+    good part of the saves (a deferred transaction held for the whole save)."""
+    url = str(tmp_path / "repo")
+    concurrent_operations(tmp_path, url, {}, savers=6, rounds=2)
+
+
+@pytest.mark.s3
+def test_concurrent_saves_on_s3_share_one_cache(tmp_path, s3_server):
+    concurrent_operations(tmp_path, s3_server.url(), s3_server.env(), savers=5, rounds=2,
+                          options=s3_server.options())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["local", pytest.param("s3", marks=pytest.mark.s3)])
+def test_many_concurrent_saves_share_one_cache(tmp_path, request, where):
+    if where == "s3":
+        srv = request.getfixturevalue("s3_server")
+        concurrent_operations(tmp_path, srv.url(), srv.env(), savers=12, rounds=2, options=srv.options())
+    else:
+        concurrent_operations(tmp_path, str(tmp_path / "repo"), {}, savers=12, rounds=3)
+
+
+# ---- files private to their owner ----------------------------------------------------
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o000])
+def test_cache_files_are_private_whatever_the_umask(tmp_path, umask):
+    d = tmp_path / "cache"
+    d.mkdir(mode=0o755)
+    os.chmod(d, 0o755)  # a directory that already existed, too open
+    old = os.umask(umask)
+    try:
+        c = Cache(str(d / "r-write.sqlite"))
+        c.add_blob(os.urandom(32), 1)
+        c.open_session()
+        c.commit()
+        modes = {p.name: oct(p.stat().st_mode & 0o777) for p in d.iterdir()}
+        c.close()
+    finally:
+        os.umask(old)
+    assert oct(d.stat().st_mode & 0o777) == "0o700"
+    assert set(modes) >= {"r-write.sqlite", "r-write.sqlite-wal", "r-write.sqlite-shm", "r-write.sqlite.sessions"}
+    assert modes.pop("r-write.sqlite.sessions") == "0o700"
+    assert set(modes.values()) == {"0o600"}, modes
+
+
+def test_existing_cache_files_are_made_private(tmp_path):
+    path = tmp_path / "c.sqlite"
+    Cache(str(path)).close()
+    os.chmod(path, 0o644)
+    Cache(str(path)).close()
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+# ---- one cache, many processes ---------------------------------------------------------
+
+
+def test_a_locked_cache_waits_then_keeps_its_rows_for_later(tmp_path):
+    """Another process holds the write lock past the busy timeout: nothing
+    fails, this process still sees what it learned, and writes it later."""
+    import sqlite3
+
+    path = str(tmp_path / "c.sqlite")
+    c = Cache(path, busy_timeout=0.05)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    a = os.urandom(32)
+    c.add_blob(a, 7)
+    c.set_meta("generation", "3")
+    assert c.commit() is False  # still locked
+    assert c.blob_size(a) == 7 and c.get_meta("generation") == "3"
+    other.execute("ROLLBACK")
+    assert c.commit() is True
+    assert other.execute("SELECT size FROM blobs WHERE id=?", (a,)).fetchall() == [(7,)]
+    c.close()
+
+
+def test_rows_learned_under_an_older_generation_stay_out_of_the_file(tmp_path):
+    """A save that began before a prune must not write blobs it learned into
+    a cache another process re-listed for the newer generation; it keeps
+    them for itself."""
+    path = str(tmp_path / "c.sqlite")
+    old, new = Cache(path), Cache(path)
+    old.bind_generation(1)
+    new.bind_generation(2)
+    new.reset_blobs()
+    b, x = os.urandom(32), os.urandom(32)
+    new.add_blobs([(b, 5)])
+    new.set_meta("generation", 2)
+    new.set_meta("listed", 1)
+    new.commit()
+    old.add_blob(x, 9)
+    old.commit()
+    assert old.blob_size(x) == 9  # for itself
+    assert new.blob_size(x) is None and new.blob_size(b) == 5  # not in the file
+    third = Cache(path)
+    assert third.blob_size(x) is None and third.get_meta("generation") == "2"
+    for c in (old, new, third):
+        c.close()
+
+
+_HOLDER = """
+import os, sys, time
+from rekkord.cache import Cache
+c = Cache(sys.argv[1])
+c.open_session()
+c.add_pending(bytes.fromhex(sys.argv[2]))
+c.add_blob(bytes.fromhex(sys.argv[2]), 1)
+c.commit()
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_running_saves_pending_blobs_are_not_a_dead_saves(tmp_path):
+    """Only a session whose process is gone counts as a save that died: a
+    save running beside it keeps its pending blobs to itself."""
+    import subprocess
+    import sys
+
+    path = str(tmp_path / "c.sqlite")
+    x = os.urandom(32)
+    p = subprocess.Popen([sys.executable, "-c", _HOLDER, path, x.hex()], stdout=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        c = Cache(path)
+        assert c.dead_sessions() == {} and c.blob_size(x) == 1
+    finally:
+        p.kill()
+        p.wait()
+    dead = c.dead_sessions()
+    assert list(dead.values()) == [[x]] and c.pending_blobs() == [x]
+    c.reap_sessions(dead)
+    assert c.dead_sessions() == {} and os.listdir(path + ".sessions") == []
+    c.close()
+
+
+def test_a_cache_from_before_sessions_counts_as_one_dead_save(tmp_path):
+    import sqlite3
+
+    path = str(tmp_path / "c.sqlite")
+    Cache(path).close()
+    x = os.urandom(32)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("INSERT INTO pending VALUES (?)", (x,))
+    db.execute("INSERT INTO meta VALUES ('save_open', '1')")
+    db.close()
+    c = Cache(path)
+    dead = c.dead_sessions()
+    assert list(dead.values()) == [[x]]
+    c.reap_sessions(dead)
+    assert c.dead_sessions() == {}
+    c.close()
+
+
+# ---- a cache that breaks ------------------------------------------------------------
+
+
+def test_a_corrupt_cache_file_gives_a_warning_and_a_throw_away_cache(tmp_path):
+    path = tmp_path / "c.sqlite"
+    path.write_bytes(b"this is not a database" * 100)
+    warnings = []
+    c = Cache(str(path), warn=warnings.append)
+    a = os.urandom(32)
+    c.add_blob(a, 3)
+    assert c.commit() and c.blob_size(a) == 3
+    c.open_session()
+    c.close()
+    assert len(warnings) == 1 and "going on without it" in warnings[0], warnings
+
+
+@pytest.mark.parametrize("how", ["overwritten", "deleted"])
+def test_a_cache_broken_under_a_running_save(tmp_path, local_repo, how):
+    """The file is overwritten with garbage, or the whole cache directory
+    deleted, while a save uses it: the save completes, correct (with a
+    warning when it notices), and so does the next one."""
+    import sqlite3
+
+    warnings = []
+    path = cache_path(local_repo.cache_dir, local_repo.master.repo, "write")
+    src = tree(tmp_path)
+    save(local_repo, src, Cache(path))  # a cache with something in it
+    (src / "d" / "small0").write_bytes(b"changed")
+    cache = Cache(path, warn=warnings.append)
+    saver = Saver(local_repo.repo("write"), cache)
+    real = saver._classify
+    broken = []
+
+    def break_it(*a):
+        if not broken:
+            broken.append(1)
+            cache.commit()
+            if how == "deleted":
+                shutil.rmtree(local_repo.cache_dir)
+            else:
+                db = sqlite3.connect(path)
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                db.close()
+                with open(path, "r+b") as f:
+                    f.write(os.urandom(os.path.getsize(path)))
+        return real(*a)
+
+    saver._classify = break_it
+    res = saver.save("c", [str(src)])
+    cache.close()
+    assert broken and res.stats.files == 31
+    if how == "overwritten":
+        assert warnings and all("going on without it" in w for w in warnings), warnings
+    r = local_repo.repo("read")
+    Restorer(r, r.load_snapshot(res.snapshot_id)).restore(str(src), str(tmp_path / "out"))
+    assert_same_tree(src, tmp_path / "out")
+    again = Cache(path, warn=warnings.append)
+    res = save(local_repo, src, again)
+    again.close()
+    Restorer(r, r.load_snapshot(res.snapshot_id)).restore(str(src), str(tmp_path / "out2"))
+    assert_same_tree(src, tmp_path / "out2")

@@ -128,3 +128,77 @@ def test_judging_scenario(tmp_path, run_cli):
           f"{after / 1e6:.1f} MB after the final rounds ({len(final)} snapshots)")
     assert after < peak
     assert names(sc.storage, "fossils/") == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 12 MiB tmpfs of our own (root only), unmounted afterwards."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small file system needs root")
+    d = tmp_path / "disk"
+    d.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m,mode=0700", "tmpfs", str(d)], capture_output=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.decode().strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def free_bytes(path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def test_prune_frees_a_full_disk(small_disk, tmp_path, run_cli):
+    """A repository whose disk filled up (a save failed with "no space"): forget
+    and prune free the space -- fossilising moves blob names (no copy, no free
+    space needed), then deletes them."""
+    from rekkord.keys import Key
+    from rekkord.repository import Repository
+    from rekkord.storage.local import LocalStorage
+
+    url = str(small_disk / "repo")
+    master = Key.generate_master()
+    Repository.init(LocalStorage(url), master)
+    admin = Repository.open(LocalStorage(url), master)
+    key_files = {}
+    for role in ("write", "audit", "read"):
+        k = master.derive(role, f"t-{role}")
+        admin.publish_cert(k.cert)
+        key_files[role] = str(tmp_path / f"{role}.key")
+        k.save(key_files[role])
+    env = {"REKKORD_REPOSITORY": url}
+    ids = []
+    for i in range(10):  # 3 MiB of fresh random data each: a few fit
+        src = tmp_path / f"src{i}"
+        write_tree(src, {"a": os.urandom(1_500_000), "b": os.urandom(1_500_000)})
+        p = run_cli("-k", key_files["write"], "save", "--json", f"c{i}", src, env=env)
+        if p.returncode != 0:
+            assert p.returncode == 8, p.stderr  # NO_SPACE
+            break
+        ids.append(json.loads(p.stdout)["id"])
+    assert 2 <= len(ids) < 10
+    # Top the disk up, as whatever else filled it would: room for prune's
+    # bookkeeping (a few small objects), none for a copy of any blob.
+    free = free_bytes(small_disk)
+    if free > 128 << 10:
+        with open(small_disk / "filler", "wb") as f:
+            f.write(b"\0" * (free - (128 << 10)))
+    before = free_bytes(small_disk)
+    run_cli("-k", key_files["audit"], "forget", ids[0], ids[1], env=env, check=0)
+    p = run_cli("-k", key_files["audit"], "prune", "--json", env=env, check=0)
+    rep = json.loads(p.stdout)
+    assert rep["deleted"] > 0
+    assert free_bytes(small_disk) - before > 5_000_000  # both forgotten snapshots' data (and the failed save's)
+    run_cli("-k", key_files["audit"], "check", env=env, check=0)
+    out = tmp_path / "out"
+    run_cli("-k", key_files["read"], "restore", ids[-1], out, env=env, check=0)
+    src = tmp_path / f"src{len(ids) - 1}"
+    for n in ("a", "b"):
+        assert (out / str(src).lstrip("/") / n).read_bytes() == (src / n).read_bytes()
+    # and the disk takes saves again
+    run_cli("-k", key_files["write"], "save", "again", tmp_path / "src0", env=env, check=0)

@@ -252,7 +252,7 @@ def test_power_loss_before_the_flush_with_a_cache_that_already_recorded_the_blob
     cache = EagerCache(path)
     with pytest.raises(PowerLoss):
         Saver(repo, cache).save("c", [str(src)])
-    cache.db.close()  # no commit: what the disk has is what was committed
+    cache.abandon()  # no commit, the session left behind: what the disk has is what was committed
     lost = lose_unflushed_writes(journal, case.url, mode="empty")
     cache = Cache(path)
     pending, known = cache.pending_blobs(), cache.blob_count()

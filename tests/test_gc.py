@@ -333,13 +333,19 @@ def test_interrupted_collection_is_rolled_back(local_repo, tmp_path):
 
 def test_unfinished_collection_waits_for_its_owner(local_repo, tmp_path):
     """A collection without .done whose prune still runs is left alone; once
-    that prune is gone it is rolled back completely, spare copies included."""
+    that prune is gone it is rolled back completely, spare copies included
+    (a backend that moves by copying, as S3 does: prune copies every blob,
+    then deletes the originals)."""
     w = local_repo.repo("write")
     src = tmp_path / "src"
     write_tree(src, content(10, 1))
     s1 = save(w, src).snapshot_id
     raw = w.storage.read(f"snapshots/{s1}")
-    audit = local_repo.repo("audit")
+
+    class CopyingStorage(LocalStorage):
+        rename = Storage.rename
+
+    audit = Repository.open(CopyingStorage(local_repo.url, sync=False), local_repo.keys["audit"])
     audit.storage.delete(f"snapshots/{s1}")
     blobs = names(audit.storage, "blobs/")
     real_map = Pruner._map

@@ -4,7 +4,9 @@ on real servers started by the fixtures in conftest.py."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -29,9 +31,11 @@ BACKENDS = [
 class Location:
     """A fresh storage plus a way to plant a stray temporary file in it."""
 
-    def __init__(self, storage: Storage, directory: Path | None):
+    def __init__(self, storage: Storage, directory: Path | None, url: str | None = None,
+                 options: dict | None = None):
         self.storage = storage
         self.directory = directory  # the objects' directory on this machine, if any
+        self.url, self.options = url, options  # to open it again in another process (None: memory)
 
     def plant_temp(self, subdir: str = "") -> bool:
         """Put a leftover temporary file (as an interrupted writer leaves)
@@ -47,22 +51,25 @@ class Location:
 @pytest.fixture(params=BACKENDS)
 def loc(request, tmp_path):
     kind = request.param
+    url = options = None
     if kind == "memory":
         storage, directory = MemoryStorage(), None
     elif kind == "local":
         directory = tmp_path / "repo"
-        storage = open_storage(str(directory))
+        url, options = str(directory), {}
+        storage = open_storage(url)
     elif kind == "s3":
         srv = request.getfixturevalue("s3_server")
-        storage, directory = open_storage(srv.url(), srv.options()), None
+        url, options = srv.url(), srv.options()
+        storage, directory = open_storage(url, options), None
     else:
         srv = request.getfixturevalue("sftp_server")
-        url = srv.url()
-        storage = open_storage(url, srv.options())
+        url, options = srv.url(), srv.options()
+        storage = open_storage(url, options)
         directory = Path(url.split(f":{srv.port}", 1)[1])  # the server is this machine
     storage.create()
     try:
-        yield Location(storage, directory)
+        yield Location(storage, directory, url, options)
     finally:
         storage.close()
 
@@ -160,6 +167,90 @@ def test_delete(st):
     # a deleted name can be written again
     st.write("blobs/ab/ab01", b"again")
     assert st.read("blobs/ab/ab01") == b"again"
+
+
+def test_rename_moves_and_never_replaces(loc):
+    st = loc.storage
+    data = os.urandom(3000)
+    st.write("blobs/ab/ab01", data)
+    ino = (loc.directory / "blobs/ab/ab01").stat().st_ino if loc.directory else None
+    st.rename("blobs/ab/ab01", "fossils/c1/ab/ab01")  # into directories that do not exist yet
+    assert st.stat("blobs/ab/ab01") is None and st.read("fossils/c1/ab/ab01") == data
+    assert sorted(st.list()) == [("fossils/c1/ab/ab01", 3000)]
+    if ino is not None:  # local and SFTP move the file itself: no copy, no space needed
+        assert (loc.directory / "fossils/c1/ab/ab01").stat().st_ino == ino
+    with pytest.raises(ObjectNotFound):
+        st.rename("blobs/ab/ab01", "fossils/c2/ab/ab01")
+    assert st.stat("fossils/c2/ab/ab01") is None
+    # an existing destination is never replaced, and the source stays
+    st.write("blobs/ab/ab01", b"new")
+    with pytest.raises(ObjectExists):
+        st.rename("blobs/ab/ab01", "fossils/c1/ab/ab01")
+    assert st.read("blobs/ab/ab01") == b"new" and st.read("fossils/c1/ab/ab01") == data
+    st.delete("blobs/ab/ab01")
+    st.rename("fossils/c1/ab/ab01", "blobs/ab/ab01")  # and back (resurrection)
+    assert st.read("blobs/ab/ab01") == data and sorted(st.list()) == [("blobs/ab/ab01", 3000)]
+
+
+def test_concurrent_renames_to_one_name(st):
+    """Many movers race for one destination: exactly one wins, the other
+    sources stay whole."""
+    for i in range(8):
+        st.write(f"blobs/ab/src{i}", b"%d" % i * 100)
+    outcomes = []
+
+    def move(i):
+        try:
+            st.rename(f"blobs/ab/src{i}", "fossils/c/ab/dst")
+            outcomes.append(i)
+        except ObjectExists:
+            pass
+
+    with ThreadPoolExecutor(8) as ex:
+        list(ex.map(move, range(8)))
+    assert len(outcomes) == 1
+    assert st.read("fossils/c/ab/dst") == b"%d" % outcomes[0] * 100
+    assert sorted(n for n, _ in st.list("blobs/")) == sorted(f"blobs/ab/src{i}" for i in range(8) if i != outcomes[0])
+
+
+def test_object_times_are_the_storages(loc):
+    st = loc.storage
+    before = st.now()
+    st.write("blobs/ab/ab01", b"x")
+    st.write("snapshots/s1", b"yy")
+    after = st.now()
+    m = st.mtime("blobs/ab/ab01")
+    assert before - 2 <= m <= after + 2  # S3 and SFTP times have whole seconds
+    assert st.mtime("blobs/ab/nothing") is None and st.mtime("no/such/dir") is None
+    times = {n: (size, t) for n, size, t in st.list_times()}
+    assert {n: size for n, (size, _) in times.items()} == dict(st.list())
+    assert times["blobs/ab/ab01"][1] == m and abs(times["snapshots/s1"][1] - st.mtime("snapshots/s1")) < 1e-6
+    assert [n for n, _, _ in st.list_times("snap")] == ["snapshots/s1"]
+    if loc.plant_temp():
+        assert ".tmp-0123456789abcdef" not in {n for n, _, _ in st.list_times()}
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime (apt-get install faketime)")
+def test_storage_time_ignores_a_skewed_local_clock(loc):
+    """A writer whose clock is 3 days behind still reads true times from the
+    storage (and, on S3, has its requests accepted: the clock is corrected
+    from the server's Date header)."""
+    if loc.url is None:
+        pytest.skip("the memory backend lives in one process")
+    code = ("import json, sys, time\n"
+            "from rekkord.storage import open_storage\n"
+            "st = open_storage(sys.argv[1], json.loads(sys.argv[2]))\n"
+            "st.write('blobs/ab/skewed', b'x')\n"
+            "print(json.dumps([time.time(), st.now(), st.mtime('blobs/ab/skewed'), list(st.list_times('blobs/'))]))\n")
+    p = subprocess.run(["faketime", "-f", "-3d", sys.executable, "-c", code, loc.url, json.dumps(loc.options)],
+                       capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    assert p.returncode == 0, p.stderr
+    local, now, mtime, listed = json.loads(p.stdout)
+    real = time.time()
+    assert real - local > 2.9 * 86400  # the writer's clock was off...
+    assert abs(now - real) < 600 and abs(mtime - real) < 600  # ...the storage's was not
+    assert listed == [["blobs/ab/skewed", 1, mtime]]
+    assert loc.storage.read("blobs/ab/skewed") == b"x"
 
 
 def test_temp_files_are_not_listed(loc):

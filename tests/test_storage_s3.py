@@ -4,9 +4,11 @@ buckets, conditional writes, and a gateway killed in the middle of writes."""
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -331,3 +333,123 @@ def test_multi_node_cluster(tmp_path):
         for name, data in blobs.items():
             assert st.read(name) == data
         assert sorted(st.list("blobs/")) == sorted((k, len(v)) for k, v in blobs.items())
+
+
+# --- a client clock days off -------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime (apt-get install faketime)")
+@pytest.mark.parametrize("days", ["-3d", "+3d"])
+def test_a_client_clock_days_off_still_saves_restores_and_checks(s3_server, tmp_path, days):
+    """The real CLI on a machine whose clock is 3 days off (faketime; SeaweedFS
+    refuses requests more than 15 minutes off, RequestTimeTooSkewed): the
+    backend corrects the signing time from the server's Date header."""
+    import json
+    import subprocess
+    import sys
+
+    from treeutil import assert_same_tree, make_awkward_tree
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REKKORD_", "AWS_"))}
+    env.update(s3_server.env(), REKKORD_REPOSITORY=s3_server.url(), REKKORD_CACHE_DIR=str(tmp_path / "cache"))
+    master, write, audit = (str(tmp_path / f"{n}.key") for n in ("master", "write", "audit"))
+
+    def cli(*args, skewed=True, log=None):
+        cmd = [sys.executable, "-m", "rekkord", *(["--log-file", log] if log else []), *map(str, args)]
+        p = subprocess.run((["faketime", "-f", days] if skewed else []) + cmd, env=env, capture_output=True,
+                           timeout=300)
+        assert p.returncode == 0, (args, p.stderr.decode())
+        return p
+
+    cli("-k", master, "init", skewed=False)  # the repository exists; the backup machine's clock is off
+    cli("-k", master, "key", "derive", "--role", "write", "--label", "w", "--output", write, skewed=False)
+    cli("-k", master, "key", "derive", "--role", "audit", "--label", "a", "--output", audit, skewed=False)
+    src = tmp_path / "src"
+    make_awkward_tree(src)
+    log = str(tmp_path / "save.log")
+    p = cli("-k", write, "save", "--json", "c", src, log=log)
+    sid = json.loads(p.stdout)["id"]
+    assert "this machine's clock is 3.0 days" in Path(log).read_text()
+    warning = p.stderr.decode().splitlines()
+    assert len(warning) == 1 and warning[0].startswith("rekkord: warning: ") and "set the clock" in warning[0]
+    cli("-k", master, "restore", sid, tmp_path / "out")
+    assert_same_tree(src, tmp_path / "out" / str(src).lstrip("/"))
+    cli("-k", audit, "check")
+    cli("-k", master, "check", "--read-data")
+
+
+class _SkewedServer:
+    """An S3 endpoint whose every answer refuses the request time, with a
+    Date header 3 days ahead of this machine (a server with a clock of its
+    own, or a client whose clock is behind): records the X-Amz-Date of each
+    request.  (SeaweedFS cannot be made to refuse a corrected request.)"""
+
+    def __init__(self, ahead: float = 3 * 86400):
+        import http.server
+        import socketserver
+
+        self.ahead = ahead
+        self.requests: list[tuple[str, str, float]] = []  # (method, path, X-Amz-Date as unix time)
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self):
+                import calendar
+                import email.utils
+
+                n = int(self.headers.get("content-length") or 0)
+                if n:
+                    self.rfile.read(n)
+                stamp = self.headers.get("x-amz-date", "")
+                t = calendar.timegm(time.strptime(stamp, "%Y%m%dT%H%M%SZ")) if stamp else 0.0
+                outer.requests.append((self.command, self.path, t))
+                body = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>RequestTimeTooSkewed</Code>'
+                        b"<Message>The difference between the request time and the server's time is too large."
+                        b"</Message></Error>")
+                self.send_response_only(403)  # (send_response would add a Date of its own)
+                self.send_header("Date", email.utils.formatdate(time.time() + outer.ahead, usegmt=True))
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(body) if self.command != "HEAD" else 0))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_PUT = do_HEAD = do_DELETE = do_POST = _answer
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("op", ["write", "stat", "list"])
+def test_a_server_that_refuses_the_corrected_time_gets_an_error_naming_the_clock(op, retry_sleeps):
+    """The correction is tried once, with the server's time (the direct
+    request path for write and stat, botocore's client for list); a server
+    that still refuses gets an error naming the clock, not "permission
+    denied", and nothing is retried with backoff."""
+    srv = _SkewedServer()
+    try:
+        st = open_storage("s3://bucket/p", {"endpoint_url": srv.url, "region": "us-east-1",
+                                            "access_key_id": "k", "secret_access_key": "s", **FAST})
+        with pytest.raises(StorageError) as ei:
+            {"write": lambda: st.write("blobs/ab/ab01", b"x"), "stat": lambda: st.stat("config"),
+             "list": lambda: list(st.list("blobs/"))}[op]()
+        msg = str(ei.value)
+        assert "clock is 3.0 days behind the server's" in msg and "set the clock" in msg, msg
+        if op != "stat":  # (a HEAD's answer has no error code: "permission denied", naming the clock)
+            assert not isinstance(ei.value, StoragePermissionDenied) and "even with the time corrected" in msg
+        first, second = srv.requests  # the request, and once more with the server's time
+        assert abs(first[2] - time.time()) < 600
+        assert abs(second[2] - (time.time() + srv.ahead)) < 600
+        assert retry_sleeps == []
+        assert abs(st.clock_offset - srv.ahead) < 5
+    finally:
+        srv.close()

@@ -127,7 +127,14 @@ class Settings:
             import platformdirs
 
             d = platformdirs.user_cache_dir("rekkord")
-        return Cache(cache_path(os.path.expanduser(str(d)), repo.id, repo.key.role))
+
+        def warn(message: str) -> None:  # the cache could not be used: the command goes on without it
+            from .progress import log
+
+            log.warning("%s", message)
+            click.echo(f"rekkord: warning: {message}", err=True)
+
+        return Cache(cache_path(os.path.expanduser(str(d)), repo.id, repo.key.role), warn=warn)
 
 
 def echo_json(obj) -> None:

@@ -82,6 +82,27 @@ class RekkordGroup(click.Group):
             sys.exit(ExitCode.ERROR)
 
 
+class _StorageWarnings(logging.Handler):
+    """Warnings of the storage backends (a clock the server corrected, a
+    server without conditional writes) also go to stderr, one line each:
+    they are the machine's administrator's to fix."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+
+    def emit(self, record):
+        try:
+            click.echo(f"rekkord: warning: {record.getMessage()}", err=True)
+        except Exception:  # pragma: no cover - stderr gone
+            pass
+
+
+def _show_storage_warnings() -> None:
+    log = logging.getLogger("rekkord.storage")
+    if not any(isinstance(h, _StorageWarnings) for h in log.handlers):
+        log.addHandler(_StorageWarnings())
+
+
 def _log_error(msg: str):
     log = logging.getLogger("rekkord")
     if log.handlers:
@@ -122,6 +143,7 @@ def cli(ctx, repository, key_file, config_path, cache_dir, no_cache, threads, qu
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.info("rekkord %s", " ".join(sys.argv[1:]))
+    _show_storage_warnings()
     ctx.obj = s
 
 

@@ -14,6 +14,20 @@ imports crypto.  Semantics every backend must honour (checked by
 * ``list(prefix)`` yields ``(name, size)`` for every object whose name starts
   with ``prefix`` (in no particular order); temporary files are never listed.
 * ``delete`` removes a name; deleting a missing name is not an error.
+* ``rename(src, dst)`` moves an object to a name that must not exist
+  (:class:`ObjectExists` otherwise, ``src`` kept; :class:`ObjectNotFound`
+  when ``src`` is missing), creating directories as needed.  Local and SFTP
+  repositories move the name itself (no copy, no free space needed beyond a
+  directory entry); elsewhere it is a copy and a delete.
+* Time, by the storage's own clock, never the caller's: ``now()`` is the
+  storage's current time, ``mtime(name)`` when an object was last written
+  (``None`` when it does not exist) and ``list_times(prefix)`` yields
+  ``(name, size, mtime)`` like ``list``.  All are unix times in seconds
+  (S3 and SFTP have whole seconds).  A writer whose clock is days off
+  still gets true times from these (the garbage collector bases its timing
+  on them): local directories answer with the file system's times (those
+  of a file just written, for ``now``), S3 with ``LastModified`` and the
+  server's ``Date`` header, SFTP with ``st_mtime`` and a probe file's.
 * Transient failures are retried inside the backend (see :func:`retry`);
   what escapes is final.
 """
@@ -60,14 +74,34 @@ class Storage(ABC):
     def exists(self, name: str) -> bool:
         return self.stat(name) is not None
 
+    # -- time, by the storage's clock -------------------------------------------
+
+    def now(self) -> float:
+        """The storage's current time (unix seconds), read from the storage
+        itself where it has a clock of its own."""
+        raise NotImplementedError(f"{type(self).__name__} cannot tell the storage's time")
+
+    def mtime(self, name: str) -> float | None:
+        """When ``name`` was last written, by the storage's clock; ``None``
+        when it does not exist."""
+        raise NotImplementedError(f"{type(self).__name__} cannot tell object times")
+
+    def list_times(self, prefix: str = "") -> Iterator[tuple[str, int, float]]:
+        """``(name, size, mtime)`` for every object ``list(prefix)`` yields,
+        ``mtime`` by the storage's clock."""
+        raise NotImplementedError(f"{type(self).__name__} cannot tell object times")
+
     def rename(self, src: str, dst: str) -> None:
         """Move ``src`` to ``dst``, which must not exist (garbage collection
         moves blobs to and from ``fossils/``).  Raises :class:`ObjectNotFound`
         when ``src`` is missing and :class:`ObjectExists` when ``dst`` exists
-        (``src`` is then kept).  This default reads, writes exclusively,
-        flushes and deletes: a crash in between leaves both names, never
-        neither.  Backends with a cheaper move (a link, a server-side copy)
-        may override it with the same guarantees."""
+        (``src`` is then kept); directories are created as needed.  This
+        default reads, writes exclusively, flushes and deletes: a crash in
+        between leaves both names, never neither.  It needs room for a second
+        copy and costs a download and an upload (S3: a GET, a PUT and a
+        DELETE per object; docs/storage.md).  Backends with a cheaper move
+        override it with the same guarantees: local directories and SFTP
+        move the name itself, which needs no free space."""
         data = self.read(src)
         self.write(dst, data, exclusive=True)
         self.flush()

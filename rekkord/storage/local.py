@@ -1,12 +1,19 @@
 """Local directory backend: one file per object, written to a temporary name,
 flushed, then linked into place (``link`` never replaces, so exclusive writes
-are atomic) and the directory flushed."""
+are atomic) and the directory flushed.
+
+``rename`` moves the name itself -- ``renameat2(RENAME_NOREPLACE)`` where the
+kernel and file system have it, else ``link`` and ``unlink`` -- so the
+garbage collector's fossilising needs no free space (a full disk can be
+pruned).  Object times are the file system's: ``mtime`` of the file, and
+for ``now`` the ``mtime`` of a temporary file just created."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
-import time
+import threading
 from collections.abc import Iterator
 
 from ..errors import (
@@ -19,6 +26,44 @@ from ..errors import (
 from .base import Storage
 
 TMP_PREFIX = ".tmp-"
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+_renameat2 = None  # libc's renameat2, once looked up (False: not there)
+_renameat2_lock = threading.Lock()
+
+
+def _libc_renameat2():
+    global _renameat2
+    if _renameat2 is None:
+        with _renameat2_lock:
+            if _renameat2 is None:
+                try:
+                    f = ctypes.CDLL(None, use_errno=True).renameat2
+                    f.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+                    f.restype = ctypes.c_int
+                    _renameat2 = f
+                except (OSError, AttributeError):  # not Linux, or a libc without it (glibc < 2.28)
+                    _renameat2 = False
+    return _renameat2
+
+
+def rename_noreplace(src: str, dst: str) -> None:
+    """Move ``src`` to ``dst`` unless ``dst`` exists (:class:`FileExistsError`;
+    ``src`` is then untouched): atomically with ``renameat2(RENAME_NOREPLACE)``
+    where the kernel and the file system support it, else with ``link`` and
+    ``unlink`` (a crash in between leaves both names).  Neither needs free
+    space for the data."""
+    f = _libc_renameat2()
+    if f:
+        if f(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise OSError(err, os.strerror(err), src, None, dst)
+        # this file system has no RENAME_NOREPLACE: links do the same
+    os.link(src, dst)
+    os.unlink(src)
 
 
 def _translate(e: OSError, what: str) -> StorageError:
@@ -149,6 +194,61 @@ class LocalStorage(Storage):
         finally:
             os.close(fd)
 
+    def rename(self, src: str, dst: str) -> None:
+        sp, dp = self._path(src), self._path(dst)
+        what = f"rename {self.url}/{src} to {dst}"
+        d = os.path.dirname(dp)
+        for attempt in range(2):
+            if d not in self._made:
+                try:
+                    # A directory takes a block on most file systems: on a
+                    # full disk this can fail where the move itself would not
+                    # (tmpfs and a disk with a block to spare make it).
+                    os.makedirs(d, exist_ok=True)
+                except OSError as e:
+                    raise _translate(e, what) from e
+                self._made.add(d)
+            try:
+                rename_noreplace(sp, dp)
+                break
+            except FileExistsError:
+                raise ObjectExists(f"{what}: {dst} already exists") from None
+            except FileNotFoundError:
+                if not os.path.lexists(sp):
+                    raise ObjectNotFound(f"{what}: not found") from None
+                self._made.discard(d)  # the target directory went away meanwhile: make it again
+                if attempt:
+                    raise ObjectNotFound(f"{what}: cannot create {os.path.dirname(dst)}") from None
+            except OSError as e:
+                if e.errno == errno.EXDEV:  # fossils/ on another file system (a mount inside the repository)
+                    return Storage.rename(self, src, dst)
+                raise _translate(e, what) from e
+        if self._deferred:
+            self._sync_dirs.update((d, os.path.dirname(sp)))
+        elif self.sync:
+            for x in {d, os.path.dirname(sp)}:
+                self._fsync_path(x)
+
+    def now(self) -> float:
+        tmp = os.path.join(self.root, TMP_PREFIX + "clock-" + os.urandom(8).hex())
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                return os.fstat(fd).st_mtime
+            finally:
+                os.close(fd)
+                os.unlink(tmp)
+        except OSError as e:
+            raise _translate(e, f"read the time of {self.url}") from e
+
+    def mtime(self, name: str) -> float | None:
+        try:
+            return os.stat(self._path(name)).st_mtime
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise _translate(e, f"stat {self.url}/{name}") from e
+
     def read(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         path = self._path(name)
         try:
@@ -193,7 +293,7 @@ class LocalStorage(Storage):
 
     def remove_temporaries(self, older_than: float) -> tuple[int, int]:
         count = size = 0
-        limit = time.time() - older_than
+        limit = self.now() - older_than  # the file system's clock judges its mtimes
         for _, de in self._walk(self.root, "", lambda de, name: True):
             if not de.name.startswith(TMP_PREFIX):
                 continue
@@ -209,6 +309,14 @@ class LocalStorage(Storage):
         return count, size
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        for name, st in self._list_stat(prefix):
+            yield name, st.st_size
+
+    def list_times(self, prefix: str = "") -> Iterator[tuple[str, int, float]]:
+        for name, st in self._list_stat(prefix):
+            yield name, st.st_size, st.st_mtime
+
+    def _list_stat(self, prefix: str) -> Iterator[tuple[str, os.stat_result]]:
         # Walk only the directories that can hold names with this prefix.
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         start = os.path.join(self.root, *base.split("/")) if base else self.root
@@ -224,9 +332,10 @@ class LocalStorage(Storage):
             if de.name.startswith(TMP_PREFIX) or not name.startswith(prefix):
                 continue
             try:
-                yield name, de.stat(follow_symlinks=False).st_size
+                st = de.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue
+            yield name, st
 
     def delete(self, name: str) -> None:
         try:

@@ -30,16 +30,32 @@ pool, to the URL and signing region the client itself resolved for the
 bucket (:class:`_Direct`).  ``before-send.s3.<Operation>`` events still fire.
 Anything unexpected (a redirect to another region, a directory bucket, no
 credentials) goes back to the client.
+
+A machine whose clock is off cannot sign requests S3 accepts (AWS allows 15
+minutes; SeaweedFS, MinIO and Ceph likewise): the server answers
+``RequestTimeTooSkewed`` (or ``RequestExpired``, ``RequestInTheFuture``, or a
+bare 403 to a HEAD).  As the AWS SDKs do (Java's and Go's "clock skew
+correction"), the backend then takes the offset between the server's
+``Date`` header and this machine's clock, logs a warning naming the clock,
+and signs every later request -- direct or through the client -- with the
+corrected time, retrying the refused request at once.  A server that still
+refuses gets a :class:`StorageError` that names the clock.  ``now()``
+returns the server's time (a ``Date`` header), ``mtime`` and ``list_times``
+its ``LastModified``.
 """
 
 from __future__ import annotations
 
 import base64
+import contextvars
+import datetime
+import email.utils
 import hashlib
 import html
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
@@ -118,6 +134,75 @@ _PROBE_KEY = "rekkord-probe"
 _CODE_RE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE_RE = re.compile(rb"<Message>([^<]*)</Message>")
 _REGION_RE = re.compile(r"Credential=[^/]*/[^/]*/([^/]*)/s3/aws4_request")
+
+
+# ---- clock skew ---------------------------------------------------------------
+
+#: Seconds added to this machine's clock when botocore signs a request in
+#: this thread: set by :meth:`S3Storage._retry` around every request to the
+#: storage's measured offset (other botocore users in the process see 0).
+_signing_offset: contextvars.ContextVar[float] = contextvars.ContextVar("rekkord_s3_signing_offset", default=0.0)
+
+
+def _install_signing_clock() -> bool:
+    """Make botocore's SigV4 signers (ours and the client's) read the time
+    through :data:`_signing_offset`.  botocore has no setting for it: its
+    signers call ``botocore.auth.get_current_datetime``, which this wraps
+    once (the same time when the offset is 0).  False when this botocore
+    has no such function (then skew is reported, not corrected)."""
+    import botocore.auth as auth
+
+    current = getattr(auth, "get_current_datetime", None)
+    if current is None:  # pragma: no cover - botocore too old
+        return False
+    if getattr(current, "rekkord_offset", False):
+        return True
+
+    def get_current_datetime(*args, **kwargs):
+        now = current(*args, **kwargs)
+        offset = _signing_offset.get()
+        return now + datetime.timedelta(seconds=offset) if offset else now
+
+    get_current_datetime.rekkord_offset = True  # type: ignore[attr-defined]
+    auth.get_current_datetime = get_current_datetime
+    return True
+
+
+_CAN_CORRECT_CLOCK = _install_signing_clock()
+#: Error codes that say the request time was refused.
+_SKEW_CODES = {"RequestTimeTooSkewed", "RequestExpired", "RequestInTheFuture"}
+#: Codes some servers give a skewed request instead (or a HEAD's bare 403):
+#: taken for skew when the server's Date is this far from the signing time.
+_MAYBE_SKEW_CODES = {"SignatureDoesNotMatch", "AccessDenied", "InvalidSignatureException", "AuthFailure", "403", ""}
+_SKEW_TOLERANCE = 5 * 60.0
+
+
+def _header(e: bx.ClientError, name: str) -> str | None:
+    headers = e.response.get("ResponseMetadata", {}).get("HTTPHeaders") or {}
+    for k, v in headers.items():
+        if k.lower() == name:
+            return v
+    return None
+
+
+def _http_time(value: str | None) -> float | None:
+    """Unix time of an HTTP date (``Date``, ``Last-Modified``), or None."""
+    if not value:
+        return None
+    try:
+        d = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=datetime.timezone.utc)
+    return d.timestamp()
+
+
+def _describe_offset(seconds: float) -> str:
+    a = abs(seconds)
+    amount = (f"{a / 86400:.1f} days" if a >= 86400 else f"{a / 3600:.1f} hours" if a >= 3600
+              else f"{a / 60:.0f} minutes" if a >= 60 else f"{a:.0f} seconds")
+    return f"{amount} {'behind' if seconds > 0 else 'ahead of'}"
 
 
 class _NoBody:
@@ -200,7 +285,8 @@ class _Direct:
             raise _UseClient(f"{status} {code}")
         raise bx.ClientError({"Error": {"Code": code, "Message": message},
                               "ResponseMetadata": {"HTTPStatusCode": status,
-                                                   "HTTPHeaders": dict(resp.headers)}}, op)
+                                                   "HTTPHeaders": {k.lower(): v for k, v in resp.headers.items()}}},
+                             op)
 
 
 class S3Storage(RetryingBackend, Storage):
@@ -304,6 +390,10 @@ class S3Storage(RetryingBackend, Storage):
         self._down: str | None = None
         self._direct_lock = threading.Lock()
         self._direct_state: _Direct | None | bool = False  # False: not probed yet; None: use the client
+        #: Seconds to add to this machine's clock to get the server's, once a
+        #: request was refused for its time (0 until then).
+        self.clock_offset = 0.0
+        self._clock_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str, options: Mapping[str, Any] | None = None) -> S3Storage:
@@ -387,17 +477,112 @@ class S3Storage(RetryingBackend, Storage):
 
     def _retry(self, op: str, name: str | None, fn: Callable[[], T]) -> T:
         def attempt() -> T:
-            try:
-                return fn()
-            except StorageError:
-                raise
-            except Exception as e:
-                err = self._translate(e, op, name)
-                if err is e:
+            corrected = False
+            while True:
+                offset = self.clock_offset
+                token = _signing_offset.set(offset)
+                try:
+                    return fn()
+                except StorageError:
                     raise
-                raise err from e
+                except Exception as e:
+                    skew = self._skew(e, offset)
+                    if skew is not None and not corrected and self._correct_clock(skew, offset):
+                        corrected = True
+                        continue  # signed again with the server's time, at once
+                    err = self._clock_error(e, op, name, skew, corrected) if skew is not None else None
+                    err = err or self._translate(e, op, name)
+                    if err is e:
+                        raise
+                    if isinstance(err, StoragePermissionDenied) and abs(self.clock_offset) > _SKEW_TOLERANCE:
+                        # (a HEAD's bare 403 says no more: the clock may be why)
+                        err = StoragePermissionDenied(
+                            f"{err} (this machine's clock is {_describe_offset(self.clock_offset)} the "
+                            "server's; requests are signed with the server's time: set the clock (NTP))")
+                    raise err from e
+                finally:
+                    _signing_offset.reset(token)
 
         return self._with_retries(op, f"{op} {self._where(name)}", attempt)
+
+    # -- clock skew -----------------------------------------------------------
+
+    def _skew(self, e: BaseException, offset: float) -> float | None:
+        """For an answer refusing the request time: the server's clock minus
+        this machine's, from its Date header (None: not a time refusal, or
+        no Date; ``nan``: a time refusal without a usable Date)."""
+        if not isinstance(e, bx.ClientError):
+            return None
+        code, status, _ = _error_code(e)
+        server = _http_time(_header(e, "date"))
+        if code in _SKEW_CODES:
+            return float("nan") if server is None else server - time.time()
+        if status == 403 and code in _MAYBE_SKEW_CODES and server is not None:
+            skew = server - time.time()
+            if abs(skew - offset) > _SKEW_TOLERANCE:
+                return skew
+        return None
+
+    def _correct_clock(self, skew: float, used: float) -> bool:
+        """Adopt ``skew`` as the clock offset; False when that changes
+        nothing (no Date, correction unavailable, or already applied)."""
+        if skew != skew or not _CAN_CORRECT_CLOCK:  # nan
+            return False
+        with self._clock_lock:
+            if abs(self.clock_offset - used) > 1.0:
+                return True  # another thread corrected it meanwhile: use that
+            if abs(skew - used) < 2.0:
+                return False
+            first = self.clock_offset == 0.0
+            self.clock_offset = skew
+        (log.warning if first else log.info)(
+            "%s: this machine's clock is %s the server's (the server refused the request time): "
+            "signing requests with the server's time from now on; set the clock (NTP)",
+            self.server, _describe_offset(skew))
+        return True
+
+    def _clock_error(self, e: BaseException, op: str, name: str | None, skew: float,
+                     corrected: bool) -> StorageError:
+        code, status, message = _error_code(e)
+        what = f"{op} {self._where(name)}"
+        if skew != skew:
+            return StorageError(f"{what}: the server refused the request time ({code}: {message}): "
+                                "check this machine's clock (NTP)")
+        again = " even with the time corrected by its Date header" if corrected else ""
+        return StorageError(f"{what}: the server refused the request time{again} ({code or status}): this "
+                            f"machine's clock is {_describe_offset(skew)} the server's: set the clock (NTP)")
+
+    def _server_time(self) -> float:
+        """The server's time, from the Date header of a HEAD request."""
+        key = self._key(_PROBE_KEY)
+
+        def fn() -> float:
+            t0 = time.time()
+            try:
+                d = self._direct()
+                if d is not None:
+                    try:
+                        h = d.send("HEAD", "HeadObject", key).headers
+                        date = h.get("date")
+                    except _UseClient as e:
+                        self._via_client(e)
+                        d = None
+                if d is None:
+                    date = self.client.head_object(Bucket=self.bucket, Key=key)["ResponseMetadata"][
+                        "HTTPHeaders"].get("date")
+            except bx.ClientError as e:
+                code, status, _ = _error_code(e)
+                if not (status == 404 or code in _NOT_FOUND):
+                    raise
+                date = _header(e, "date")
+            t = _http_time(date)
+            if t is None:
+                raise StorageError(f"read the time of {self._where(None)}: the server sent no Date header")
+            # A Date has whole seconds: the middle of the second is the best guess
+            # (bounded by the time the request took).
+            return t + 0.5 if time.time() - t0 < 1.0 else t
+
+        return self._retry("read the time of", None, fn)
 
     # -- single-object requests: direct when possible --------------------------
 
@@ -453,10 +638,14 @@ class S3Storage(RetryingBackend, Storage):
             if d is not None:
                 try:
                     h = d.send("HEAD", "HeadObject", key).headers
-                    return {"ContentLength": int(h.get("content-length", 0)), "ETag": h.get("etag", "")}
+                    return {"ContentLength": int(h.get("content-length", 0)), "ETag": h.get("etag", ""),
+                            "LastModified": h.get("last-modified")}
                 except _UseClient as e:
                     self._via_client(e)
-            return self.client.head_object(Bucket=self.bucket, Key=key)
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+            # the parsed datetime, as the direct path's header text
+            head["LastModified"] = head["ResponseMetadata"]["HTTPHeaders"].get("last-modified")
+            return head
         except bx.ClientError as e:
             code, status, _ = _error_code(e)
             if status == 404 or code in _NOT_FOUND:
@@ -579,7 +768,35 @@ class S3Storage(RetryingBackend, Storage):
 
         return self._retry("stat", name, fn)
 
+    def now(self) -> float:
+        return self._server_time()
+
+    def mtime(self, name: str) -> float | None:
+        key = self._key(name)
+
+        def fn() -> float | None:
+            head = self._head(key)
+            if head is None:
+                return None
+            t = _http_time(head.get("LastModified"))
+            if t is None:
+                raise StorageError(f"stat {self._where(name)}: the server sent no Last-Modified time")
+            return t
+
+        return self._retry("stat", name, fn)
+
+    def list_times(self, prefix: str = "") -> Iterator[tuple[str, int, float]]:
+        for name, size, obj in self._list_objects(prefix):
+            t = obj.get("LastModified")
+            if not isinstance(t, datetime.datetime):
+                raise StorageError(f"list {self._where(prefix or None)}: no LastModified time for {name}")
+            yield name, size, t.timestamp()
+
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        for name, size, _ in self._list_objects(prefix):
+            yield name, size
+
+    def _list_objects(self, prefix: str) -> Iterator[tuple[str, int, dict]]:
         full = self.prefix + prefix
         cut = len(self.prefix)
         token: str | None = None
@@ -592,7 +809,7 @@ class S3Storage(RetryingBackend, Storage):
                 key = obj["Key"]
                 if key.endswith("/") or not key.startswith(full):
                     continue  # folder markers some stores show
-                yield key[cut:], int(obj.get("Size", 0))
+                yield key[cut:], int(obj.get("Size", 0)), obj
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return

@@ -22,6 +22,11 @@ and are then put in place: an exclusive write uses ``hardlink@openssh.com``
 (``link(2)`` never replaces a name), or plain SFTP rename when the server
 lacks that extension (SFTPv3 rename fails when the target exists, and
 OpenSSH implements it so); a replacing write uses ``posix-rename@openssh.com``.
+``rename`` (the garbage collector's fossilising) moves the name the same way,
+``hardlink@openssh.com`` then ``remove``, never copying: it needs no space.
+
+Times are the server's: ``st_mtime`` of the objects, and for ``now`` the
+``st_mtime`` of a temporary file just created (whole seconds).
 """
 
 from __future__ import annotations
@@ -40,7 +45,6 @@ import socket
 import stat as statmod
 import struct
 import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -782,6 +786,14 @@ class SFTPStorage(RetryingBackend, Storage):
                     yield name, a
 
     def list(self, prefix: str = "") -> Iterator[tuple[str, int]]:
+        for name, a in self._list_attrs(prefix):
+            yield name, a.st_size or 0
+
+    def list_times(self, prefix: str = "") -> Iterator[tuple[str, int, float]]:
+        for name, a in self._list_attrs(prefix):
+            yield name, a.st_size or 0, float(a.st_mtime or 0)
+
+    def _list_attrs(self, prefix: str) -> Iterator[tuple[str, paramiko.SFTPAttributes]]:
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         entries = self._listdir(base)
         if entries is None:
@@ -794,18 +806,91 @@ class SFTPStorage(RetryingBackend, Storage):
 
         for name, a in self._walk(base, entries, descend):
             if not a.filename.startswith(TMP_PREFIX) and name.startswith(prefix):
-                yield name, a.st_size or 0
+                yield name, a
 
     def remove_temporaries(self, older_than: float) -> tuple[int, int]:
-        # The server's clock judges the age (its mtimes); callers leave a
-        # wide margin (prune: a day) for clocks that disagree.
+        # The server's clock judges the age of its mtimes.
         count = size = 0
-        limit = time.time() - older_than
+        limit = self.now() - older_than
         for name, a in self._walk("", self._listdir("") or [], lambda a, name: True):
             if a.filename.startswith(TMP_PREFIX) and (a.st_mtime or limit) < limit:
                 self.delete(name)
                 count, size = count + 1, size + (a.st_size or 0)
         return count, size
+
+    def rename(self, src: str, dst: str) -> None:
+        sp, dp = self._path(src), self._path(dst)
+        d = posixpath.dirname(dp)
+        attempts = 0
+
+        def exists(sftp: _SFTPClient, path: str) -> paramiko.SFTPAttributes | None:
+            try:
+                return sftp.stat(path)
+            except OSError as e:
+                if e.errno == errno.ENOENT and not isinstance(e, ConnectionError):
+                    return None
+                raise
+
+        def fn(sftp: _SFTPClient) -> None:
+            nonlocal attempts
+            attempts += 1
+            self._makedirs(sftp, d)
+            link = sftp.has("hardlink@openssh.com")
+            try:
+                if link:
+                    sftp.extended("hardlink@openssh.com", sp, dp)  # link(2): never replaces
+                else:
+                    sftp.rename(sp, dp)  # SFTPv3: fails if dp exists (OpenSSH: link, unlink)
+                    return
+            except OSError as e:
+                if isinstance(e, (ConnectionError, TimeoutError)) or e.errno not in (None, errno.ENOENT):
+                    raise
+                a = exists(sftp, sp)
+                if a is None:
+                    if attempts > 1 and exists(sftp, dp) is not None:
+                        return  # our own earlier attempt landed before its answer was lost
+                    raise ObjectNotFound(f"rename {self.url}/{src}: not found") from None
+                b = exists(sftp, dp)
+                if b is None:
+                    if e.errno == errno.ENOENT:  # the target directory went away: make it again
+                        self._made.discard(d)
+                        self._makedirs(sftp, d)
+                        return fn(sftp)
+                    raise
+                if not (attempts > 1 and link and (a.st_size, a.st_mtime, a.st_uid) == (b.st_size, b.st_mtime, b.st_uid)):
+                    raise ObjectExists(f"rename {self.url}/{src}: {dst} already exists") from None
+                # else: our own earlier link landed; finish the move
+            try:
+                sftp.remove(sp)
+            except OSError as e:
+                if e.errno != errno.ENOENT or isinstance(e, ConnectionError):
+                    raise
+
+        self._run("rename", src, fn)
+
+    def now(self) -> float:
+        tmp = f"{self.root}/{TMP_PREFIX}clock-{secrets.token_hex(8)}"
+
+        def fn(sftp: _SFTPClient) -> float:
+            with sftp.create_exclusive(tmp, OBJECT_MODE) as f:
+                t = f.stat().st_mtime
+            self._remove_temp(sftp, tmp)
+            return float(t or 0)
+
+        return self._run("read the time of", None, fn)
+
+    def mtime(self, name: str) -> float | None:
+        path = self._path(name)
+
+        def fn(sftp: _SFTPClient) -> float | None:
+            try:
+                return float(sftp.stat(path).st_mtime or 0)
+            except OSError as e:
+                if e.errno == errno.ENOENT and not isinstance(e, ConnectionError):
+                    return None
+                raise
+
+        return self._run("stat", name, fn)
 
     def delete(self, name: str) -> None:
         path = self._path(name)
