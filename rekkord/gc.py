@@ -438,6 +438,7 @@ class PruneReport:
     sessions_declared_dead: int = 0
     temporaries_removed: int = 0  # leftovers of interrupted writes (killed saves)
     temporaries_bytes: int = 0
+    reports_removed: int = 0  # failure reports older than 30 days (rekkord/report.py)
     generation: int = 0
     duration: float = 0.0
 
@@ -801,6 +802,9 @@ class Pruner:
                 continue
             if self.clock() - t > FORGET_LOG_KEEP:
                 storage.delete(name)
+        from .report import prune_reports
+
+        self.report.reports_removed = prune_reports(self.repo, self.clock())
         gens = generations(storage)
         if len(gens) > GENERATIONS_KEPT:
             for n in gens[: len(gens) - GENERATIONS_KEPT]:
