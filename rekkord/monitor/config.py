@@ -297,12 +297,13 @@ class _Parser:
         seen_names: set[str] = set()
         seen_ids: dict[str, str] = {}
         for i, r in enumerate(repos, 1):
+            rname = r.get("name") if isinstance(r, dict) else None
+            if isinstance(rname, str) and rname in seen_names:
+                self.err(f"[[repository]] #{i}", f"name {rname!r} is used twice")
+            seen_names.add(rname)
             rc = self.repo(r, i, cfg, defaults, limits, subset)
             if rc is None:
                 continue
-            if rc.name in seen_names:
-                self.err(f"[[repository]] #{i}", f"name {rc.name!r} is used twice")
-            seen_names.add(rc.name)
             key = self.key(rc, f"[[repository]] #{i} ({rc.name})")
             if key is not None:
                 if key.repo in seen_ids:
@@ -313,7 +314,7 @@ class _Parser:
 
         if "mail" in data:
             cfg.mail = self.mail(self.table(data["mail"], "[mail]", MAIL_KEYS))
-            if cfg.mail and not cfg.mail.to and not any(r.mail_to for r in cfg.repos):
+            if cfg.mail and "to" not in data["mail"] and not any(r.mail_to for r in cfg.repos):
                 self.err("[mail]", "no recipients: set to = [...] (or mail_to in a [[repository]])")
         elif any(r.mail_to for r in cfg.repos):
             self.err("[[repository]]", "mail_to is set but there is no [mail] section (SMTP server)")
