@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import email
 import email.policy
+import http.cookiejar
 import json
 import os
+import re
 import socket
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -353,3 +358,60 @@ def serve(cfg, *, start_monitor: bool = True, clock=None) -> RunningServer:
 
 def launch_chromium(playwright):
     return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+
+
+# --- an HTTP client with cookies ------------------------------------------------------------------------------
+
+
+class Client:
+    def __init__(self, base):
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), NoRedirect())
+
+    def req(self, method, path, data=None, headers=None):
+        body = urllib.parse.urlencode(data).encode() if data is not None else None
+        r = urllib.request.Request(self.base + path, data=body, method=method, headers=headers or {})
+        try:
+            with self.opener.open(r, timeout=20) as resp:
+                return resp.status, dict(resp.headers), resp.read().decode(), resp.headers.get_all("Set-Cookie") or []
+        except urllib.error.HTTPError as e:
+            return e.code, dict(e.headers), e.read().decode(), e.headers.get_all("Set-Cookie") or []
+
+    def login(self, user="alice", password=PASSWORD, headers=None):
+        status, _, page, _ = self.req("GET", "/login", headers=headers)
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        return self.req("POST", "/login", {"csrf": token, "next": "/", "username": user, "password": password},
+                        headers=headers)
+
+    def csrf(self, path="/"):
+        return re.search(r'name="csrf" value="([^"]+)"', self.req("GET", path)[2]).group(1)
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *a, **kw):
+        return None
+
+
+def make_cookie(name, value):
+    return http.cookiejar.Cookie(0, name, value, None, False, "127.0.0.1", False, False, "/", True, False, None,
+                                 False, None, None, {})
+
+
+def scrape(base: str, token: str | None = None) -> dict:
+    """/metrics parsed with prometheus_client's own parser:
+    {(name, frozenset(labels.items())): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, _, text, _ = Client(base).req("GET", "/metrics",
+                                          headers={"Authorization": f"Bearer {token}"} if token else {})
+    assert status == 200, status
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def metric(samples: dict, name: str, **labels) -> float | None:
+    return samples.get((name, frozenset(labels.items())))

@@ -9,13 +9,10 @@ Set REKKORD_SCREENSHOTS=DIR to keep the screenshots (docs/ has them)."""
 
 from __future__ import annotations
 
-import http.cookiejar
 import json
 import os
 import re
-import urllib.error
 import urllib.parse
-import urllib.request
 
 import pytest
 
@@ -24,9 +21,11 @@ pytest.importorskip("playwright")
 
 from monitorutil import (  # noqa: E402
     CHROMIUM,
+    Client,
     PASSWORD,
     free_port,
     launch_chromium,
+    make_cookie,
     make_machine,
     new_repository,
     password_hash,
@@ -200,36 +199,6 @@ def test_a_viewer_reads_but_cannot_act(site, browser):
 # --- plain HTTP ------------------------------------------------------------------------------------------
 
 
-class Client:
-    def __init__(self, base):
-        self.base = base
-        self.jar = http.cookiejar.CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), NoRedirect())
-
-    def req(self, method, path, data=None, headers=None):
-        body = urllib.parse.urlencode(data).encode() if data is not None else None
-        r = urllib.request.Request(self.base + path, data=body, method=method, headers=headers or {})
-        try:
-            with self.opener.open(r, timeout=20) as resp:
-                return resp.status, dict(resp.headers), resp.read().decode(), resp.headers.get_all("Set-Cookie") or []
-        except urllib.error.HTTPError as e:
-            return e.code, dict(e.headers), e.read().decode(), e.headers.get_all("Set-Cookie") or []
-
-    def login(self, user="alice", password=PASSWORD, headers=None):
-        status, _, page, _ = self.req("GET", "/login", headers=headers)
-        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
-        return self.req("POST", "/login", {"csrf": token, "next": "/", "username": user, "password": password},
-                        headers=headers)
-
-    def csrf(self, path="/"):
-        return re.search(r'name="csrf" value="([^"]+)"', self.req("GET", path)[2]).group(1)
-
-
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *a, **kw):
-        return None
-
-
 def test_sessions_and_cookies(site):
     srv, *_ = site
     c = Client(srv.base)
@@ -257,11 +226,6 @@ def test_sessions_and_cookies(site):
     replay = Client(srv.base)
     replay.jar.set_cookie(make_cookie("rekkord_session", token))
     assert replay.req("GET", "/")[0] == 303
-
-
-def make_cookie(name, value):
-    return http.cookiejar.Cookie(0, name, value, None, False, "127.0.0.1", False, False, "/", True, False, None,
-                                 False, None, None, {})
 
 
 def test_csrf_and_cross_origin_posts_are_refused(site):

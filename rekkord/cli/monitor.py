@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import sys
 
@@ -90,10 +91,15 @@ def run_cmd(s, config, once, force_check):
     ucfg = uvicorn.Config(app, lifespan="on", proxy_headers=True, forwarded_allow_ips=cfg.trusted_proxies,
                           ssl_certfile=cfg.tls_cert, ssl_keyfile=cfg.tls_key, server_header=False,
                           access_log=s.verbose > 0, log_config=None, timeout_graceful_shutdown=5)
+    # uvicorn stops on SIGINT/SIGTERM, then raises the signal again for the
+    # handler it found: this one makes that a clean exit (0), as systemd expects.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
     try:
         uvicorn.Server(ucfg).run(sockets=socks)
     finally:
         monitor.state.close()
+    log.info("stopped")
 
 
 def _host(h: str) -> str:

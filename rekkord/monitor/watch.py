@@ -359,8 +359,7 @@ def conditions(state, cfg: MonitorConfig, rc: RepoConfig, now: float) -> tuple[l
                                  f"reports --details` with a read key (report {x['id'][:8]}).", "warning"))
     # Damage found by the latest check.
     if last is not None and last["status"] == "damaged":
-        dmg = [p for p in last["problems"] if p["kind"] != "unverified"
-               and not (p["what"] == "snapshot record" and p["kind"] == "untrusted")]
+        dmg = damage_problems(last)
         if dmg:
             lines = []
             for p in dmg[:30]:
@@ -392,6 +391,15 @@ def conditions(state, cfg: MonitorConfig, rc: RepoConfig, now: float) -> tuple[l
     return out, set()
 
 
+def damage_problems(check: dict | None) -> list[dict]:
+    """The problems of a check that are damage; a record signed by a revoked
+    or unknown key is the untrusted-snapshot alert's, not damage."""
+    if check is None:
+        return []
+    return [p for p in check["problems"] if p["kind"] != "unverified"
+            and not (p["what"] == "snapshot record" and p["kind"] == "untrusted")]
+
+
 # --- the overview ----------------------------------------------------------------------------------
 
 
@@ -401,7 +409,7 @@ def channel_overview(state, rc: RepoConfig, now: float) -> list[dict]:
     snaps = state.q("SELECT * FROM snapshots WHERE repo = ? AND gone IS NULL ORDER BY time_ns", (name,))
     reps = state.q("SELECT * FROM reports WHERE repo = ? AND gone IS NULL AND trusted = 1 ORDER BY time_ns", (name,))
     last = state.last_check(name)
-    damaged = {d["id"] for d in last["damaged"]} if last and last["status"] == "damaged" else set()
+    damaged = {sid for p in damage_problems(last) for sid in p["snapshots"]}
     chans: dict[str, dict] = {}
     for ch in rc.channels:
         chans[ch] = _chan(ch)

@@ -41,7 +41,7 @@ from starlette.templating import Jinja2Templates
 from .alerts import span, when
 from .auth import RateLimiter, new_token, token_hash, verify_password
 from .metrics import exposition
-from .watch import channel_overview, human_bytes
+from .watch import channel_overview, damage_problems, human_bytes
 
 log = logging.getLogger("rekkord.monitor")
 HERE = os.path.dirname(__file__)
@@ -344,7 +344,7 @@ def _repo_summary(monitor, rc, now: float) -> dict:
     chans = channel_overview(state, rc, now)
     alerts = state.open_alerts(rc.name)
     unreachable = any(a["kind"] == "unreachable" for a in alerts) or (r["failed_polls"] or 0) > 0
-    status = ("unreachable" if unreachable else "damaged" if last and last["status"] == "damaged"
+    status = ("unreachable" if unreachable else "damaged" if damage_problems(last)
               else "failed" if any(c["status"] == "failed" for c in chans)
               else "stale" if any(c["stale"] for c in chans)
               else "untrusted" if any(c["untrusted"] for c in chans)
