@@ -147,7 +147,7 @@ class Machine:
             repo.storage.close()
 
     def fail(self, channel: str | None = None, *, error_kind: str = "StorageError", exit_code: int = 7,
-             message: str = "", warnings=()):
+             message: str = "", warnings=(), time_ns: int | None = None):
         """What `rekkord save` leaves when the save fails (rekkord/report.py)."""
         from rekkord.report import write_report
 
@@ -155,7 +155,7 @@ class Machine:
         try:
             return write_report(repo, channel=channel or f"{self.name}-files", host=self.name, status="failure",
                                 exit_code=exit_code, error_kind=error_kind, error_message=message,
-                                warnings=warnings, files=3, bytes_total=1000)
+                                warnings=warnings, files=3, bytes_total=1000, time_ns=time_ns)
         finally:
             repo.storage.close()
 

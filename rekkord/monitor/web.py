@@ -87,6 +87,7 @@ def _templates() -> Jinja2Templates:
     env.filters["span"] = lambda s: span(s) if s is not None else "-"
     env.filters["bytes"] = human_bytes
     env.filters["ns"] = lambda t: when(t / 1e9) if t else "-"
+    env.filters["secs"] = lambda s: "-" if s is None else f"{s:.2f} s" if s < 60 else span(s)
     return Jinja2Templates(env=env)
 
 

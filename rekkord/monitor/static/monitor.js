@@ -32,7 +32,7 @@
                                points: { show: true, size: 5 }, spanGaps: true,
                                value: function (u, v) { return fmt(v); } }, s.extra || {});
       })),
-      axes: [{}, { size: 70, values: function (u, vals) { return vals.map(fmt); } }]
+      axes: [{}, { size: 82, values: function (u, vals) { return vals.map(fmt); } }]
     };
     Object.assign(cfg, opts || {});
     var plot = new uPlot(cfg, data, el);
