@@ -381,3 +381,37 @@ def test_secure_cookies_behind_https(tmp_path, site):
         assert headers["strict-transport-security"] == "max-age=31536000"
     finally:
         srv.stop()
+
+
+def test_names_from_a_hostile_repository_are_escaped(tmp_path):
+    """Channel and host names are a writer's choice: shown, never executed."""
+    url = str(tmp_path / "repo")
+    master, audit = new_repository(str(tmp_path / "keys"), url)
+    evil = make_machine(str(tmp_path), master, url, "web01")
+    from rekkord.cache import Cache, cache_path
+    from rekkord.save import SaveOptions, Saver
+
+    repo = evil.open()
+    chan, host = "<img src=x onerror=alert(1)>", '"><script>alert(2)</script>'
+    Saver(repo, Cache(cache_path(str(tmp_path / "c"), repo.id, "w")), SaveOptions(host=host)).save(chan, [evil.tree])
+    cfg = load(write_config(tmp_path / "m.toml", monitor={"listen": f"127.0.0.1:{free_port()}"},
+                            repositories=[{"name": "clinic", "url": url, "key_file": audit}]))
+    srv = serve(cfg, start_monitor=False)
+    try:
+        srv.monitor.run_once()
+        c = Client(srv.base)
+        c.login()
+        for page in (c.req("GET", "/")[2], c.req("GET", "/repo/clinic")[2]):
+            assert chan not in page and "<script>alert" not in page
+            assert "&lt;img src=x onerror=alert(1)&gt;" in page
+        assert json.loads(c.req("GET", "/repo/clinic/data.json")[2])["snapshots"] == {chan: ANY_LIST}
+    finally:
+        srv.stop()
+
+
+class _AnyList:
+    def __eq__(self, other):
+        return isinstance(other, list)
+
+
+ANY_LIST = _AnyList()

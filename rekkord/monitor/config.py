@@ -230,7 +230,7 @@ class _Parser:
     def path_of(self, p) -> str:
         if not isinstance(p, str) or not p:
             raise ValueError(f"{p!r} is not a file name")
-        return os.path.normpath(os.path.join(self.base, os.path.expanduser(p)))
+        return os.path.normpath(os.path.join(self.base, p))  # (no ~: the library reads no environment)
 
     def existing_file(self, p) -> str:
         path = self.path_of(p)

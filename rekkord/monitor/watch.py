@@ -23,9 +23,10 @@ import hashlib
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from .. import report as rp
-from ..errors import IntegrityError, ObjectNotFound, RekkordError, UnsupportedFormat
+from ..errors import IntegrityError, ObjectNotFound, RekkordError, SnapshotNotFound, UnsupportedFormat
 from .alerts import Condition, span, when
 from .config import MonitorConfig, RepoConfig
 
@@ -123,19 +124,25 @@ class Watcher:
         # Snapshot records.
         present = {n[len("snapshots/"):]: s for n, s in listing.items() if n.startswith("snapshots/")}
         known = {r["id"]: r for r in self.state.q("SELECT id, gone FROM snapshots WHERE repo = ?", (name,))}
-        todo = [sid for sid in present if reload_all or sid not in known]
-        rows = []
-        for sid in todo:
-            oname = f"snapshots/{sid}"
-            if self._unopenable.get(oname) == present[sid] and not reload_all:
-                continue
+        todo = [sid for sid in present if (reload_all or sid not in known)
+                and (reload_all or self._unopenable.get(f"snapshots/{sid}") != present[sid])]
+
+        def load(sid):
             try:
-                snap = repo.load_snapshot(sid)
-            except RekkordError as e:
-                if isinstance(e, (IntegrityError, UnsupportedFormat)):
-                    self._unopenable[oname] = present[sid]  # damage: check reports it
-                    continue
-                raise
+                return sid, repo.load_snapshot(sid)
+            except (IntegrityError, UnsupportedFormat):
+                return sid, None
+            except SnapshotNotFound:
+                return sid, False
+
+        rows = []
+        with ThreadPoolExecutor(max(1, min(16, repo.storage.connections))) as pool:
+            loaded = list(pool.map(load, todo))  # (a StorageError ends the poll: the repository is unreachable)
+        for sid, snap in loaded:
+            if not snap:
+                if snap is None:
+                    self._unopenable[f"snapshots/{sid}"] = present[sid]  # damage: check reports it
+                continue
             st = snap.stats if isinstance(snap.stats, dict) else {}
             rows.append((name, sid, _text(snap.channel), _text(snap.host, ""), _text(snap.kid, ""),
                          _int(snap.time_ns) or 0, int(bool(snap.signature_ok)),
@@ -144,19 +151,27 @@ class Watcher:
         # Failure reports (the audit part).
         rpresent = {n: s for n, s in listing.items() if n.startswith(rp.PREFIX)}
         rknown = {r["id"] for r in self.state.q("SELECT id FROM reports WHERE repo = ? AND gone IS NULL", (name,))}
-        rrows = []
-        for oname, size in rpresent.items():
-            rid = oname[len(rp.PREFIX):]
-            if (rid in rknown and not reload_all) or (self._unopenable.get(oname) == size and not reload_all):
-                continue
+        rtodo = [(oname, size) for oname, size in rpresent.items() if reload_all or (
+            oname[len(rp.PREFIX):] not in rknown and self._unopenable.get(oname) != size)]
+
+        def load_report(item):
+            oname, size = item
             try:
                 if size > rp.MAX_SIZE:
-                    raise IntegrityError(f"report {rid}: too large")
-                rep = rp.open_report(repo, rid, repo.storage.read(oname))
+                    raise IntegrityError("too large")
+                return oname, rp.open_report(repo, oname[len(rp.PREFIX):], repo.storage.read(oname))
             except (IntegrityError, UnsupportedFormat):
-                self._unopenable[oname] = size
-                continue
+                return oname, None
             except ObjectNotFound:
+                return oname, False
+
+        rrows = []
+        with ThreadPoolExecutor(max(1, min(16, repo.storage.connections))) as pool:
+            rloaded = list(pool.map(load_report, rtodo))
+        for oname, rep in rloaded:
+            if not rep:
+                if rep is None:
+                    self._unopenable[oname] = rpresent[oname]  # damage or forgery: check reports it
                 continue
             rrows.append((name, rep.id, rep.channel, rep.host, rep.kid, rep.time_ns, rep.status, rep.exit_code,
                           rep.error, rep.files, rep.warnings, rep.bytes, int(rep.trusted),
