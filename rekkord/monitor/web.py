@@ -24,6 +24,7 @@ import contextlib
 import hmac
 import logging
 import os
+import re
 import secrets
 import time
 from urllib.parse import quote, urlsplit
@@ -115,8 +116,7 @@ def create_app(monitor, *, metrics_port: int | None = None, start: bool = True) 
         return (user, s) if user is not None else (None, None)
 
     def render(request: Request, name: str, ctx: dict, status: int = 200, user=None, sess=None) -> Response:
-        base = {"user": user, "csrf": sess["csrf"] if sess else "", "repos": cfg.repos, "now": monitor.clock(),
-                "config_title": "rekkord monitor"}
+        base = {"user": user, "csrf": sess["csrf"] if sess else "", "now": monitor.clock()}
         return templates.TemplateResponse(request, name, {**base, **ctx}, status_code=status)
 
     def login_redirect(request: Request) -> Response:
@@ -338,6 +338,11 @@ def _safe_next(value) -> str:
     return value
 
 
+def _display_url(url: str) -> str:
+    """A repository URL without a password, should one be written in it."""
+    return re.sub(r"^([a-z0-9]+://[^/@:]*):[^/@]*@", r"\1:***@", url)
+
+
 def _repo_summary(monitor, rc, now: float) -> dict:
     state = monitor.state
     r = state.repository(rc.name)
@@ -352,7 +357,7 @@ def _repo_summary(monitor, rc, now: float) -> dict:
               else "warning" if any(c["status"] == "warning" for c in chans) or alerts
               else "unknown" if r["last_poll_ok"] is None else "fresh")
     nsnap = state.one("SELECT count(*) FROM snapshots WHERE repo = ? AND gone IS NULL", (rc.name,))[0]
-    return {"name": rc.name, "url": rc.url, "status": status, "row": r, "check": last, "channels": chans,
+    return {"name": rc.name, "url": _display_url(rc.url), "status": status, "row": r, "check": last, "channels": chans,
             "alerts": alerts, "snapshots": nsnap, "check_every": rc.check_every,
             "next_check": (last["started"] + rc.check_every) if last else None}
 
