@@ -322,3 +322,44 @@ def _up(port) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_tls_with_certificate_files(tmp_path):
+    """Without a reverse proxy: tls_cert and tls_key, and the service speaks HTTPS (with HSTS, Secure cookies)."""
+    import ssl
+    import urllib.request
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    p = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+                        "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+                       capture_output=True, timeout=60)
+    if p.returncode != 0:
+        pytest.skip(f"openssl cannot make a certificate here: {p.stderr.decode()[-200:]}")
+    url = str(tmp_path / "repo")
+    master, audit = new_repository(str(tmp_path / "keys"), url)
+    port = free_port()
+    cfg = write_config(tmp_path / "m.toml", repositories=[{"name": "clinic", "url": url, "key_file": audit}],
+                       monitor={"listen": f"127.0.0.1:{port}", "tls_cert": str(cert), "tls_key": str(key),
+                                "poll_every": "1h"})
+    log = open(tmp_path / "log", "wb")
+    service = subprocess.Popen([sys.executable, "-m", "rekkord", "monitor", "run", cfg], stdout=log, stderr=log,
+                               env={k: v for k, v in os.environ.items() if not k.startswith("REKKORD_")})
+    try:
+        ctx = ssl.create_default_context(cafile=str(cert))
+
+        def get(path):
+            try:
+                return urllib.request.urlopen(f"https://127.0.0.1:{port}{path}", context=ctx, timeout=5)
+            except OSError:
+                return None
+
+        r = wait_for(lambda: get("/healthz"), 30, 0.2, "the HTTPS service")
+        assert r.status == 200 and r.read() == b"ok\n"
+        assert r.headers["Strict-Transport-Security"] == "max-age=31536000"
+        r = get("/login")
+        assert "secure" in r.headers["Set-Cookie"].lower()
+    finally:
+        service.send_signal(signal.SIGTERM)
+        assert service.wait(30) == 0
+        log.close()
+    assert "serving https://127.0.0.1" in (tmp_path / "log").read_text()

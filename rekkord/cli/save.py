@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from ..errors import ConfigError, ExitCode, RekkordError, UsageError
+from ..errors import ConfigError, ExitCode, RekkordError, StorageError, UsageError
 from .context import Settings, echo_json, human_bytes, pass_settings
 from .progress import Progress, log, log_info, warn_printer
 
@@ -353,7 +353,9 @@ def _write_report(repo, job: Job, o: Outcome) -> None:
                      bytes_total=stats.bytes_total if stats else 0)
     except (RekkordError, OSError) as e:
         log.warning("channel %s: could not write a failure report: %s", job.channel, e)
-        click.echo(f"rekkord: warning: channel {job.channel}: could not write a failure report: {e}", err=True)
+        if not (isinstance(e, StorageError) and isinstance(o.exception, StorageError)):
+            # (when the storage failed the save, that one error line says it all)
+            click.echo(f"rekkord: warning: channel {job.channel}: could not write a failure report: {e}", err=True)
 
 
 def _report(s: Settings, o: Outcome, as_json: bool, several: bool) -> None:

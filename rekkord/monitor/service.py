@@ -159,8 +159,8 @@ class Monitor:
                     r = self.state.repository(name)
                     if r["last_poll"] is None or now - r["last_poll"] >= self.config.poll_every:
                         self._submit(name, "poll")
-                    elif r["last_poll_ok"] is not None and check_due(self.state, self.config, w.rc, now):
-                        self._submit(name, "check")
+                    if r["last_poll_ok"] is not None and check_due(self.state, self.config, w.rc, now):
+                        self._submit(name, "check")  # (alongside polls: a long check delays none)
                 except (RekkordError, OSError, ValueError):
                     log.exception("scheduling %s", name)
             self._wake.wait(min(1.0, self.config.poll_every / 4))

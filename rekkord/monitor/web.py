@@ -123,11 +123,16 @@ def create_app(monitor, *, metrics_port: int | None = None, start: bool = True) 
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
 
+    public = urlsplit(cfg.base_url).netloc if cfg.base_url else None
+
     def same_origin(request: Request) -> bool:
+        """No Origin (an old browser, curl), or ours: the Host we were asked
+        for, or base_url's (behind a proxy that rewrites Host)."""
         origin = request.headers.get("origin")
-        if origin is None or origin == "null":
-            return origin is None
-        return urlsplit(origin).netloc == request.headers.get("host", "")
+        if origin is None:
+            return True
+        netloc = urlsplit(origin).netloc if origin != "null" else None
+        return netloc is not None and netloc in (request.headers.get("host", ""), public)
 
     async def checked_form(request: Request, sess) -> dict:
         if not same_origin(request):
