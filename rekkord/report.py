@@ -56,7 +56,8 @@ STATUSES = ("failure", "warning")
 ERROR_KINDS = (
     "Warnings", "RekkordError", "UsageError", "ConfigError", "KeyError_", "WrongPassphrase", "WrongKey",
     "PermissionDenied", "NotFound", "RepositoryNotFound", "SnapshotNotFound", "PathNotFound", "IntegrityError",
-    "ConfigMismatch", "KeyFileExists", "RepositoryExists", "UnsupportedFormat", "PartialFailure", "StorageError", "ObjectNotFound", "ObjectExists",
+    "ConfigMismatch", "KeyFileExists", "RepositoryExists", "UnsupportedFormat", "PartialFailure", "StorageError",
+    "ObjectNotFound", "ObjectExists",
     "StoragePermissionDenied", "NoSpace", "TransientStorageError", "Interrupted", "HookFailed", "OSError",
     "InternalError",
 )

@@ -20,7 +20,6 @@ import pytest
 pytest.importorskip("starlette")
 
 from monitorutil import (  # noqa: E402
-    PASSWORD,
     Client,
     free_port,
     metric,
@@ -167,7 +166,7 @@ def test_the_judging_scenario(tmp_path, s3_server, smtp_server, webhook_server):
     for m in (web, db, lab):
         m.save()
 
-    port, mport = free_port(), free_port()
+    port = free_port()
     cfg = write_config(
         tmp_path / "monitor.toml",
         monitor={"listen": f"127.0.0.1:{port}", "poll_every": "1s", "check_every": "8s", "repeat_after": "1h",
@@ -281,7 +280,7 @@ def test_the_judging_scenario(tmp_path, s3_server, smtp_server, webhook_server):
                    env=env).returncode == 0
         # lab01's next save works.
         lab.save()
-        for k, s in subjects.items():
+        for s in subjects.values():
             mailbox.wait(s.replace("ALERT", "RESOLVED"), timeout=60)
         m = scrape(base, TOKEN)
         assert metric(m, "rekkord_channel_stale", repository="clinic", channel="web01-etc") == 0

@@ -176,7 +176,8 @@ def test_a_user_logs_in_watches_a_channel_turn_stale_and_sees_the_plots_and_aler
     shot(page, "monitor-repository.png")
     # Fixed: web01 saves again; the alert resolves and the history says when.
     web.save()
-    wait_for(lambda: reloaded(page) and page.locator("table.alerts").last.locator("tr.resolved[data-kind=stale]").count(),
+    history = page.locator("table.alerts").last
+    wait_for(lambda: reloaded(page) and history.locator("tr.resolved[data-kind=stale]").count(),
              30, 0.5, "the resolved stale alert")
     assert channel_status(page, "web01-files") == "fresh"
     page.goto(srv.base + "/alerts")

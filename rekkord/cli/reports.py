@@ -69,7 +69,7 @@ def reports_cmd(s: Settings, channel, host, since, latest, details, as_json):
     if not details:
         click.echo(table(out, headers))
         return
-    for line, d in zip(out, rows):
+    for line, d in zip(out, rows, strict=True):
         click.echo(table([line], headers))
         det = d["details"]
         if det["error"]:

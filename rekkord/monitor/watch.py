@@ -188,8 +188,8 @@ class Watcher:
             db.executemany("UPDATE snapshots SET gone = ? WHERE repo = ? AND id = ?", [(now, name, s) for s in gone])
             db.executemany("UPDATE snapshots SET gone = NULL WHERE repo = ? AND id = ?", [(name, s) for s in back])
             db.executemany(
-                "INSERT INTO reports (repo, id, channel, host, kid, time_ns, status, exit_code, error, files, warnings, "
-                "bytes, trusted, problem, first_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO reports (repo, id, channel, host, kid, time_ns, status, exit_code, error, files, "
+                "warnings, bytes, trusted, problem, first_seen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (repo, id) DO UPDATE SET trusted = excluded.trusted, problem = excluded.problem, "
                 "gone = NULL", rrows)
             rgone = [rid for rid in rknown if rp.PREFIX + rid not in rpresent]
@@ -198,7 +198,8 @@ class Watcher:
             nsnap = len(present)
             if last is None or (last["bytes"], last["objects"], last["snapshots"]) != (total, len(listing), nsnap) \
                     or now - last["time"] >= SIZE_SAMPLE_EVERY:
-                db.execute("INSERT OR REPLACE INTO sizes (repo, time, bytes, objects, snapshots) VALUES (?, ?, ?, ?, ?)",
+                db.execute("INSERT OR REPLACE INTO sizes (repo, time, bytes, objects, snapshots) "
+                           "VALUES (?, ?, ?, ?, ?)",
                            (name, now, total, len(listing), nsnap))
             db.execute("UPDATE repositories SET bytes = ?, objects = ?, keys_digest = ? WHERE name = ?",
                        (total, len(listing), digest, name))
@@ -399,8 +400,9 @@ def conditions(state, cfg: MonitorConfig, rc: RepoConfig, now: float) -> tuple[l
             verb = "shrank" if change < 0 else "grew"
             limit = rc.shrink_limit if change < 0 else rc.grow_limit
             out.append(Condition(f"size/{name}", "size", f"{name}: the repository {verb} by {abs(change):.0%}",
-                                 f"Repository {name} {verb} from {human_bytes(base)} (at {when(r['size_baseline_time'])}"
-                                 f") to {human_bytes(cur)}, by {abs(change):.0%} (limit {limit:.0%}): "
+                                 f"Repository {name} {verb} from {human_bytes(base)} "
+                                 f"(at {when(r['size_baseline_time'])}) to {human_bytes(cur)}, by {abs(change):.0%} "
+                                 f"(limit {limit:.0%}): "
                                  + ("mass deletion?" if change < 0 else "a runaway job?")
                                  + " Acknowledge the alert in the web UI to accept the new size."))
     return out, set()
