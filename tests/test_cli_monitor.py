@@ -352,11 +352,11 @@ def test_tls_with_certificate_files(tmp_path):
             except OSError:
                 return None
 
-        r = wait_for(lambda: get("/healthz"), 30, 0.2, "the HTTPS service")
-        assert r.status == 200 and r.read() == b"ok\n"
-        assert r.headers["Strict-Transport-Security"] == "max-age=31536000"
-        r = get("/login")
-        assert "secure" in r.headers["Set-Cookie"].lower()
+        with wait_for(lambda: get("/healthz"), 30, 0.2, "the HTTPS service") as r:
+            assert r.status == 200 and r.read() == b"ok\n"
+            assert r.headers["Strict-Transport-Security"] == "max-age=31536000"
+        with get("/login") as r:
+            assert "secure" in r.headers["Set-Cookie"].lower()
     finally:
         service.send_signal(signal.SIGTERM)
         assert service.wait(30) == 0
