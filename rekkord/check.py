@@ -57,7 +57,7 @@ from .snapshot import describe_loss, iter_entries
 #: Names the repository layout uses (docs/format.md); anything else is reported.
 KNOWN_NAMES = ("config",)
 KNOWN_PREFIXES = ("keys/", "revoked/", "snapshots/", "blobs/", "generations/", "repairs/", "sessions/",
-                  "fossils/", "gc/", "quarantine/")
+                  "fossils/", "gc/", "quarantine/", "reports/")
 
 # Problem kinds.  All but UNVERIFIED are damage (exit 4); UNVERIFIED means the
 # storage failed to answer, so the check is incomplete (exit 7).
@@ -384,6 +384,10 @@ class Checker:
         from .forget import forgotten_snapshots
 
         forgotten_snapshots(repo, on_problem=lambda n, m: self.problem(n, "forget log entry", DAMAGED, m))
+        from .report import check_reports
+
+        kinds = {"damaged": DAMAGED, "untrusted": UNTRUSTED, "unverified": UNVERIFIED}
+        check_reports(repo, listing, lambda n, m, k: self.problem(n, "failure report", kinds[k], m))
 
     # ---- snapshot records --------------------------------------------------------------
 

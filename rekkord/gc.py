@@ -518,6 +518,7 @@ class PruneReport:
     quarantined: list[str] = field(default_factory=list)  # set aside under quarantine/ (kept 30 days)
     temporaries_removed: int = 0  # leftovers of interrupted writes (killed saves)
     temporaries_bytes: int = 0
+    reports_removed: int = 0  # failure reports older than 30 days (rekkord/report.py)
     generation: int = 0
     duration: float = 0.0
 
@@ -1006,6 +1007,10 @@ class Pruner:
                 continue
             if self.clock() - t > QUARANTINE_KEEP:
                 storage.delete(name)
+
+        from .report import prune_reports
+
+        self.report.reports_removed = prune_reports(self.repo, self.clock())
         gens = generations(storage)
         if len(gens) > GENERATIONS_KEPT:
             for n in gens[: len(gens) - GENERATIONS_KEPT]:

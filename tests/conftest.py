@@ -120,3 +120,30 @@ def retry_sleeps(monkeypatch):
     calls = []
     monkeypatch.setattr(base, "_sleep", lambda seconds: calls.append(seconds))
     return calls
+
+
+# --- the monitor's real parts (tests/monitorutil.py) --------------------------------
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server (aiosmtpd) on loopback: ``.mailbox`` holds what it
+    received, ``.config()`` is a [mail] table for the monitor config,
+    ``.stop()``/``.start()`` take it down and up again on the same port."""
+    pytest.importorskip("aiosmtpd")
+    import monitorutil
+
+    srv = monitorutil.SMTPServer()
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def webhook_server():
+    """An HTTP server on loopback keeping every JSON body POSTed to it (``.bodies``)."""
+    import monitorutil
+
+    sink = monitorutil.WebhookSink()
+    yield sink
+    sink.close()

@@ -37,6 +37,9 @@ NOT_APPLICABLE = {
     ("key", "info"): {"missing-repo": "works offline on a key file", "wrong-role": "any role may be inspected"},
     ("key", "passwd"): {"missing-repo": "works offline on a key file", "wrong-role": "any role may be protected"},
     ("key", "list"): {"wrong-role": "certificates are public (the storage holds them in clear): any key lists them"},
+    ("monitor", "run"): {"*": "takes repositories and keys from its own config file; bad files: test_cli_monitor.py"},
+    ("monitor", "check-config"): {"*": "takes repositories and keys from the file it checks: test_cli_monitor.py"},
+    ("monitor", "passwd"): {"*": "works offline: prints a password hash for the monitor's config file"},
 }
 
 # The role that must be refused, per command (default: a write key, which

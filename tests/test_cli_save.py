@@ -273,3 +273,30 @@ def test_progress_on_a_terminal_has_an_eta_once_the_channel_was_saved(local_repo
     # With -q or --json, nothing on the terminal but the result.
     rc, out, tty = on_a_terminal(["-q", "save", "c", src], e)
     assert rc == 0 and tty == "" and out == b""
+
+
+def test_a_failed_or_warning_save_leaves_a_failure_report(run_cli, local_repo, env, trees):
+    """The report names channel, host, exit code and kind of error, never the
+    message (rekkord/report.py; `rekkord reports` in tests/test_cli_reports.py)."""
+    from rekkord.report import reports
+
+    etc, _ = trees
+    run_cli("save", "etc", etc, "--pre", "exit 4", "--host", "web01", env=env, check=1)
+    run_cli("save", "etc", etc, "--post", "exit 7", env=env, check=3)  # a warning: the post hook failed
+    run_cli("save", "etc", etc, env=env, check=0)  # a clean save leaves none
+    failed, warned = reports(local_repo.repo("audit"))
+    assert (failed.channel, failed.host, failed.status, failed.exit_code, failed.error) == (
+        "etc", "web01", "failure", 1, "HookFailed")
+    assert (warned.status, warned.exit_code, warned.error, warned.files) == ("warning", 3, "Warnings", 2)
+
+
+def test_a_report_that_cannot_be_written_changes_no_exit_code(run_cli, local_repo, env, trees):
+    etc, _ = trees
+    with open(os.path.join(local_repo.url, "reports"), "w") as f:  # reports/<id> cannot be created
+        f.write("in the way")
+    p = run_cli("save", "etc", etc, "--pre", "exit 4", env=env, check=1)
+    err = p.stderr.decode()
+    assert "rekkord: warning: channel etc: could not write a failure report: " in err
+    assert "rekkord: error: pre hook for channel etc failed with exit code 4" in err and "Traceback" not in err
+    p = run_cli("save", "etc", etc, "--post", "exit 7", env=env, check=3)
+    assert b"could not write a failure report" in p.stderr

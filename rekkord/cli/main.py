@@ -20,6 +20,7 @@ COMMAND_MODULES = {
     "init": "init", "key": "key", "save": "save", "snapshots": "snapshots", "ls": "ls",
     "restore": "restore", "check": "check", "diff": "browse", "find": "browse", "cat": "browse",
     "channels": "channels", "mount": "mount", "setup": "setup", "forget": "forget", "prune": "prune",
+    "reports": "reports", "monitor": "monitor",
 }
 
 

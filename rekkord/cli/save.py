@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from ..errors import ConfigError, ExitCode, RekkordError, UsageError
+from ..errors import ConfigError, ExitCode, RekkordError, StorageError, UsageError
 from .context import Settings, echo_json, human_bytes, pass_settings
 from .progress import Progress, log, log_info, warn_printer
 
@@ -60,6 +60,7 @@ class Outcome:
     error: str | None = None
     exit_code: int = ExitCode.OK
     exception: BaseException | None = None
+    saver: object = None  # the Saver, for the counts of a failed save's report
 
     def to_json(self) -> dict:
         d = {"channel": self.channel, "status": self.status}
@@ -225,6 +226,7 @@ def save_cmd(s: Settings, channel, paths, all_channels, stdin_name, stdin_comman
     try:
         for job in jobs:
             outcomes.append(_run_job(s, repo, cache, job, quiet=s.quiet or as_json))
+            _write_report(repo, job, outcomes[-1])
             _report(s, outcomes[-1], as_json, several=all_channels)
     finally:
         cache.close()
@@ -293,6 +295,7 @@ def _run_job(s: Settings, repo, cache, job: Job, *, quiet: bool) -> Outcome:
                                                    one_file_system=job.one_file_system, host=job.host,
                                                    tags=job.tags, threads=s.threads, xattrs=job.xattrs),
                           progress=progress.save, warn=warn_printer(s.quiet))
+            out.saver = saver
             if job.stdin_name:
                 stream = CommandStream(job.command, job.channel) if job.command else sys.stdin.buffer
                 out.result = saver.save_stream(job.channel, job.stdin_name, stream)
@@ -325,6 +328,34 @@ def _run_job(s: Settings, repo, cache, job: Job, *, quiet: bool) -> Outcome:
     if interrupted is not None:
         raise interrupted
     return out
+
+
+def _write_report(repo, job: Job, o: Outcome) -> None:
+    """A save that failed or ended with warnings leaves a failure report in
+    the repository (rekkord/report.py), for `rekkord reports` and the monitor.
+    Best effort: a report that cannot be written is one more warning, never
+    another exit code."""
+    if o.status == "success":
+        return
+    from ..report import error_kind, write_report
+    from ..repository import default_host
+
+    failed = o.status == "failure"
+    saver = o.saver
+    stats = o.result.stats if o.result is not None else getattr(saver, "stats", None)
+    warnings = o.result.warnings if o.result is not None else list(getattr(saver, "warnings", []))
+    try:
+        write_report(repo, channel=job.channel, host=job.host or default_host(), status=o.status,
+                     exit_code=(o.exit_code or ExitCode.ERROR) if failed else ExitCode.WARNINGS,
+                     error_kind=(error_kind(o.exception) if o.exception is not None else "OSError") if failed
+                     else "Warnings", error_message=o.error, warnings=warnings,
+                     warning_count=stats.warnings if stats else None, files=stats.files if stats else 0,
+                     bytes_total=stats.bytes_total if stats else 0)
+    except (RekkordError, OSError) as e:
+        log.warning("channel %s: could not write a failure report: %s", job.channel, e)
+        if not (isinstance(e, StorageError) and isinstance(o.exception, StorageError)):
+            # (when the storage failed the save, that one error line says it all)
+            click.echo(f"rekkord: warning: channel {job.channel}: could not write a failure report: {e}", err=True)
 
 
 def _report(s: Settings, o: Outcome, as_json: bool, several: bool) -> None:
