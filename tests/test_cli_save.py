@@ -231,7 +231,7 @@ def test_bad_save_invocations_are_one_line(run_cli, local_repo, env, tmp_path, t
         assert msg in p.stderr.decode() and len(p.stderr.splitlines()) == 1, (args, p.stderr)
     conf = write_config(tmp_path, local_repo, '[channels.x]\npaths = ["/etc"]\nbogus = 1\n')
     p = run_cli("-c", conf, "save", "--all", env={})
-    assert p.returncode == 2 and b"unknown keys: bogus" in p.stderr
+    assert p.returncode == 2 and b"unknown key 'bogus' in [channels.x] (known: " in p.stderr
 
 
 def on_a_terminal(argv, env, input_bytes=None):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import click
 
 from ..errors import ConfigError, ExitCode, RekkordError, UsageError
-from .context import Settings, echo_json, human_bytes, pass_settings
+from .context import SECRET_ENV, Settings, echo_json, human_bytes, pass_settings
 from .progress import Progress, log, log_info, warn_printer
 
 CHANNEL_KEYS = {"paths", "exclude", "exclude_file", "exclude_caches", "one_file_system", "host", "tags", "xattrs",
@@ -280,7 +280,8 @@ def _run_job(s: Settings, repo, cache, job: Job, *, quiet: bool) -> Outcome:
 
     out = Outcome(job.channel)
     env = dict(os.environ, REKKORD_CHANNEL=job.channel)
-    env.pop("REKKORD_PASSPHRASE", None)  # hooks need no secret of ours
+    for name in SECRET_ENV:  # hooks need no secret of ours
+        env.pop(name, None)
     interrupted = None
     try:
         if job.pre:
