@@ -185,17 +185,23 @@ class Settings:
         key = key or self.load_key()
         return Repository.open(self.open_storage(), key)
 
-    def open_cache(self, repo):
-        from ..cache import Cache, cache_path
+    def cache_file(self, repo) -> str | None:
+        """The cache's path for ``repo`` (None with --no-cache)."""
+        from ..cache import cache_path
 
         if self.no_cache:
-            return Cache(None)
+            return None
         d = self.get("cache_dir")
         if not d:
             import platformdirs
 
             d = platformdirs.user_cache_dir("rekkord")
-        return Cache(cache_path(os.path.expanduser(str(d)), repo.id, repo.key.role))
+        return cache_path(os.path.expanduser(str(d)), repo.id, repo.key.role)
+
+    def open_cache(self, repo):
+        from ..cache import Cache
+
+        return Cache(self.cache_file(repo))
 
 
 def _rate(value, what: str) -> int:
