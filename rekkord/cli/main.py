@@ -30,7 +30,7 @@ COMMAND_MODULES = {
     "init": "init", "key": "key", "save": "save", "snapshots": "snapshots", "ls": "ls",
     "restore": "restore", "check": "check", "diff": "browse", "find": "browse", "cat": "browse",
     "channels": "channels", "mount": "mount", "setup": "setup", "forget": "forget", "prune": "prune",
-    "stats": "stats", "version": "meta", "completion": "meta", "man": "meta",
+    "stats": "stats", "dump": "dump", "version": "meta", "completion": "meta", "man": "meta",
 }
 
 
