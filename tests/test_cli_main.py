@@ -167,3 +167,27 @@ def test_log_file_from_the_config_file(local_repo, run_cli, tmp_path):
                     f'log_file = "{log}"\n')
     run_cli("-c", conf, "channels", check=0)
     assert log.read_text().splitlines()[-1].split(" INFO ")[1].startswith("rekkord exit 0 (ok)")
+
+
+# ---- bandwidth limits ---------------------------------------------------------------------------
+
+
+def test_limit_upload_and_download_throttle_through_the_storage(local_repo, run_cli, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(400_000))
+    log = tmp_path / "limits.log"
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'repository = "{local_repo.url}"\nlimit_upload = 256\n')
+    run_cli("-c", conf, "-k", local_repo.key_files["write"], "--log-file", log, "save", "c", src, check=0)
+    line = next(x for x in log.read_text().splitlines() if "upload limited" in x)
+    m = re.search(r"upload limited to 256 KiB/s: (\d+) bytes, (\d+) waits", line)
+    assert m and int(m.group(1)) > 400_000 and int(m.group(2)) >= 1, line
+    run_cli("-r", local_repo.url, "-k", local_repo.key_files["read"], "restore", "c", tmp_path / "out",
+            "--limit-download", "1024", "--log-file", log, check=0)
+    assert re.search(r"download limited to 1024 KiB/s: \d+ bytes", log.read_text())
+    p = run_cli("-r", local_repo.url, "--limit-upload", "0", "snapshots")
+    assert p.returncode == 2 and b"at least 1 KiB/s" in p.stderr
+    conf.write_text(f'repository = "{local_repo.url}"\nlimit_download = "fast"\n')
+    p = run_cli("-c", conf, "-k", local_repo.key_files["read"], "snapshots")
+    assert p.returncode == 2 and b"limit_download must be a whole number of KiB/s" in p.stderr

@@ -136,7 +136,18 @@ class Settings:
     def open_storage(self):
         from ..storage import open_storage
 
-        return open_storage(self.repository_url(), self.storage_options())
+        storage = open_storage(self.repository_url(), self.storage_options())
+        if self.limit_upload or self.limit_download:
+            from ..storage.throttle import ThrottledStorage, TokenBucket
+            from .logfile import add_summary
+
+            up = TokenBucket(self.limit_upload * 1024) if self.limit_upload else None
+            down = TokenBucket(self.limit_download * 1024) if self.limit_download else None
+            storage = ThrottledStorage(storage, upload=up, download=down)
+            for bucket, what in ((up, "upload"), (down, "download")):
+                if bucket is not None:
+                    add_summary(lambda b=bucket, w=what: b.summary(w))
+        return storage
 
     def passphrase(self, *, prompt_text: str = "Passphrase for the key file", confirm: bool = False) -> str | None:
         """The key's passphrase: from --passphrase-command, --passphrase-file

@@ -60,8 +60,15 @@ def open_log(path: str, argv: list[str] | None = None) -> logging.Handler:
     return handler
 
 
+def add_summary(line) -> None:
+    """``line()`` is logged at the end of the run, before the exit line
+    (e.g. what a bandwidth limit did)."""
+    _state.setdefault("summaries", []).append(line)
+
+
 def finish(code) -> None:
     """The summary line with the exit code, then the handler is closed."""
+    summaries = _state.pop("summaries", [])
     handler = _state.pop("handler", None)
     if handler is None:
         return
@@ -71,6 +78,11 @@ def finish(code) -> None:
         code = ExitCode.ERROR  # sys.exit("message")
     log = logging.getLogger("rekkord")
     level = logging.INFO if code == 0 else logging.WARNING if code == ExitCode.WARNINGS else logging.ERROR
+    for line in summaries:
+        try:
+            log.info("%s", line())
+        except Exception:  # a summary must never hide the exit line
+            pass
     elapsed = time.monotonic() - _state.pop("start", time.monotonic())
     log.log(level, "rekkord exit %d (%s) after %.1fs: %s", code, _CODE_NAMES.get(code, "error"), elapsed,
             _state.pop("argv", ""))
