@@ -203,6 +203,22 @@ def test_restic_excludes_ignoring_case_by_size_and_by_tag_file(local_repo, tmp_p
         do_save(local_repo, [src], options=SaveOptions(exclude_if_present=[":header"]))
 
 
+def test_count_tree_estimates_what_a_save_reads(local_repo, tmp_path):
+    from rekkord.save import count_tree
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a").write_bytes(b"a" * 1000)
+    (src / "sub" / "b.tmp").write_bytes(b"b" * 500)
+    (src / "sub" / "c").write_bytes(b"c" * 3000)
+    os.symlink("a", src / "link")
+    assert count_tree([str(src)]) == 4500
+    assert count_tree([str(src)], SaveOptions(excludes=["*.tmp"], exclude_larger_than=2000)) == 1000
+    res = do_save(local_repo, [src], options=SaveOptions(excludes=["*.tmp"]))
+    assert res.stats.bytes_total == count_tree([str(src)], SaveOptions(excludes=["*.tmp"])) == 4000
+    assert count_tree([str(src)], stop=lambda: True) == 0
+
+
 def test_one_file_system(local_repo, tmp_path):
     src = tmp_path / "src"
     (src / "mnt").mkdir(parents=True)

@@ -443,6 +443,11 @@ def _run_job(s: Settings, repo, cache, job: Job, *, quiet: bool, time_ns: int | 
                               exclude_larger_than=job.exclude_larger_than,
                               one_file_system=job.one_file_system, host=job.host,
                               tags=job.tags, threads=s.threads, xattrs=job.xattrs)
+        if not job.stdin_name:
+            from ..save import count_tree
+
+            finished = []
+            progress.estimate_from(lambda: count_tree(job.paths, options, stop=lambda: bool(finished)))
         try:
             if job.stdin_name:
                 stream = CommandStream(job.command, job.channel) if job.command else sys.stdin.buffer
@@ -459,6 +464,8 @@ def _run_job(s: Settings, repo, cache, job: Job, *, quiet: bool, time_ns: int | 
                 else:
                     out.result = saver.save(job.channel, job.paths, time_ns=time_ns)
         finally:
+            if not job.stdin_name:
+                finished.append(True)
             progress.done()
             if isinstance(stream, CommandStream):
                 stream.close()
