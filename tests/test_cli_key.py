@@ -121,3 +121,14 @@ def test_a_key_file_others_can_read_gives_a_warning(local_repo, run_cli, tmp_pat
                    f"(mode 0644); restrict it with: chmod 600 {path}"]
     os.chmod(path, 0o600)
     assert run_cli("-r", local_repo.url, "-k", path, "snapshots", check=0).stderr == b""
+
+
+def test_init_and_setup_protect_the_new_master_key_with_a_passphrase_file(run_cli, tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("from a file\n")
+    run_cli("-r", tmp_path / "r1", "-k", tmp_path / "m1.key", "init", "--passphrase-file", pw, check=0)
+    assert keymod.load(str(tmp_path / "m1.key"), "from a file").role == "admin"
+    run_cli("setup", "--yes", "--repository", tmp_path / "r2", "--config-file", tmp_path / "c.toml",
+            "--master-key", tmp_path / "m2.key", "--write-key", tmp_path / "w2.key", "--path", tmp_path,
+            "--passphrase-file", pw, env={}, check=0)
+    assert keymod.load(str(tmp_path / "m2.key"), "from a file").role == "admin"

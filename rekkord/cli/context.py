@@ -155,7 +155,7 @@ class Settings:
         then the config file's passphrase_command/_file/passphrase), else
         asked for on a terminal.  Resolved once per run."""
         if not self._passphrase_resolved:
-            self._passphrase = self._passphrase_from_sources()
+            self._passphrase = self.passphrase_from_sources()
             self._passphrase_resolved = self._passphrase is not None
         if self._passphrase is not None:
             return self._passphrase
@@ -164,7 +164,8 @@ class Settings:
                                 default="", show_default=False) or None
         return None
 
-    def _passphrase_from_sources(self) -> str | None:
+    def passphrase_from_sources(self) -> str | None:
+        """The passphrase from the options, environment or config file, or None (no prompt)."""
         config = f"the config file {self.config_path}"
         levels = (
             ("--passphrase-file and --passphrase-command", self.flags.get),
