@@ -88,6 +88,7 @@ def remote_round_trip(url, options, tmp_path):
     up, up_clock = bucket(rate)
     repo = Repository.open(ThrottledStorage(open_storage(url, options), upload=up), master)
     res = Saver(repo, Cache(None)).save("c", [str(src)])
+    repo.storage.close()
     stored = sum(size for prefix in ("blobs/", "snapshots/") for _, size in inner.list(prefix))
     # Everything the save put on the server went through the bucket (plus session markers) ...
     assert up.bytes >= stored >= res.stats.bytes_stored > 900_000 and up.waits > 0
@@ -96,6 +97,8 @@ def remote_round_trip(url, options, tmp_path):
     down, down_clock = bucket(rate)
     rrepo = Repository.open(ThrottledStorage(open_storage(url, options), download=down), master)
     Restorer(rrepo, rrepo.load_snapshot(res.snapshot_id)).restore(None, str(tmp_path / "out"))
+    rrepo.storage.close()
+    inner.close()
     assert (tmp_path / "out" / str(src).lstrip("/") / "big").read_bytes() == (src / "big").read_bytes()
     data_blobs = res.stats.bytes_stored
     assert down.bytes >= data_blobs * 0.9 and down.waits > 0  # (the index and reference lists too)
