@@ -13,6 +13,7 @@ the log file -- starts once the command line is fully parsed
 from __future__ import annotations
 
 import functools
+import os  # noqa: F401 (error messages on main use os.fsdecode)
 import sys
 
 import click
@@ -182,7 +183,6 @@ class RekkordGroup(click.Group):
         except OSError as e:
             # Anything the library did not translate: still one clear line.
             where = f" ({e.filename})" if getattr(e, "filename", None) else ""
-            _log_error(f"{e.strerror or e}{where}")
             click.echo(f"rekkord: error: {e.strerror or e}{where}", err=True)
             sys.exit(ExitCode.NO_SPACE if e.errno == 28 else ExitCode.ERROR)
         except Exception as e:  # a bug: still one line, the traceback only with -v
@@ -191,7 +191,6 @@ class RekkordGroup(click.Group):
                 import traceback
 
                 traceback.print_exc()
-            _log_error(f"internal error: {type(e).__name__}: {e}")
             click.echo(f"rekkord: internal error: {type(e).__name__}: {e} (run with -v for details; "
                        "please report this)", err=True)
             sys.exit(ExitCode.ERROR)
