@@ -13,7 +13,7 @@ the log file -- starts once the command line is fully parsed
 from __future__ import annotations
 
 import functools
-import os  # noqa: F401 (error messages on main use os.fsdecode)
+import os  # noqa: F401  (for the error branches of invoke)
 import sys
 
 import click
