@@ -105,7 +105,10 @@ def test_key_info_shows_a_protected_keys_facts_without_the_passphrase(local_repo
     one_error(run_cli("key", "info", "--verify", protected, env={"REKKORD_PASSPHRASE": "pw"}), 5,
               "public header was altered")
     # The old protection has no public facts: info needs the passphrase.
-    old = os.path.join(os.path.dirname(__file__), "fixtures", "keyfile-v1-argon2id-write.key")
+    old = protected.parent / "old.key"  # a copy: a clone gives the fixture mode 0644 (and a warning)
+    old.write_bytes(open(os.path.join(os.path.dirname(__file__), "fixtures", "keyfile-v1-argon2id-write.key"),
+                         "rb").read())
+    os.chmod(old, 0o600)
     one_error(run_cli("key", "info", old), 5, "passphrase")
     info = json.loads(run_cli("key", "info", "--json", old, env={"REKKORD_PASSPHRASE": "old horse"}, check=0).stdout)
     assert info["role"] == "write" and info["protection"] == "passphrase (old format)"
