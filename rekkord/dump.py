@@ -216,8 +216,12 @@ def dump(repo: Repository, snap: Snapshot, path: str | bytes | None, out, *, arc
     writer = None
     fetcher = BlobFetcher(repo, threads, max_bytes=64 << 20)
     names: dict[bytes, bytes] = {}  # snapshot path of a hard link's target -> its archive name
+    def refused(p: bytes, reason: str):  # by the validating entry stream, where there is one
+        stats.skipped += 1
+        warn("/" + os.fsdecode(p), f"{reason}: left out")
+
     try:
-        for e, rel in select(iter_entries(repo, snap), sub):
+        for e, rel in select(_entries(repo, snap, refused), sub):
             shown = "/" + os.fsdecode(e.path)
             if not rel and sub and e.kind != K_DIR:  # one file: its content, no archive
                 _plain(fetcher, e, shown, out, stats, warn)
@@ -275,6 +279,16 @@ def dump(repo: Repository, snap: Snapshot, path: str | bytes | None, out, *, arc
     finally:
         fetcher.close()
     return stats
+
+
+def _entries(repo: Repository, snap: Snapshot, on_refused):
+    """The snapshot's entries; refused ones reported through ``on_refused``
+    when iter_entries validates them itself (it names what it refuses)."""
+    import inspect
+
+    if "on_refused" in inspect.signature(iter_entries).parameters:
+        return iter_entries(repo, snap, on_refused=on_refused)
+    return iter_entries(repo, snap)
 
 
 def _content_of(fetcher, e: Entry, shown: str, stats: DumpStats, warn):

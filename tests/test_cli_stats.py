@@ -57,3 +57,16 @@ def test_text_output_and_raw_data_with_an_audit_key(world):
     err = p.stderr.decode()
     assert p.returncode == 5 and "audit keys cannot compute stats --mode restore-size" in err and "raw-data" in err
     assert world.stats("write", "--mode", "raw-data").returncode == 5
+
+
+def test_untrusted_snapshots_count_only_when_named(world, run_cli, tmp_path):
+    kid = world.keys["write"].kid
+    run_cli("-r", world.url, "-k", world.key_files["admin"], "key", "revoke", kid, check=0)
+    src = tmp_path / "late"
+    src.mkdir()
+    (src / "x").write_bytes(b"x" * 777)
+    late = json.loads(run_cli("-r", world.url, "-k", world.key_files["write"], "save", "late", src, "--json",
+                              check=0).stdout)["id"]
+    p = world.stats("read", "--json")
+    assert j(p)["total_size"] == 23000 and b"1 untrusted snapshots not counted" in p.stderr
+    assert j(world.stats("read", late, "--json"))["total_size"] == 777

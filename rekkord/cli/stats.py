@@ -31,7 +31,9 @@ def stats_cmd(s: Settings, selectors, mode, host, tag, as_json):
     gives the stored size and, from the writers' counters, the logical size
     and the storage ratio (deduplication and compression together). The
     other modes, and raw-data's uncompressed size and separate ratios, need
-    the index, sealed with the data key: a read, full or admin key."""
+    the index, sealed with the data key: a read, full or admin key.
+    Snapshots whose signature or key is not trusted are counted only when
+    named by id."""
     from ..errors import SnapshotNotFound
     from ..forget import split_ids_and_channels
     from ..selection import select
@@ -40,10 +42,17 @@ def stats_cmd(s: Settings, selectors, mode, host, tag, as_json):
     repo = s.open_repo()
     snaps = repo.snapshots(on_problem=lambda sid, msg: click.echo(f"rekkord: warning: snapshot {sid}: {msg}",
                                                                    err=True))
+    wanted: set[str] = set()
     if selectors:
         ids, names = split_ids_and_channels(repo, selectors)
         wanted = {i for i in repo.snapshot_ids() if any(i.startswith(p) for p in ids)}
         snaps = [x for x in snaps if x.id in wanted or x.channel in names]
+    # A record whose signature or key is not trusted counts only when named by id.
+    untrusted = [x for x in snaps if not x.signature_ok and x.id not in wanted]
+    if untrusted:
+        click.echo(f"rekkord: warning: {len(untrusted)} untrusted snapshots not counted (name one by id to "
+                   "count it)", err=True)
+        snaps = [x for x in snaps if x.signature_ok or x.id in wanted]
     snaps = select(repo, snaps, hosts=host, tags=tag)
     if not snaps and (selectors or host or tag):
         raise SnapshotNotFound("no snapshot matches")
