@@ -315,6 +315,55 @@ def _resolve_ids(ids: list[str], all_ids: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def split_ids_and_channels(repo, args) -> tuple[list[str], list[str]]:
+    """Positional arguments of ``forget``: an argument that is a snapshot id
+    or a unique prefix of one (4+ characters) is an id (restic's ``forget
+    ID...``); any other is a channel name, which must have snapshots."""
+    all_ids = repo.snapshot_ids()
+    ids, names = [], []
+    for a in args:
+        if a in all_ids or (len(a) >= 4 and sum(i.startswith(a) for i in all_ids) == 1):
+            ids.append(a)
+        elif len(a) >= 4 and any(i.startswith(a) for i in all_ids):
+            raise UsageError(f"snapshot prefix {a!r} is ambiguous "
+                             f"({sum(i.startswith(a) for i in all_ids)} snapshots match)")
+        else:
+            names.append(a)
+    if names:
+        known = {s.channel for s in repo.snapshots()}
+        for n in names:
+            if n not in known:
+                raise SnapshotNotFound(f"no snapshot or channel named {n!r}")
+    return ids, names
+
+
+class _WithoutSnapshots:
+    """``repo`` as if the snapshots ``sids`` were gone (a dry run of
+    ``forget --prune`` shows what prune would do once they are)."""
+
+    def __init__(self, repo, sids):
+        self._repo = repo
+        self._gone = set(sids)
+
+    def __getattr__(self, name):
+        return getattr(self._repo, name)
+
+    def snapshot_ids(self) -> list[str]:
+        return [i for i in self._repo.snapshot_ids() if i not in self._gone]
+
+    def load_snapshot(self, sid: str):
+        if sid in self._gone:
+            raise SnapshotNotFound(f"snapshot {sid} not found")
+        return self._repo.load_snapshot(sid)
+
+    def snapshots(self, **kw):
+        return [x for x in self._repo.snapshots(**kw) if x.id not in self._gone]
+
+
+def without_snapshots(repo, sids):
+    return _WithoutSnapshots(repo, sids) if sids else repo
+
+
 def forget(repo, policy: Policy | None = None, *, ids: list[str] | tuple = (), channels=(), hosts=(),
            keys=(), group_by: tuple[str, ...] = ("channel",), dry_run: bool = False,
            now_ns: int | None = None, tz: dt.tzinfo | None = None, on_problem=None) -> ForgetReport:

@@ -13,16 +13,28 @@ audit     psk, log_sk, data_pk, own signing seed, certificate
 ========  =====================================================================
 
 Key files are armoured text; the payload may be protected with a passphrase
-(Argon2id + XSalsa20-Poly1305 secretbox).
+(docs/format.md §2): protection 2 (what rekkord writes) keeps the key's public
+facts -- role, label, repository, kid -- in clear, authenticated as associated
+data of the XChaCha20-Poly1305 seal under the Argon2id-derived key, so that
+``key info`` shows them without the passphrase and a tampered header is caught
+once the passphrase is given; protection 1 (Argon2id + secretbox, no public
+facts) is still read.  Everything read from a key file is bounded and
+type-checked: a damaged or hostile file gives :class:`KeyError_`, never a
+``TypeError``.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
+import re
+import stat as statmod
 import struct
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import blake3
@@ -51,9 +63,17 @@ ARMOUR_BEGIN = "-----BEGIN REKKORD KEY-----"
 ARMOUR_END = "-----END REKKORD KEY-----"
 KEYFILE_MAGIC = b"RKK1"
 KDF_NONE = 0
-KDF_ARGON2ID = 1
+KDF_ARGON2ID = 1  # format 0.1: Argon2id + secretbox, no public facts (read, no longer written)
+KDF_ARGON2ID_HEADER = 2  # Argon2id + XChaCha20-Poly1305 with an authenticated public header
 ARGON2_OPS = 3
 ARGON2_MEM = 128 * 1024 * 1024
+#: Bounds on what a key file may ask of the KDF (a hostile file could ask
+#: for hours of CPU or terabytes of memory) and on the file itself.
+ARGON2_OPS_MIN, ARGON2_OPS_MAX = 1, 16
+ARGON2_MEM_MIN, ARGON2_MEM_MAX = 8192, 1 << 30
+MAX_KEY_FILE = 1 << 20
+MAX_LABEL = 1024
+_HEX = re.compile(r"[0-9a-f]*")
 
 
 def article(word: str) -> str:
@@ -180,32 +200,56 @@ class Key:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "Key":
-        if d.get("format") != 1 or d.get("role") not in ROLES:
+    def from_json(cls, d) -> "Key":
+        """The key in a decoded payload; every field is type-checked
+        (:class:`KeyError_` naming the field, never a ``TypeError``)."""
+        if not isinstance(d, dict):
+            raise KeyError_("damaged key file (the payload is not a JSON object)")
+        if d.get("format") != 1 or type(d.get("format")) is not int or d.get("role") not in ROLES:
             raise KeyError_("not a rekkord key file (unknown format or role)")
-        if d["role"] == "admin":
-            k = cls.from_master(bytes.fromhex(d["master"]), d["repo"], d.get("label", "admin"))
-            k.created = d.get("created", 0)
+        role = d["role"]
+        repo = _hex_field(d, "repo", 16).hex()
+        label = d.get("label", "admin" if role == "admin" else "")
+        if not isinstance(label, str) or len(label) > MAX_LABEL:
+            raise KeyError_(f"damaged key file (label must be a string of at most {MAX_LABEL} characters)")
+        created = d.get("created", 0)
+        if type(created) not in (int, float) or not 0 <= created < 1 << 40:
+            raise KeyError_("damaged key file (created must be a time in seconds)")
+        if role == "admin":
+            k = cls.from_master(_hex_field(d, "master", 32), repo, label)
+            k.created = created
             return k
+        held = _ROLE_SECRETS[role]
+        values = {}
+        for name in ("id_key", "psk", "data_sk", "data_pk", "log_sk", "log_pk"):
+            present = d.get(name) is not None
+            if name in held and not present:
+                raise KeyError_(f"damaged key file (a {role} key needs {name})")
+            if present and name not in held and name not in ("data_pk", "log_pk"):
+                raise KeyError_(f"damaged key file (a {role} key holds no {name})")
+            values[name] = _hex_field(d, name, 32) if present else None
+        cert = d.get("cert")
+        if (not isinstance(cert, dict) or not all(isinstance(cert.get(f), str) for f in ("kid", "role", "sign_pk", "sig"))
+                or cert["role"] != role):
+            raise KeyError_("damaged key file (missing or malformed certificate)")
+        return cls(role=role, repo=repo, label=label, sign_seed=_hex_field(d, "sign_seed", 32),
+                   cert=cert, created=created, **values)
 
-        def b(name):
-            v = d.get(name)
-            return bytes.fromhex(v) if v is not None else None
-
-        return cls(
-            role=d["role"], repo=d["repo"], label=d.get("label", ""), sign_seed=b("sign_seed"),
-            id_key=b("id_key"), psk=b("psk"), data_sk=b("data_sk"), data_pk=b("data_pk"),
-            log_sk=b("log_sk"), log_pk=b("log_pk"), cert=d.get("cert"), created=d.get("created", 0),
-        )
+    def public_facts(self) -> dict:
+        """What a protected key file shows without its passphrase (protection 2)."""
+        return {"format": 1, "role": self.role, "label": self.label, "repo": self.repo, "kid": self.kid,
+                "created": int(self.created)}
 
     def dumps(self, passphrase: str | None = None) -> str:
         payload = canonical(self.to_json())
         if passphrase:
+            public = canonical(self.public_facts())
             salt = nacl.utils.random(nacl.pwhash.argon2id.SALTBYTES)
             kek = nacl.pwhash.argon2id.kdf(32, passphrase.encode(), salt, opslimit=ARGON2_OPS, memlimit=ARGON2_MEM)
-            box = nacl.secret.SecretBox(kek)
-            body = (KEYFILE_MAGIC + bytes([KDF_ARGON2ID]) + salt
-                    + struct.pack("<IQ", ARGON2_OPS, ARGON2_MEM) + bytes(box.encrypt(payload)))
+            head = (KEYFILE_MAGIC + bytes([KDF_ARGON2ID_HEADER]) + struct.pack("<H", len(public)) + public
+                    + salt + struct.pack("<IQ", ARGON2_OPS, ARGON2_MEM))
+            nonce = crypto.random_bytes(24)
+            body = head + nonce + crypto.aead_encrypt(kek, nonce, payload, head)
         else:
             body = KEYFILE_MAGIC + bytes([KDF_NONE]) + payload
         text = base64.b64encode(body).decode()
@@ -215,19 +259,16 @@ class Key:
         return head + ARMOUR_BEGIN + "\n" + "\n".join(lines) + "\n" + ARMOUR_END + "\n"
 
     def save(self, path: str, passphrase: str | None = None, *, overwrite: bool = False) -> None:
+        """Write the key file, mode 0600.  A new file never replaces an
+        existing one (``O_EXCL``); ``overwrite`` (key passwd) writes a
+        temporary file with an unpredictable name in the same directory
+        (``O_EXCL``, 0600), syncs it and renames it over ``path``."""
         text = self.dumps(passphrase).encode()
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
         if overwrite:
-            tmp = f"{path}.tmp-{os.getpid()}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+            _replace_file(path, text)
             return
         try:
-            fd = os.open(path, flags, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
             raise KeyFileExists(f"key file {path} already exists; refusing to overwrite it") from None
         with os.fdopen(fd, "wb") as f:
@@ -236,12 +277,61 @@ class Key:
             os.fsync(f.fileno())
 
 
+#: The secrets each derived role holds (data_pk and log_pk are public: any role may carry them).
+_ROLE_SECRETS = {
+    "full": {"id_key", "psk", "data_sk", "log_sk"},
+    "read": {"id_key", "psk", "data_sk", "log_sk"},
+    "write": {"id_key", "psk", "data_pk", "log_pk"},
+    "audit": {"psk", "log_sk", "data_pk", "log_pk"},
+}
+
+
+def _hex_field(d: dict, name: str, size: int) -> bytes:
+    v = d.get(name)
+    if not isinstance(v, str) or len(v) != 2 * size or not _HEX.fullmatch(v):
+        raise KeyError_(f"damaged key file ({name} must be {2 * size} lower-case hex characters)")
+    return bytes.fromhex(v)
+
+
+def _replace_file(path: str, data: bytes) -> None:
+    """Atomically replace ``path`` by a file holding ``data``: a temporary
+    file of an unpredictable name (mkstemp: O_EXCL, 0600) in the same
+    directory, fsynced, renamed over ``path``, then the directory synced.
+    Nobody can plant a file or a symlink under the temporary name first."""
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dfd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
 def parse_armour(text: str) -> bytes:
+    if len(text) > MAX_KEY_FILE:
+        raise KeyError_(f"not a rekkord key file (larger than {MAX_KEY_FILE >> 20} MiB)")
     try:
         start = text.index(ARMOUR_BEGIN) + len(ARMOUR_BEGIN)
         end = text.index(ARMOUR_END, start)
         body = base64.b64decode("".join(text[start:end].split()), validate=True)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, binascii.Error):
         raise KeyError_("not a rekkord key file (no valid armour)") from None
     if not body.startswith(KEYFILE_MAGIC) or len(body) < 5:
         raise KeyError_("not a rekkord key file (bad magic)")
@@ -249,45 +339,154 @@ def parse_armour(text: str) -> bytes:
 
 
 def is_protected(text: str) -> bool:
-    return parse_armour(text)[4] == KDF_ARGON2ID
+    return parse_armour(text)[4] != KDF_NONE
+
+
+@dataclass
+class KeyFileInfo:
+    """What a key file says about itself without its passphrase."""
+
+    protection: str  # "none" | "passphrase" (protection 2) | "passphrase (old format)" (protection 1)
+    facts: dict | None  # role, label, repo, kid, created -- None for protection 1
+    verified: bool  # the facts come from the authenticated payload (unprotected file)
+
+
+def inspect(text: str) -> KeyFileInfo:
+    """The public facts of a key file, without a passphrase: from the
+    payload of an unprotected file (verified), from the clear header of a
+    protection-2 file (not verified until the passphrase opens the payload;
+    :func:`loads` checks they match), none for a protection-1 file."""
+    body = parse_armour(text)
+    kdf = body[4]
+    if kdf == KDF_NONE:
+        k = _key_from_payload(body[5:])
+        return KeyFileInfo("none", k.public_facts(), True)
+    if kdf == KDF_ARGON2ID:
+        return KeyFileInfo("passphrase (old format)", None, False)
+    if kdf == KDF_ARGON2ID_HEADER:
+        facts, _head, _salt, _ops, _mem, _sealed = _split_v2(body)
+        return KeyFileInfo("passphrase", facts, False)
+    raise KeyError_(f"key file uses an unknown protection scheme ({kdf})")
+
+
+def _kdf_bounds(ops: int, mem: int) -> None:
+    if not ARGON2_OPS_MIN <= ops <= ARGON2_OPS_MAX or not ARGON2_MEM_MIN <= mem <= ARGON2_MEM_MAX:
+        raise KeyError_(f"key file asks for Argon2id opslimit {ops}, memlimit {mem} bytes: outside the accepted "
+                        f"bounds ({ARGON2_OPS_MIN}-{ARGON2_OPS_MAX}, {ARGON2_MEM_MIN}-{ARGON2_MEM_MAX} bytes); "
+                        "refusing to run the KDF")
+
+
+def _split_v2(body: bytes):
+    """Protection 2: (public facts, authenticated head, salt, ops, mem, nonce+ciphertext)."""
+    if len(body) < 7:
+        raise KeyError_("damaged key file (truncated header)")
+    (n,) = struct.unpack_from("<H", body, 5)
+    end = 7 + n
+    if len(body) < end + 28 + 24 + crypto.TAG_SIZE:
+        raise KeyError_("damaged key file (truncated)")
+    try:
+        facts = json.loads(body[7:end])
+    except (ValueError, UnicodeDecodeError):
+        raise KeyError_("damaged key file (public header is not JSON)") from None
+    _check_facts(facts)
+    salt = body[end:end + 16]
+    ops, mem = struct.unpack_from("<IQ", body, end + 16)
+    return facts, body[:end + 28], salt, ops, mem, body[end + 28:]
+
+
+def _check_facts(f) -> None:
+    ok = (isinstance(f, dict) and f.get("format") == 1 and type(f.get("format")) is int
+          and f.get("role") in ROLES and isinstance(f.get("label"), str) and len(f["label"]) <= MAX_LABEL
+          and isinstance(f.get("repo"), str) and len(f["repo"]) == 32 and _HEX.fullmatch(f["repo"])
+          and isinstance(f.get("kid"), str) and len(f["kid"]) == 24 and _HEX.fullmatch(f["kid"])
+          and type(f.get("created")) is int and f["created"] >= 0)
+    if not ok:
+        raise KeyError_("damaged key file (malformed public header)")
+
+
+def _key_from_payload(payload) -> Key:
+    try:
+        d = json.loads(bytes(payload))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise KeyError_(f"damaged key file ({e})") from None
+    return Key.from_json(d)
 
 
 def loads(text: str, passphrase: str | None = None) -> Key:
     body = parse_armour(text)
     kdf = body[4]
     if kdf == KDF_NONE:
-        payload = body[5:]
-    elif kdf == KDF_ARGON2ID:
-        if not passphrase:
-            raise WrongPassphrase("the key file is protected by a passphrase; none was given")
+        return _key_from_payload(body[5:])
+    if kdf not in (KDF_ARGON2ID, KDF_ARGON2ID_HEADER):
+        raise KeyError_(f"key file uses an unknown protection scheme ({kdf})")
+    if kdf == KDF_ARGON2ID:
+        if len(body) < 33 + 40:
+            raise KeyError_("damaged key file (truncated)")
         salt = body[5:21]
         ops, mem = struct.unpack_from("<IQ", body, 21)
-        kek = nacl.pwhash.argon2id.kdf(32, passphrase.encode(), salt, opslimit=ops, memlimit=mem)
+    else:
+        facts, head, salt, ops, mem, sealed = _split_v2(body)
+    _kdf_bounds(ops, mem)
+    if not passphrase:
+        raise WrongPassphrase("the key file is protected by a passphrase; none was given")
+    kek = nacl.pwhash.argon2id.kdf(32, passphrase.encode(), salt, opslimit=ops, memlimit=mem)
+    if kdf == KDF_ARGON2ID:
         try:
             payload = nacl.secret.SecretBox(kek).decrypt(body[33:])
         except CryptoError:
             raise WrongPassphrase("wrong passphrase for the key file") from None
-    else:
-        raise KeyError_(f"key file uses an unknown protection scheme ({kdf})")
-    try:
-        return Key.from_json(json.loads(payload))
-    except (ValueError, KeyError, TypeError) as e:
-        raise KeyError_(f"damaged key file ({e})") from None
+        return _key_from_payload(payload)
+    payload = crypto.aead_decrypt(kek, sealed[:24], sealed[24:], head)
+    if payload is None:
+        # The header is associated data: a tampered header fails here too.
+        raise WrongPassphrase("wrong passphrase for the key file (or its public header was altered)")
+    key = _key_from_payload(payload)
+    if key.public_facts() != facts:
+        raise KeyError_("damaged key file (its public header does not match the sealed key)")
+    return key
 
 
-def read_key_file(path: str) -> str:
-    """The armoured text of a key file, or a KeyError_ naming the file."""
+def read_key_file(path: str, warn: Callable[[str], None] | None = None) -> str:
+    """The armoured text of a key file, or a KeyError_ naming the file.
+
+    Reads at most :data:`MAX_KEY_FILE` bytes.  When the file (a regular
+    file) can be read or written by its group or by others, ``warn(message)``
+    is called: the library does not print."""
     try:
-        with open(path, encoding="ascii", errors="replace") as f:
-            return f.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
         raise KeyError_(f"key file {path} does not exist") from None
     except OSError as e:
         raise KeyError_(f"cannot read key file {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if statmod.S_ISDIR(st.st_mode):
+            raise KeyError_(f"key file {path} is a directory")
+        if statmod.S_ISREG(st.st_mode) and st.st_size > MAX_KEY_FILE:
+            raise KeyError_(f"{path} is not a rekkord key file (larger than {MAX_KEY_FILE >> 20} MiB)")
+        parts = []
+        total = 0
+        while total <= MAX_KEY_FILE:
+            b = os.read(fd, MAX_KEY_FILE + 1 - total)
+            if not b:
+                break
+            parts.append(b)
+            total += len(b)
+        if total > MAX_KEY_FILE:
+            raise KeyError_(f"{path} is not a rekkord key file (larger than {MAX_KEY_FILE >> 20} MiB)")
+    except OSError as e:
+        raise KeyError_(f"cannot read key file {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    if warn is not None and statmod.S_ISREG(st.st_mode) and st.st_mode & 0o066:
+        who = " and ".join(w for w, bits in (("its group", 0o060), ("others", 0o006)) if st.st_mode & bits)
+        warn(f"key file {path} can be read or written by {who} (mode {statmod.S_IMODE(st.st_mode):04o}); "
+             f"restrict it with: chmod 600 {path}")
+    return b"".join(parts).decode("ascii", errors="replace")
 
 
-def load(path: str, passphrase: str | None = None) -> Key:
-    return loads(read_key_file(path), passphrase)
+def load(path: str, passphrase: str | None = None, *, warn: Callable[[str], None] | None = None) -> Key:
+    return loads(read_key_file(path, warn), passphrase)
 
 
 def verify_cert(cert: dict, master_sign_pk: bytes, repo: str) -> bool:

@@ -429,7 +429,9 @@ def _import_fuse():
     try:
         import mfusepy
     except ImportError:
-        raise MountError("mounting needs the mfusepy package: pip install 'rekkord[mount]'") from None
+        from .extras import install_hint
+
+        raise MountError(f"mounting needs the mfusepy package: {install_hint('mount')}") from None
     except OSError as e:  # mfusepy found no libfuse
         raise MountError(f"mounting needs libfuse3 (Debian: apt install fuse3): {e}") from None
     return mfusepy

@@ -54,7 +54,12 @@ READ_BLOCK = 1024 * 1024
 @dataclass
 class SaveOptions:
     excludes: list[str] = field(default_factory=list)
+    iexcludes: list[str] = field(default_factory=list)  # matched ignoring case (restic's --iexclude)
     exclude_caches: bool = False
+    #: restic's --exclude-if-present: ``FILE`` or ``FILE:HEADER``; a directory
+    #: holding FILE (starting with HEADER) keeps only FILE.
+    exclude_if_present: list[str] = field(default_factory=list)
+    exclude_larger_than: int | None = None  # regular files larger than this many bytes are skipped
     one_file_system: bool = False
     host: str | None = None
     tags: list[str] = field(default_factory=list)
@@ -94,19 +99,27 @@ class SaveResult:
 
 class Excluder:
     """restic-like patterns: a pattern without '/' matches a name anywhere; one
-    with '/' matches the absolute path (``*`` does not cross '/', ``**`` does)."""
+    with '/' matches the absolute path (``*`` does not cross '/', ``**`` does).
+    ``ipatterns`` match ignoring case (restic's --iexclude: pattern and name
+    are both lower-cased)."""
 
-    def __init__(self, patterns: list[str]):
+    def __init__(self, patterns: list[str], ipatterns: list[str] = ()):
         self.name_patterns = []
         self.path_patterns = []
-        for p in patterns:
-            p = p.strip()
-            if not p or p.startswith("#"):
-                continue
-            if "/" in p.rstrip("/"):
-                self.path_patterns.append(_glob_regex(p.rstrip("/")))
-            else:
-                self.name_patterns.append(p.rstrip("/"))
+        self.iname_patterns = []
+        self.ipath_patterns = []
+        for ps, names, paths, fold in ((patterns, self.name_patterns, self.path_patterns, False),
+                                       (ipatterns, self.iname_patterns, self.ipath_patterns, True)):
+            for p in ps:
+                p = p.strip()
+                if not p or p.startswith("#"):
+                    continue
+                if fold:
+                    p = p.lower()
+                if "/" in p.rstrip("/"):
+                    paths.append(_glob_regex(p.rstrip("/")))
+                else:
+                    names.append(p.rstrip("/"))
 
     def excluded(self, path: bytes, name: bytes) -> bool:
         if self.name_patterns:
@@ -115,8 +128,24 @@ class Excluder:
                 return True
         if self.path_patterns:
             s = os.fsdecode(path)
-            return any(r.fullmatch(s) for r in self.path_patterns)
+            if any(r.fullmatch(s) for r in self.path_patterns):
+                return True
+        if self.iname_patterns:
+            n = os.fsdecode(name).lower()
+            if any(fnmatch.fnmatchcase(n, p) for p in self.iname_patterns):
+                return True
+        if self.ipath_patterns:
+            s = os.fsdecode(path).lower()
+            return any(r.fullmatch(s) for r in self.ipath_patterns)
         return False
+
+
+def parse_tag_file_spec(spec: str) -> tuple[bytes, bytes]:
+    """``FILE[:HEADER]`` of --exclude-if-present -> (name, header)."""
+    name, _, header = spec.partition(":")
+    if not name or "/" in name:
+        raise UsageError(f"--exclude-if-present {spec!r}: give a file name (FILE or FILE:HEADER)")
+    return os.fsencode(name), os.fsencode(header)
 
 
 def _glob_regex(pattern: str):
@@ -138,6 +167,47 @@ def _glob_regex(pattern: str):
             out.append(re.escape(c))
         i += 1
     return re.compile("".join(out))
+
+
+def count_tree(paths: list[str], options: SaveOptions | None = None, stop=None) -> int:
+    """The bytes of the regular files a save of ``paths`` would visit --
+    excludes, --exclude-larger-than and --one-file-system applied, tag files
+    not -- for the progress display's estimate: one ``lstat`` per entry, no
+    reading.  ``stop()`` true ends the count early (returns 0)."""
+    opts = options or SaveOptions()
+    ex = Excluder(opts.excludes, opts.iexcludes)
+    limit = opts.exclude_larger_than
+    total = 0
+    for p in paths:
+        root = os.path.abspath(os.fsencode(p))
+        try:
+            st = os.lstat(root)
+        except OSError:
+            continue
+        dev = st.st_dev
+        stack = [(root, st)]
+        while stack:
+            if stop is not None and stop():
+                return 0
+            path, st = stack.pop()
+            if statmod.S_ISREG(st.st_mode):
+                if limit is None or st.st_size <= limit:
+                    total += st.st_size
+                continue
+            if not statmod.S_ISDIR(st.st_mode) or (opts.one_file_system and st.st_dev != dev):
+                continue
+            try:
+                with os.scandir(path) as it:
+                    for de in it:
+                        if ex.excluded(de.path, de.name):
+                            continue
+                        try:
+                            stack.append((de.path, de.stat(follow_symlinks=False)))
+                        except OSError:
+                            continue
+            except OSError:
+                continue
+    return total
 
 
 def read_exclude_file(path: str) -> list[str]:
@@ -236,7 +306,8 @@ class Saver:
         self.chunker: Chunker = repo.chunker()
         self.small_limit = repo.chunker_params.min_size
         self.cutter = repo.pack_cutter()
-        self.excluder = Excluder(self.opts.excludes)
+        self.excluder = Excluder(self.opts.excludes, self.opts.iexcludes)
+        self.tag_files = [parse_tag_file_spec(t) for t in self.opts.exclude_if_present]
         cores = os.cpu_count() or 2
         self.threads = self.opts.threads or max(2, cores)
         store_threads = max(self.threads, min(repo.storage.connections, 32))
@@ -550,6 +621,8 @@ class Saver:
             except OSError as e:
                 self.warn(root, f"cannot stat: {e.strerror}")
                 continue
+            if self._too_large(st) or (comps and self.excluder.excluded(root, comps[-1])):
+                continue  # restic's rule: excludes apply to the saved paths themselves too
             rel = b"/".join(comps)
             yield from self._walk_tree(root, rel, st, st.st_dev)
 
@@ -577,6 +650,10 @@ class Saver:
                             names = [b"CACHEDIR.TAG"]
                 except OSError:
                     pass
+            for tag, header in self.tag_files:
+                if tag in names and self._tagged(abspath + b"/" + tag if abspath != b"/" else b"/" + tag, header):
+                    names = [tag]
+                    break
             children = []
             for name in names:
                 child = abspath + b"/" + name if abspath != b"/" else b"/" + name
@@ -590,8 +667,39 @@ class Saver:
                 except OSError as e:
                     self.warn(child, f"cannot stat: {e.strerror}")
                     continue
+                if self._too_large(cst):
+                    continue
                 children.append((child, crel, cst))
             stack.extend(reversed(children))
+
+    def _too_large(self, st) -> bool:
+        limit = self.opts.exclude_larger_than
+        return limit is not None and statmod.S_ISREG(st.st_mode) and st.st_size > limit
+
+    def _tagged(self, tagpath: bytes, header: bytes) -> bool:
+        """Whether the tag file (of --exclude-if-present) excludes its
+        directory: it exists and, with a header, starts with it (restic's
+        rule; a tag file that cannot be read or has another header gives a
+        warning and excludes nothing)."""
+        try:
+            os.lstat(tagpath)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            self.warn(tagpath, f"cannot access the exclusion tag file: {e.strerror}")
+            return False
+        if not header:
+            return True
+        try:
+            with open(tagpath, "rb") as f:
+                head = f.read(len(header))
+        except OSError as e:
+            self.warn(tagpath, f"cannot read the exclusion tag file: {e.strerror}")
+            return False
+        if head != header:
+            self.warn(tagpath, "exclusion tag file does not start with the expected header; not excluding")
+            return False
+        return True
 
     # ---- the pipeline -----------------------------------------------------------
 

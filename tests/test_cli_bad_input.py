@@ -34,12 +34,16 @@ CASES = {"unknown-snapshot": 6, "path-not-in-snap": 6, "missing-repo": 6, "wrong
 NOT_APPLICABLE = {
     ("init",): {"*": "creates a repository and a master key: there is no snapshot, repository or key to be wrong"},
     ("setup",): {"*": "first-run helper that creates everything; its bad flags are tested in test_cli_setup.py"},
-    ("key", "info"): {"missing-repo": "works offline on a key file", "wrong-role": "any role may be inspected"},
+    ("key", "info"): {"*": "works offline on a key file of any role, and shows a protected key's public facts "
+                           "without its passphrase (--verify with a wrong one: tests/test_cli_key.py)"},
     ("key", "passwd"): {"missing-repo": "works offline on a key file", "wrong-role": "any role may be protected"},
     ("key", "list"): {"wrong-role": "certificates are public (the storage holds them in clear): any key lists them"},
     ("monitor", "run"): {"*": "takes repositories and keys from its own config file; bad files: test_cli_monitor.py"},
     ("monitor", "check-config"): {"*": "takes repositories and keys from the file it checks: test_cli_monitor.py"},
     ("monitor", "passwd"): {"*": "works offline: prints a password hash for the monitor's config file"},
+    ("version",): {"*": "describes rekkord itself: no repository, key or snapshot"},
+    ("completion",): {"*": "prints a shell completion script: no repository, key or snapshot"},
+    ("man",): {"*": "writes man pages from the command tree: no repository, key or snapshot"},
 }
 
 # The role that must be refused, per command (default: a write key, which

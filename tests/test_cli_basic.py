@@ -121,7 +121,10 @@ def test_key_derive_list_info_passwd(local_repo, cli, run_cli, tmp_path):
     # passwd protects, then unprotects.
     run_cli("key", "passwd", out, env={"REKKORD_NEW_PASSPHRASE": "pw"}, check=0)
     assert keymod.is_protected(out.read_text())
-    fails(run_cli("key", "info", out), 5, "passphrase")
+    # Its public facts still show without the passphrase; --verify needs it.
+    info = json.loads(run_cli("key", "info", "--json", out, check=0).stdout)
+    assert (info["kid"], info["protection"], info["verified"]) == (k.kid, "passphrase", False)
+    fails(run_cli("key", "info", "--verify", out), 5, "passphrase")
     run_cli("key", "passwd", out, env={"REKKORD_PASSPHRASE": "pw", "REKKORD_NEW_PASSPHRASE": ""}, check=0)
     assert keymod.load(str(out)).kid == k.kid
 

@@ -61,14 +61,13 @@ def test_explicit_ids_selection_and_keys(repo3, run_cli):
     p = run_cli("-k", repo3.key_files["read"], "forget", ids["b"][0], env=env)
     assert p.returncode == 5
     p = run_cli("-k", repo3.key_files["audit"], "forget", "deadbeef", env=env)
-    assert p.returncode == 6 and p.stderr.decode().startswith("rekkord: error: snapshot deadbeef not found")
+    assert p.returncode == 6 and p.stderr.decode().startswith("rekkord: error: no snapshot or channel named 'deadbeef'")
 
 
 @pytest.mark.parametrize("args,message", [
     ((), "no retention policy"),
     (("--keep-last", "-1"), "unlimited"),
     (("--keep-within", "1w"), "invalid duration"),
-    (("--keep-last", "1", "abcd1234"), "not both"),
     (("--keep-last", "1", "--group-by", "paths"), "cannot group by"),
 ])
 def test_usage_errors(repo3, run_cli, args, message):
@@ -85,3 +84,44 @@ def test_unlimited_within_and_tags(repo3, run_cli):
     assert b"within 1d" in p.stdout and b"would remove 0" in p.stdout
     p = run_cli("-k", repo3.key_files["audit"], "forget", "--keep-tag", "nope", env=env)
     assert p.returncode == 2 and b"refusing to remove every snapshot" in p.stderr
+
+
+# ---- channel arguments and --prune (issue 14) -----------------------------------------------------
+
+
+def test_channel_arguments_select_like_channel_and_ids_still_work(repo3, run_cli):
+    env, ids, audit = repo3.env, repo3.ids, repo3.key_files["audit"]
+    j = json.loads(run_cli("-k", audit, "forget", "a", "--keep-last", "1", "--dry-run", "--json", env=env,
+                           check=0).stdout)
+    assert sorted(j["removed"]) == sorted(ids["a"][:2]) and {g["group"]["channel"] for g in j["groups"]} == {"a"}
+    # An id (or unique prefix) is an id, as before.
+    j = json.loads(run_cli("-k", audit, "forget", ids["b"][0][:10], "--json", env=env, check=0).stdout)
+    assert j["removed"] == [ids["b"][0]]
+    p = run_cli("-k", audit, "forget", "no-such-channel", "--keep-last", "1", env=env)
+    assert p.returncode == 6 and b"no snapshot or channel named 'no-such-channel'" in p.stderr
+    p = run_cli("-k", audit, "forget", "a", ids["a"][0], env=env)
+    assert p.returncode == 2 and b"not both" in p.stderr
+    p = run_cli("-k", audit, "forget", "--keep-last", "1", ids["a"][0], env=env)
+    assert p.returncode == 2 and b"not both" in p.stderr
+
+
+def test_forget_prune_reclaims_the_space_and_its_dry_run_shows_what_it_would(repo3, run_cli):
+    import os
+
+    env, ids, audit = repo3.env, repo3.ids, repo3.key_files["audit"]
+
+    def blobs():
+        return sum(len(f) for _, _, f in os.walk(os.path.join(repo3.url, "blobs")))
+
+    before = blobs()
+    j = json.loads(run_cli("-k", audit, "forget", "a", "--keep-last", "1", "--prune", "--dry-run", "--json",
+                           env=env, check=0).stdout)
+    assert j["dry_run"] and j["prune"]["dry_run"] and j["prune"]["fossilised"] > 0
+    assert j["prune"]["snapshots"] == 2  # as if the two forgotten ones were gone
+    assert blobs() == before and len(json.loads(run_cli("-k", audit, "snapshots", "--json", env=env,
+                                                        check=0).stdout)) == 4
+    p = run_cli("-k", audit, "forget", "a", "--keep-last", "1", "--prune", env=env, check=0)
+    out = p.stdout.decode()
+    assert "removed 2 snapshots, kept 1" in out and "run `rekkord prune`" not in out and "reclaimed" in out
+    assert blobs() < before
+    run_cli("-k", repo3.key_files["read"], "check", "--read-data", env=env, check=0)

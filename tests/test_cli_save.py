@@ -231,7 +231,7 @@ def test_bad_save_invocations_are_one_line(run_cli, local_repo, env, tmp_path, t
         assert msg in p.stderr.decode() and len(p.stderr.splitlines()) == 1, (args, p.stderr)
     conf = write_config(tmp_path, local_repo, '[channels.x]\npaths = ["/etc"]\nbogus = 1\n')
     p = run_cli("-c", conf, "save", "--all", env={})
-    assert p.returncode == 2 and b"unknown keys: bogus" in p.stderr
+    assert p.returncode == 2 and b"unknown key 'bogus' in [channels.x] (known: " in p.stderr
 
 
 def on_a_terminal(argv, env, input_bytes=None):
@@ -300,3 +300,108 @@ def test_a_report_that_cannot_be_written_changes_no_exit_code(run_cli, local_rep
     assert "rekkord: error: pre hook for channel etc failed with exit code 4" in err and "Traceback" not in err
     p = run_cli("save", "etc", etc, "--post", "exit 7", env=env, check=3)
     assert b"could not write a failure report" in p.stderr
+# ---- restic's save options (issue 14) -----------------------------------------------------------
+
+
+def saved_paths(run_cli, local_repo, sid) -> set[str]:
+    out = json.loads(run_cli("ls", "--json", "-R", sid, env=read_env(local_repo), check=0).stdout)
+    return {e["path"] for e in out}
+
+
+def test_files_from_in_restics_three_forms(run_cli, env, local_repo, tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    for n in ("a.conf", "b.conf", "c.txt", "# not a comment", "new\nline", "sp ace"):
+        (d / n).write_text(n)
+    lst = tmp_path / "list"
+    lst.write_text(f"# a comment\n\n{d}/*.conf\n{d}/sp ace\n{d}/nothing-*.x\n")
+    p = run_cli("save", "c", "--files-from", lst, "--json", env=env, check=0)
+    assert b"pattern '" in p.stderr and b"matches no file" in p.stderr
+    got = saved_paths(run_cli, local_repo, json.loads(p.stdout)["id"])
+    assert {f"{d}/a.conf", f"{d}/b.conf", f"{d}/sp ace"} <= got and f"{d}/c.txt" not in got
+    verbatim = tmp_path / "verbatim"
+    verbatim.write_text(f"{d}/# not a comment\n\n{d}/c.txt\n")
+    raw = tmp_path / "raw"
+    raw.write_bytes(f"{d}/new\nline\0".encode())
+    p = run_cli("save", "c", "--files-from-verbatim", verbatim, "--files-from-raw", raw, "--json", env=env, check=0)
+    got = saved_paths(run_cli, local_repo, json.loads(p.stdout)["id"])
+    assert {f"{d}/# not a comment", f"{d}/c.txt", f"{d}/new\nline"} <= got and f"{d}/a.conf" not in got
+    # From standard input, with PATHS too.
+    p = run_cli("save", "c", d / "c.txt", "--files-from-raw", "-", "--json", env=env,
+                input=f"{d}/a.conf\0".encode(), check=0)
+    got = saved_paths(run_cli, local_repo, json.loads(p.stdout)["id"])
+    assert {f"{d}/a.conf", f"{d}/c.txt"} <= got and f"{d}/b.conf" not in got
+    empty = tmp_path / "empty"
+    empty.write_text("# nothing\n")
+    p = run_cli("save", "c", "--files-from", empty, env=env)
+    assert p.returncode == 2 and b"name no path" in p.stderr
+
+
+def test_size_tag_file_case_insensitive_excludes_and_time(run_cli, env, local_repo, tmp_path):
+    d = tmp_path / "d"
+    (d / "cache").mkdir(parents=True)
+    (d / "big").write_bytes(b"x" * 2048)
+    (d / "small").write_bytes(b"x" * 10)
+    (d / "Image.PNG").write_bytes(b"png")
+    (d / "cache" / ".tag").write_text("rekkord-skip\n")
+    (d / "cache" / "junk").write_text("junk")
+    ifile = tmp_path / "ipatterns"
+    ifile.write_text("*.png\n")
+    p = run_cli("save", "c", d, "--exclude-larger-than", "1k", "--exclude-if-present", ".tag:rekkord-skip",
+                "--iexclude-file", ifile, "--time", "2021-03-04 05:06:07", "--json", env=env, check=0)
+    sid = json.loads(p.stdout)["id"]
+    got = {x[len(str(d)) + 1:] for x in saved_paths(run_cli, local_repo, sid) if x.startswith(f"{d}/")}
+    assert got == {"small", "cache", "cache/.tag"}
+    snap = next(x for x in snapshots(run_cli, local_repo) if x["id"] == sid)
+    import time as _t
+
+    assert snap["time_ns"] == int(_t.mktime((2021, 3, 4, 5, 6, 7, 0, 0, -1))) * 10**9
+    p = run_cli("save", "c", d, "--iexclude", "IMAGE.png", "--time", "2021-03-04T05:06:07+00:00", "--json",
+                env=env, check=0)
+    sid = json.loads(p.stdout)["id"]
+    assert f"{d}/Image.PNG" not in saved_paths(run_cli, local_repo, sid)
+    assert next(x for x in snapshots(run_cli, local_repo) if x["id"] == sid)["time"] == "2021-03-04T05:06:07Z"
+    for args, msg in ((("--exclude-larger-than", "lots"), b"invalid size"), (("--time", "yesterday"),
+                                                                              b"invalid time"),
+                      (("--exclude-if-present", ":x"), b"give a file name")):
+        p = run_cli("save", "c", d, *args, env=env)
+        assert p.returncode == 2 and msg in p.stderr, p.stderr
+
+
+def test_config_channel_takes_the_new_keys(run_cli, local_repo, tmp_path):
+    d = tmp_path / "d"
+    d.mkdir()
+    (d / "keep").write_text("k")
+    (d / "SKIP.me").write_text("s")
+    (d / "huge").write_bytes(b"h" * 5000)
+    (d / "listed").write_text("l")
+    lst = tmp_path / "list"
+    lst.write_text(f"{d}/listed\n")
+    conf = write_config(tmp_path, local_repo, f'[channels.c]\npaths = ["{d}/keep", "{d}/SKIP.me", "{d}/huge"]\n'
+                        f'files_from = ["{lst}"]\niexclude = ["skip.*"]\nexclude_larger_than = "4k"\n')
+    sid = json.loads(run_cli("-c", conf, "save", "c", "--json", check=0).stdout)["id"]
+    got = {x for x in saved_paths(run_cli, local_repo, sid) if x.startswith(f"{d}/")}
+    assert got == {f"{d}/keep", f"{d}/listed"}
+
+
+def test_dry_run_reports_and_writes_nothing(run_cli, env, local_repo, tmp_path, trees):
+    etc, _ = trees
+    cache_dir = tmp_path / "cli-cache"
+    cache_dir.mkdir()  # now, so that a cache made later changes no mtime above etc
+
+    def state():
+        return sorted((dp, tuple(sorted(fs))) for dp, _, fs in os.walk(local_repo.url))
+
+    before = state()
+    p = run_cli("save", "etc", etc, "--dry-run", env=env, check=0)
+    out = p.stdout.decode()
+    assert out.startswith("dry run: channel etc would be saved; nothing was written") and "would upload: " in out
+    assert state() == before and os.listdir(cache_dir) == []  # no cache made
+    d = json.loads(run_cli("save", "etc", etc, "-n", "--json", env=env, check=0).stdout)
+    assert d["dry_run"] and d["files"] == 2 and d["bytes_upload"] > 0 and d["uploads"]["blobs"]["objects"] >= 2
+    assert state() == before and os.listdir(cache_dir) == []
+    real = json.loads(run_cli("save", "etc", etc, "--json", env=env, check=0).stdout)
+    assert real["bytes_stored"] == d["bytes_stored"] and real["files"] == d["files"]
+    assert len(snapshots(run_cli, local_repo)) == 1
+    again = json.loads(run_cli("save", "etc", etc, "-n", "--json", env=env, check=0).stdout)
+    assert again["files_unchanged"] == 2 and again["uploads"]["blobs"]["bytes"] < d["uploads"]["blobs"]["bytes"]

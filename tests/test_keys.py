@@ -132,7 +132,7 @@ def test_passphrase_protected_key_file(master, tmp_path):
     text = open(path).read()
     assert keys.is_protected(text)
     body = keys.parse_armour(text)
-    assert body[:5] == b"RKK1\x01"
+    assert body[:5] == b"RKK1\x02"
     # Secrets never appear at rest in clear (hex or raw).
     assert k.data_sk.hex() not in text and k.data_sk not in body and k.psk not in body
     assert keys.load(path, "correct horse").to_json() == k.to_json()
@@ -173,3 +173,168 @@ def test_save_refuses_to_overwrite_but_passwd_replaces_atomically(master, tmp_pa
 def test_kid_is_stable_short_name_of_the_signing_key(master):
     assert keys.kid_of(master.sign_pk) == master.kid and len(master.kid) == 24
     assert master.derive("write", "a").kid != master.derive("write", "a").kid
+
+
+# ---- protection 2: public facts in clear, authenticated ------------------------------------------
+
+
+def _armour(body: bytes) -> str:
+    return f"{keys.ARMOUR_BEGIN}\n{base64.b64encode(body).decode()}\n{keys.ARMOUR_END}\n"
+
+
+def test_protected_key_shows_its_public_facts_without_the_passphrase(master, tmp_path):
+    k = master.derive("write", "web01")
+    path = str(tmp_path / "w.key")
+    k.save(path, "pw")
+    info = keys.inspect(open(path).read())
+    assert info.protection == "passphrase" and not info.verified
+    assert info.facts == {"format": 1, "role": "write", "label": "web01", "repo": master.repo, "kid": k.kid,
+                          "created": int(k.created)}
+    # The facts are all the clear part says: no secret in it.
+    body = keys.parse_armour(open(path).read())
+    (n,) = __import__("struct").unpack_from("<H", body, 5)
+    assert b"psk" not in body[7:7 + n] and k.psk.hex().encode() not in body
+    unprotected = keys.inspect(k.dumps())
+    assert unprotected.protection == "none" and unprotected.verified and unprotected.facts == info.facts
+    assert keys.inspect(master.dumps("pw")).facts["kid"] == master.kid
+
+
+def test_a_tampered_public_header_is_detected_once_the_passphrase_is_given(master):
+    k = master.derive("read", "restore-station")
+    body = keys.parse_armour(k.dumps("pw"))
+    forged = body.replace(b'"role":"read"', b'"role":"full"')
+    assert forged != body
+    text = _armour(forged)
+    assert keys.inspect(text).facts["role"] == "full"  # shown, but not verified ...
+    with pytest.raises(WrongPassphrase, match="header was altered"):
+        keys.loads(text, "pw")  # ... and refused once the passphrase opens the seal
+    # A header that keeps its length but is not JSON, or lies about its size.
+    with pytest.raises(KeyError_, match="public header"):
+        keys.inspect(_armour(body[:7] + b"\xff" * (len(body) - 7)))
+    with pytest.raises(KeyError_, match="truncated"):
+        keys.inspect(_armour(body[:5] + b"\xff\xff" + body[7:]))
+
+
+def test_key_files_of_the_old_protection_still_load():
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "keyfile-v1-argon2id-write.key")
+    text = open(path).read()
+    assert keys.parse_armour(text)[4] == keys.KDF_ARGON2ID
+    info = keys.inspect(text)
+    assert info.facts is None and info.protection == "passphrase (old format)"
+    k = keys.loads(text, "old horse")
+    assert k.role == "write" and k.label == "old-web1"
+    with pytest.raises(WrongPassphrase):
+        keys.loads(text, "new horse")
+
+
+# ---- hostile key files -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ops,mem", [(17, keys.ARGON2_MEM), (0, keys.ARGON2_MEM), (3, (1 << 30) + 1),
+                                     (3, 1 << 50), (2**32 - 1, 2**64 - 1), (3, 10)])
+def test_kdf_parameters_outside_sane_bounds_are_refused_before_the_kdf_runs(master, ops, mem, monkeypatch):
+    import struct
+
+    import nacl.pwhash
+
+    v2 = master.derive("audit", "a").dumps("pw")
+    monkeypatch.setattr(nacl.pwhash.argon2id, "kdf", lambda *a, **k: pytest.fail("the KDF ran"))
+    v1 = keys.KEYFILE_MAGIC + bytes([keys.KDF_ARGON2ID]) + bytes(16) + struct.pack("<IQ", ops, mem) + bytes(60)
+    with pytest.raises(KeyError_, match="outside the accepted bounds"):
+        keys.loads(_armour(v1), "pw")
+    body = bytearray(keys.parse_armour(v2))
+    (n,) = struct.unpack_from("<H", body, 5)
+    struct.pack_into("<IQ", body, 7 + n + 16, ops, mem)
+    with pytest.raises(KeyError_, match="outside the accepted bounds"):
+        keys.loads(_armour(bytes(body)), "pw")
+
+
+def test_oversized_key_files_are_refused_without_reading_them_whole(tmp_path):
+    path = tmp_path / "huge.key"
+    with open(path, "wb") as f:
+        f.truncate(keys.MAX_KEY_FILE + 1)
+    with pytest.raises(KeyError_, match="larger than 1 MiB"):
+        keys.load(str(path))
+    with pytest.raises(KeyError_, match="larger than 1 MiB"):
+        keys.loads("x" * (keys.MAX_KEY_FILE + 1))
+    with pytest.raises(KeyError_, match="is a directory"):
+        keys.load(str(tmp_path))
+
+
+def _mutations(master):
+    w = master.derive("write", "w").to_json()
+    a = master.to_json()
+    yield "payload a list", []
+    yield "repo a number", {**w, "repo": 123}
+    yield "repo too short", {**w, "repo": "ab"}
+    yield "repo upper case", {**w, "repo": "AB" * 16}
+    yield "label a list", {**w, "label": ["x"]}
+    yield "label too long", {**w, "label": "x" * 5000}
+    yield "created a string", {**w, "created": "yesterday"}
+    yield "created negative", {**w, "created": -1}
+    yield "created a bool", {**w, "created": True}
+    yield "format a string", {**w, "format": "1"}
+    yield "format true", {**w, "format": True}
+    yield "no sign_seed", {k: v for k, v in w.items() if k != "sign_seed"}
+    yield "sign_seed a dict", {**w, "sign_seed": {}}
+    yield "psk not hex", {**w, "psk": "zz" * 32}
+    yield "a write key lacking id_key", {k: v for k, v in w.items() if k != "id_key"}
+    yield "a write key holding data_sk", {**w, "data_sk": "00" * 32}
+    yield "cert a string", {**w, "cert": "signed"}
+    yield "cert of another role", {**w, "cert": {**w["cert"], "role": "full"}}
+    yield "cert kid a number", {**w, "cert": {**w["cert"], "kid": 5}}
+    yield "master a number", {**a, "master": 5}
+    yield "master too short", {**a, "master": "00"}
+
+
+def test_every_payload_field_is_type_checked(master):
+    for what, payload in _mutations(master):
+        text = _armour(keys.KEYFILE_MAGIC + bytes([keys.KDF_NONE]) + keys.canonical(payload)
+                       if isinstance(payload, dict) else keys.KEYFILE_MAGIC + b"\x00[]")
+        with pytest.raises(KeyError_) as e:
+            keys.loads(text)
+        assert "damaged key file" in str(e.value) or "not a rekkord key file" in str(e.value), what
+
+
+def test_loading_warns_when_group_or_others_may_read_the_key_file(master, tmp_path):
+    path = tmp_path / "k.key"
+    master.save(str(path))
+    warnings = []
+    keys.load(str(path), warn=warnings.append)
+    assert warnings == []
+    os.chmod(path, 0o640)
+    keys.load(str(path), warn=warnings.append)
+    os.chmod(path, 0o606)
+    keys.load(str(path), warn=warnings.append)
+    assert len(warnings) == 2
+    assert "can be read or written by its group (mode 0640)" in warnings[0] and "chmod 600" in warnings[0]
+    assert "by others (mode 0606)" in warnings[1]
+
+
+def test_passwd_rewrite_uses_an_unpredictable_exclusive_temporary(master, tmp_path, monkeypatch):
+    path = tmp_path / "k.key"
+    master.save(str(path))
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    # The name the old code used: a planted symlink there must not be followed.
+    os.symlink(victim, f"{path}.tmp-{os.getpid()}")
+    created = []
+    real_mkstemp = keys.tempfile.mkstemp
+
+    def spy(*a, **kw):
+        fd, name = real_mkstemp(*a, **kw)
+        created.append((name, stat.S_IMODE(os.fstat(fd).st_mode)))
+        return fd, name
+
+    monkeypatch.setattr(keys.tempfile, "mkstemp", spy)
+    master.save(str(path), "pw", overwrite=True)
+    assert victim.read_text() == "untouched"
+    (tmp, mode), = created
+    assert os.path.dirname(tmp) == str(tmp_path) and mode == 0o600 and not os.path.exists(tmp)
+    assert keys.load(str(path), "pw").master == master.master
+    # A failed rename leaves the old file and no temporary behind.
+    monkeypatch.setattr(keys.os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with pytest.raises(OSError):
+        master.save(str(path), None, overwrite=True)
+    assert keys.is_protected(path.read_text())
+    assert sorted(os.listdir(tmp_path)) == sorted(["k.key", "victim", f"k.key.tmp-{os.getpid()}"])

@@ -176,6 +176,49 @@ def test_excludes(local_repo, tmp_path):
     assert ex.excluded(b"/a/b/c/z", b"z") and ex.excluded(b"/q/x.o", b"x.o") and not ex.excluded(b"/b/z", b"z")
 
 
+def test_restic_excludes_ignoring_case_by_size_and_by_tag_file(local_repo, tmp_path):
+    src = tmp_path / "src"
+    files = {"Keep.txt": b"k", "Photo.JPG": b"p", "docs/Report.PDF": b"r", "big.iso": b"x" * 5000,
+             "exact.bin": b"y" * 4096, "nobackup/.nobackup": b"", "nobackup/data": b"d",
+             "tagged/TAG": b"magic header\nrest", "tagged/sub/file": b"f", "wrongtag/TAG": b"other",
+             "wrongtag/file": b"w", "BUILD/x": b"b"}
+    for p, data in files.items():
+        (src / p).parent.mkdir(parents=True, exist_ok=True)
+        (src / p).write_bytes(data)
+    warnings = []
+    opts = SaveOptions(iexcludes=["*.jpg", f"{str(src).upper()}/DOCS/*.pdf", "build"],
+                       exclude_larger_than=4096, exclude_if_present=[".nobackup", "TAG:magic header"])
+    res = do_save(local_repo, [src], options=opts, warn=lambda p, m: warnings.append((p, m)))
+    rel = str(src).lstrip("/")
+    names = {e.decode()[len(rel) + 1:] for e in entries(local_repo, res.snapshot_id) if e.decode().startswith(rel + "/")}
+    # restic's rules: a tagged directory keeps only its tag file; --exclude-larger-than is strict (>).
+    assert names == {"Keep.txt", "docs", "exact.bin", "nobackup", "nobackup/.nobackup", "tagged", "tagged/TAG",
+                     "wrongtag", "wrongtag/TAG", "wrongtag/file"}
+    assert warnings == [(f"{src}/wrongtag/TAG", "exclusion tag file does not start with the expected header; "
+                                                 "not excluding")]
+    ex = Excluder([], ["*.TXT"])
+    assert ex.excluded(b"/a/b.txt", b"b.txt") and ex.excluded(b"/a/B.Txt", b"B.Txt")
+    assert not Excluder(["*.TXT"]).excluded(b"/a/b.txt", b"b.txt")  # --exclude stays case-sensitive
+    with pytest.raises(UsageError, match="give a file name"):
+        do_save(local_repo, [src], options=SaveOptions(exclude_if_present=[":header"]))
+
+
+def test_count_tree_estimates_what_a_save_reads(local_repo, tmp_path):
+    from rekkord.save import count_tree
+
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "a").write_bytes(b"a" * 1000)
+    (src / "sub" / "b.tmp").write_bytes(b"b" * 500)
+    (src / "sub" / "c").write_bytes(b"c" * 3000)
+    os.symlink("a", src / "link")
+    assert count_tree([str(src)]) == 4500
+    assert count_tree([str(src)], SaveOptions(excludes=["*.tmp"], exclude_larger_than=2000)) == 1000
+    res = do_save(local_repo, [src], options=SaveOptions(excludes=["*.tmp"]))
+    assert res.stats.bytes_total == count_tree([str(src)], SaveOptions(excludes=["*.tmp"])) == 4000
+    assert count_tree([str(src)], stop=lambda: True) == 0
+
+
 def test_one_file_system(local_repo, tmp_path):
     src = tmp_path / "src"
     (src / "mnt").mkdir(parents=True)

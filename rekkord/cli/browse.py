@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import click
@@ -101,10 +100,11 @@ def find_cmd(s: Settings, pattern, channel, host, latest, as_json):
         click.echo(f"rekkord: error: snapshot {snap.id[:8]}: {safe(str(err))}", err=True)
 
     for snap, e in find(repo, snaps, pattern, threads=min(4, s.threads or 4), on_error=on_error):
-        path = "/" + os.fsdecode(e.path)
         if as_json:
+            from .ls import entry_json
+
             rows.append({"snapshot": snap.id, "channel": snap.channel, "snapshot_time": _iso(snap.time),
-                         "path": path, "type": e.kind_name, "size": e.size, "mtime": _iso(e.mtime_ns / 1e9)})
+                         **entry_json(e)})
         else:
             click.echo(f"{snap.id[:8]}  {_when(snap.time)}  {snap.channel}  {text_path(e.path)}"
                        f"{'/' if e.kind_name == 'dir' else ''}  {e.size if e.kind_name != 'dir' else '-'}  "

@@ -10,31 +10,24 @@ from dataclasses import dataclass, field
 
 import click
 
-from ..errors import ConfigError, RekkordError, UsageError
+from ..errors import KeyError_, RekkordError, UsageError
+from .config import STORAGE_OPTION_KEYS, load_toml  # noqa: F401 (load_toml: part of this module's API)
 
 ENV = {
     "repository": "REKKORD_REPOSITORY",
     "key_file": "REKKORD_KEY_FILE",
     "passphrase": "REKKORD_PASSPHRASE",
+    "passphrase_file": "REKKORD_PASSPHRASE_FILE",
+    "passphrase_command": "REKKORD_PASSPHRASE_COMMAND",
     "cache_dir": "REKKORD_CACHE_DIR",
     "sftp_key_file": "REKKORD_SFTP_KEY_FILE",
     "sftp_password": "REKKORD_SFTP_PASSWORD",
     "sftp_fingerprint": "REKKORD_SFTP_FINGERPRINT",
 }
-STORAGE_OPTION_KEYS = ("endpoint_url", "region", "access_key_id", "secret_access_key", "connections",
-                       "sftp_key_file", "sftp_password", "sftp_fingerprint")
-
-
-def load_toml(path: str) -> dict:
-    import tomllib
-
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"cannot read config file {path}: {e}") from None
+#: Variables that carry (or lead to) a key's passphrase: hooks never see them.
+SECRET_ENV = ("REKKORD_PASSPHRASE", "REKKORD_PASSPHRASE_FILE", "REKKORD_PASSPHRASE_COMMAND",
+              "REKKORD_NEW_PASSPHRASE")
+MAX_PASSPHRASE_FILE = 1 << 20
 
 
 @dataclass
@@ -47,6 +40,56 @@ class Settings:
     threads: int | None = None
     no_cache: bool = False
     log_file: str | None = None
+    json: bool = False
+    limit_upload: int | None = None  # KiB/s
+    limit_download: int | None = None
+    argv: list[str] = field(default_factory=list)
+    _passphrase: str | None = None
+    _passphrase_resolved: bool = False
+    _started: bool = False
+
+    #: Global options that are looked up through get() (flag, env, config file).
+    FLAG_NAMES = ("repository", "key_file", "cache_dir", "passphrase_file", "passphrase_command")
+
+    @classmethod
+    def from_options(cls, options: dict, argv: list[str] | None = None) -> "Settings":
+        """Settings from the global options given before the command."""
+        s = cls(argv=list(argv or []))
+        s.merge_late(options)
+        return s
+
+    def merge_late(self, options: dict) -> None:
+        """Merge global options (given before or after the command): a value
+        given later wins, flags add up (-q, -v, --no-cache, --json)."""
+        for name, v in options.items():
+            if name in ("quiet", "no_cache", "json"):
+                if v:
+                    setattr(self, name, True)
+            elif name == "verbose":
+                self.verbose += v or 0
+            elif v is None:
+                continue
+            elif name in self.FLAG_NAMES:
+                self.flags[name] = v
+            else:  # config_path, threads, log_file, limit_upload, limit_download
+                setattr(self, name, v)
+
+    def start(self) -> None:
+        """Once the command line is parsed, before any work: read (and check)
+        the config file, open the log file."""
+        if self._started:
+            return
+        self._started = True
+        self.file = load_toml(self.config_path) if self.config_path else {}
+        if self.log_file is None and self.file.get("log_file"):
+            self.log_file = str(self.file["log_file"])
+        for name in ("limit_upload", "limit_download"):
+            if getattr(self, name) is None and self.file.get(name) not in (None, ""):
+                setattr(self, name, _rate(self.file[name], f"{self.config_path}: {name}"))
+        if self.log_file:
+            from .logfile import open_log
+
+            open_log(self.log_file, self.argv)
 
     def get(self, name: str, default=None):
         v = self.flags.get(name)
@@ -93,21 +136,58 @@ class Settings:
     def open_storage(self):
         from ..storage import open_storage
 
-        return open_storage(self.repository_url(), self.storage_options())
+        storage = open_storage(self.repository_url(), self.storage_options())
+        if self.limit_upload or self.limit_download:
+            from ..storage.throttle import ThrottledStorage, TokenBucket
+            from .logfile import add_summary
+
+            up = TokenBucket(self.limit_upload * 1024) if self.limit_upload else None
+            down = TokenBucket(self.limit_download * 1024) if self.limit_download else None
+            storage = ThrottledStorage(storage, upload=up, download=down)
+            for bucket, what in ((up, "upload"), (down, "download")):
+                if bucket is not None:
+                    add_summary(lambda b=bucket, w=what: b.summary(w))
+        return storage
 
     def passphrase(self, *, prompt_text: str = "Passphrase for the key file", confirm: bool = False) -> str | None:
-        p = self.get("passphrase")
-        if p:
-            return str(p)
+        """The key's passphrase: from --passphrase-command, --passphrase-file
+        (flags, then REKKORD_PASSPHRASE_COMMAND/_FILE or REKKORD_PASSPHRASE,
+        then the config file's passphrase_command/_file/passphrase), else
+        asked for on a terminal.  Resolved once per run."""
+        if not self._passphrase_resolved:
+            self._passphrase = self.passphrase_from_sources()
+            self._passphrase_resolved = self._passphrase is not None
+        if self._passphrase is not None:
+            return self._passphrase
         if sys.stdin.isatty():
             return click.prompt(prompt_text, hide_input=True, confirmation_prompt=confirm,
                                 default="", show_default=False) or None
         return None
 
+    def passphrase_from_sources(self) -> str | None:
+        """The passphrase from the options, environment or config file, or None (no prompt)."""
+        config = f"the config file {self.config_path}"
+        levels = (
+            ("--passphrase-file and --passphrase-command", self.flags.get),
+            ("REKKORD_PASSPHRASE_FILE and REKKORD_PASSPHRASE_COMMAND", lambda n: os.environ.get(ENV[n])),
+            (f"passphrase_file and passphrase_command in {config}", self.file.get),
+        )
+        for what, get in levels:
+            command, path, direct = get("passphrase_command"), get("passphrase_file"), get("passphrase")
+            if command and path:
+                raise UsageError(f"{what} exclude each other: give one")
+            if command:
+                return passphrase_from_command(str(command))
+            if path:
+                return passphrase_from_file(os.path.expanduser(str(path)))
+            if direct:
+                return str(direct)
+        return None
+
     def load_key(self, path: str | None = None):
         from .. import keys
 
-        text = keys.read_key_file(path or self.key_path())
+        text = keys.read_key_file(path or self.key_path(), warn=warn_line)
         passphrase = self.passphrase() if keys.is_protected(text) else None
         return keys.loads(text, passphrase)
 
@@ -117,24 +197,95 @@ class Settings:
         key = key or self.load_key()
         return Repository.open(self.open_storage(), key)
 
-    def open_cache(self, repo):
-        from ..cache import Cache, cache_path
+    def cache_file(self, repo) -> str | None:
+        """The cache's path for ``repo`` (None with --no-cache)."""
+        from ..cache import cache_path
 
         if self.no_cache:
-            return Cache(None)
+            return None
         d = self.get("cache_dir")
         if not d:
             import platformdirs
 
             d = platformdirs.user_cache_dir("rekkord")
+        return cache_path(os.path.expanduser(str(d)), repo.id, repo.key.role)
+
+    def open_cache(self, repo):
+        from ..cache import Cache
 
         def warn(message: str) -> None:  # the cache could not be used: the command goes on without it
-            from .progress import log
+            warn_line(message)
 
-            log.warning("%s", message)
-            click.echo(f"rekkord: warning: {message}", err=True)
+        return Cache(self.cache_file(repo), warn=warn)
 
-        return Cache(cache_path(os.path.expanduser(str(d)), repo.id, repo.key.role), warn=warn)
+
+def _rate(value, what: str) -> int:
+    from ..errors import ConfigError
+
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ConfigError(f"{what} must be a whole number of KiB/s")
+    try:
+        n = int(value)
+    except ValueError:
+        raise ConfigError(f"{what} must be a whole number of KiB/s, not {value!r}") from None
+    if n < 1:
+        raise ConfigError(f"{what} must be at least 1 KiB/s")
+    return n
+
+
+def warn_line(message: str) -> None:
+    """``rekkord: warning: MESSAGE`` on stderr and in the log file."""
+    import logging
+
+    logging.getLogger("rekkord").warning("%s", message)
+    click.echo(f"rekkord: warning: {message}", err=True)
+
+
+def passphrase_from_file(path: str) -> str:
+    """A passphrase file's content without surrounding white space (restic's
+    --password-file does the same), e.g. a systemd credential."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_PASSPHRASE_FILE + 1)
+    except FileNotFoundError:
+        raise KeyError_(f"passphrase file {path} does not exist") from None
+    except OSError as e:
+        raise KeyError_(f"cannot read passphrase file {path}: {e.strerror}") from None
+    if len(data) > MAX_PASSPHRASE_FILE:
+        raise KeyError_(f"passphrase file {path} is larger than 1 MiB")
+    return _passphrase_text(data, f"passphrase file {path}")
+
+
+def passphrase_from_command(command: str) -> str:
+    """The output of ``command`` (split like a shell would, run without one;
+    stdin from /dev/null, stderr to ours), without surrounding white space:
+    restic's --password-command.  E.g. ``pass show backup/rekkord``."""
+    import shlex
+    import subprocess
+
+    try:
+        argv = shlex.split(command)
+    except ValueError as e:
+        raise UsageError(f"passphrase command {command!r}: {e}") from None
+    if not argv:
+        raise UsageError("the passphrase command is empty")
+    try:
+        p = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=None)
+    except OSError as e:
+        raise KeyError_(f"passphrase command {argv[0]} cannot run: {e.strerror}") from None
+    if p.returncode != 0:
+        raise KeyError_(f"passphrase command {argv[0]} failed with exit code {p.returncode}")
+    return _passphrase_text(p.stdout, f"the output of passphrase command {argv[0]}")
+
+
+def _passphrase_text(data: bytes, what: str) -> str:
+    try:
+        text = data.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise KeyError_(f"{what} is not UTF-8 text") from None
+    if not text:
+        raise KeyError_(f"{what} is empty")
+    return text
 
 
 def echo_json(obj) -> None:

@@ -7,6 +7,7 @@ import time
 import click
 
 from .context import Settings, echo_json, pass_settings
+from .prune import _Seconds
 
 
 class _Count(click.ParamType):
@@ -50,7 +51,7 @@ def _when(time_ns: int) -> str:
 
 
 @click.command("forget")
-@click.argument("snapshot_ids", nargs=-1, metavar="[SNAPSHOT]...")
+@click.argument("snapshot_ids", nargs=-1, metavar="[SNAPSHOT|CHANNEL]...")
 @click.option("--keep-last", "-l", type=COUNT, default=0, help="Keep the N newest snapshots")
 @click.option("--keep-hourly", "-H", type=COUNT, default=0, help="Keep the newest snapshot of each of the last N hours")
 @click.option("--keep-daily", "-d", type=COUNT, default=0, help="... of each of the last N days")
@@ -72,20 +73,28 @@ def _when(time_ns: int) -> str:
 @click.option("--group-by", default="channel", show_default=True, metavar="FIELDS",
               help="Apply the policy per group of channel,host,key,tags ('' for one group)")
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be kept and removed, and why")
+@click.option("--prune", "then_prune", is_flag=True, help="Then run prune, to reclaim the space (with --dry-run: "
+              "what prune would do)")
+@click.option("--session-timeout", type=_Seconds(), default="30m", show_default=True,
+              help="With --prune: as prune's --session-timeout")
 @click.option("--json", "as_json", is_flag=True)
 @pass_settings
 def forget_cmd(s: Settings, snapshot_ids, keep_last, keep_hourly, keep_daily, keep_weekly, keep_monthly,
                keep_yearly, keep_within, keep_within_hourly, keep_within_daily, keep_within_weekly,
                keep_within_monthly, keep_within_yearly, keep_tag, channel, host, key_ids, group_by, dry_run,
-               as_json):
+               then_prune, session_timeout, as_json):
     """Remove snapshots: those named, or those a retention policy does not keep.
 
-    The policy (restic's rules) applies to each channel separately; a snapshot
-    is kept when any --keep-* rule keeps it.  Only snapshot records go: run
-    `rekkord prune` to reclaim the space.  Works with an audit, full or admin
-    key.  Against a flood of snapshots from a stolen write key, use
-    --keep-within and --group-by channel,key (docs/maintenance.md)."""
-    from ..forget import Policy, forget, parse_group_by
+    Arguments are snapshot ids (or unique prefixes of 4+ characters), which
+    are removed, or channel names, which select the snapshots a --keep-*
+    policy applies to (like --channel). The policy (restic's rules) applies
+    to each channel separately; a snapshot is kept when any --keep-* rule
+    keeps it. Only snapshot records go: --prune (or `rekkord prune`)
+    reclaims the space. Works with an audit, full or admin key. Against a
+    flood of snapshots from a stolen write key, use --keep-within and
+    --group-by channel,key (docs/maintenance.md)."""
+    from ..errors import UsageError
+    from ..forget import Policy, forget, parse_group_by, split_ids_and_channels
 
     policy = Policy(last=keep_last, hourly=keep_hourly, daily=keep_daily, weekly=keep_weekly,
                     monthly=keep_monthly, yearly=keep_yearly, within=keep_within,
@@ -94,14 +103,25 @@ def forget_cmd(s: Settings, snapshot_ids, keep_last, keep_hourly, keep_daily, ke
                     within_yearly=keep_within_yearly,
                     keep_tags=[[t.strip() for t in spec.split(",")] for spec in keep_tag])
     repo = s.open_repo()
+    ids, channel_args = split_ids_and_channels(repo, snapshot_ids)
+    if channel_args and ids:
+        raise UsageError(f"give snapshot ids or channel names, not both ({', '.join(channel_args)} "
+                         "name channels: they select the snapshots of a --keep-* policy)")
     problems = []
-    report = forget(repo, policy, ids=list(snapshot_ids), channels=channel, hosts=host,
+    report = forget(repo, policy, ids=ids, channels=tuple(channel) + tuple(channel_args), hosts=host,
                     keys=key_ids, group_by=parse_group_by(group_by), dry_run=dry_run,
                     on_problem=lambda sid, msg: problems.append((sid, msg)))
     for sid, msg in problems:
         click.echo(f"rekkord: warning: snapshot {sid}: {msg}", err=True)
+    pruned = None
+    if then_prune:
+        from ..forget import without_snapshots
+        from ..gc import Pruner
+
+        target = without_snapshots(repo, report.removed) if dry_run else repo
+        pruned = Pruner(target, dry_run=dry_run, session_timeout=session_timeout, threads=s.threads).run()
     if as_json:
-        echo_json(report.to_json())
+        echo_json(report.to_json() if pruned is None else {**report.to_json(), "prune": pruned.to_json()})
         return
     verb = "would remove" if dry_run else "removed"
     if not s.quiet:
@@ -122,9 +142,13 @@ def forget_cmd(s: Settings, snapshot_ids, keep_last, keep_hourly, keep_daily, ke
     summary = f"{verb} {len(report.removed)} snapshots"
     if not report.explicit:
         summary += f", kept {kept}" + (f" ({len(report.untrusted)} untrusted not evaluated)" if report.untrusted else "")
-    if report.removed and not dry_run:
+    if report.removed and not dry_run and pruned is None:
         summary += "; run `rekkord prune` to reclaim their space"
     click.echo(summary)
+    if pruned is not None:
+        from .prune import print_report
+
+        print_report(s, pruned, dry_run)
 
 
 COMMANDS = [forget_cmd]

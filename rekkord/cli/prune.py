@@ -41,6 +41,11 @@ def prune_cmd(s: Settings, dry_run, session_timeout, as_json):
     if as_json:
         echo_json(report.to_json())
         return
+    print_report(s, report, dry_run)
+
+
+def print_report(s: Settings, report, dry_run: bool) -> None:
+    """A prune's report, as `rekkord prune` prints it (also `forget --prune`)."""
     would = "would " if dry_run else ""
     lines = [f"{report.snapshots} snapshots reference {report.blobs_referenced} blobs; "
              f"{report.blobs_total} blobs stored"]

@@ -155,8 +155,9 @@ def setup_cmd(s: Settings, repo_url, config_file, master_key, write_key, channel
     """First run: config file, repository, master key, write key, schedule.
 
     Interactive on a terminal; with --yes (and flags) fully scripted. The
-    master key passphrase comes from a prompt or REKKORD_PASSPHRASE (none
-    with --yes unless that is set). Move the master key off this machine
+    master key passphrase comes from a prompt, --passphrase-file,
+    --passphrase-command or REKKORD_PASSPHRASE (none with --yes unless one
+    is given). Move the master key off this machine
     afterwards: with the write key alone, this machine cannot read its own
     backups — which is the point."""
     from ..keys import Key
@@ -203,7 +204,7 @@ def setup_cmd(s: Settings, repo_url, config_file, master_key, write_key, channel
         raise ConfigExists(f"config file {config_file} already exists; refusing to overwrite it")
     missing = [p for p in path_list if not os.path.exists(p)]
 
-    passphrase = s.get("passphrase")
+    passphrase = s.passphrase_from_sources()
     if not passphrase and not yes:
         passphrase = click.prompt("Passphrase for the master key (empty for none)", hide_input=True,
                                   confirmation_prompt=True, default="", show_default=False) or None
