@@ -181,7 +181,7 @@ def test_prune_frees_a_full_disk(small_disk, tmp_path, run_cli):
             assert p.returncode == 8, p.stderr  # NO_SPACE
             break
         ids.append(json.loads(p.stdout)["id"])
-    assert 2 <= len(ids) < 10
+    assert 2 <= len(ids) < 10, (len(ids), p.stderr)
     # Top the disk up, as whatever else filled it would: room for prune's
     # bookkeeping (a few small objects), none for a copy of any blob.
     free = free_bytes(small_disk)
@@ -192,8 +192,8 @@ def test_prune_frees_a_full_disk(small_disk, tmp_path, run_cli):
     run_cli("-k", key_files["audit"], "forget", ids[0], ids[1], env=env, check=0)
     p = run_cli("-k", key_files["audit"], "prune", "--json", env=env, check=0)
     rep = json.loads(p.stdout)
-    assert rep["deleted"] > 0
-    assert free_bytes(small_disk) - before > 5_000_000  # both forgotten snapshots' data (and the failed save's)
+    assert rep["deleted"] > 0, (rep, p.stderr)
+    assert free_bytes(small_disk) - before > 5_000_000, (before, free_bytes(small_disk), rep, p.stderr)  # both forgotten snapshots' data (and the failed save's)
     run_cli("-k", key_files["audit"], "check", env=env, check=0)
     out = tmp_path / "out"
     run_cli("-k", key_files["read"], "restore", ids[-1], out, env=env, check=0)

@@ -11,6 +11,7 @@ import sys
 import click
 
 from ..errors import ExitCode, RekkordError, UsageError
+from ..extras import install_hint
 from .context import pass_settings
 
 ENV_CONFIG = "REKKORD_MONITOR_CONFIG"
@@ -31,7 +32,7 @@ def _need_extra():
         import uvicorn  # noqa: F401
     except ImportError as e:
         raise RekkordError(f"rekkord monitor needs the monitor extra ({e.name} is missing): "
-                           "pip install 'rekkord[monitor]'") from None
+                           + install_hint("monitor")) from None
 
 
 @click.group("monitor")
