@@ -38,6 +38,10 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import profiles  # noqa: E402  (benchmarks/profiles.py)
+
 GEN_VERSION = 1  # bump to invalidate previously generated data sets
 PAGE = os.sysconf("SC_PAGE_SIZE")
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
@@ -1322,6 +1326,8 @@ class Runner:
         self.results: list[Result] = []
         self.notes: list[str] = []
         self.skipped: dict[str, str] = {}
+        self.profiling = False  # --profile: the extra, untimed round under py-spy
+        self.profiles: list[tuple[str, str, Path]] = []  # (data set, operation, raw py-spy profile)
 
     def note(self, msg: str) -> None:
         log(f"NOTE: {msg}")
@@ -1333,6 +1339,10 @@ class Runner:
         with open(base.with_suffix(".cmd"), "w") as f:
             f.write(f"cd {cmd.cwd or os.getcwd()}\n{' '.join(f'{k}={shlex.quote(v)}' for k, v in cmd.env.items())} "
                     f"{shlex.join(cmd.argv)}\n")
+        if self.profiling:
+            prof = self.logdir / f"profile-{ds.name}-{op}.txt"
+            cmd = dataclasses.replace(cmd, argv=profiles.record_argv(prof) + cmd.argv)
+            self.profiles.append((ds.name, op, prof))
         psi0 = cpu_stall_us()
         m = run_measured(cmd, out, err, self.args.timeout)
         psi1 = cpu_stall_us()
@@ -1353,7 +1363,8 @@ class Runner:
             if res.rss is None:
                 log(f"  r{rnd} {ds.name:<11} {tool.name:<8} {OPS_LABEL[op]:<18} compute {res.wall:5.2f} s  "
                     f"cpu {res.cpu:8.2f} s")
-        self.results.append(res)
+        if not self.profiling:  # a profiled run is slower: it is not a measurement
+            self.results.append(res)
         return res, stdout
 
     def run(self) -> None:
@@ -1371,6 +1382,17 @@ class Runner:
                 except SkipDataset as e:
                     self.skipped[ds.name] = str(e)
                     self.note(f"data set {ds.name} skipped: {e}")
+        rekkord = [t for t in self.tools if t.name == "rekkord"]
+        if self.args.profile and rekkord:
+            log("== profile round (rekkord under py-spy; not timed)")
+            self.profiling = True
+            for ds in self.datasets:
+                if ds.name not in self.skipped and not isinstance(ds, StartupDataset):
+                    try:
+                        self.run_dataset(0, ds, rekkord)
+                    except SkipDataset:
+                        pass
+            self.profiling = False
 
     def run_dataset(self, rnd: int, ds: Dataset, order: list[Tool]) -> None:
         if isinstance(ds, StartupDataset):
@@ -1446,6 +1468,8 @@ class Runner:
             rmtree(st.dir)
 
     def record_repo_size(self, rnd: int, ds: Dataset, st: ToolState) -> None:
+        if self.profiling:
+            return
         size, disk = dir_size(st.repo)
         self.results.append(Result(rnd, ds.name, st.tool.name, "repo", True, repo_bytes=size, repo_disk=disk))
         log(f"  r{rnd} {ds.name:<11} {st.tool.name:<8} {'repository size':<18} {fmt_bytes(size)}")
@@ -1705,7 +1729,7 @@ def ensure_peer_tools(names: list[str], install: bool, work: Path) -> None:
     TIME_BIN = "/usr/bin/time" if os.access("/usr/bin/time", os.X_OK) else None
 
 
-def report(args, machine, results, names, datasets, notes, started, finished, load) -> None:
+def report(args, machine, results, names, datasets, notes, started, finished, load, profiled=None) -> None:
     log("")
     log(f"medians of {args.rounds} round(s); wall/CPU in seconds, RSS and sizes in MiB")
     log(table(results, names, datasets, markdown=False))
@@ -1714,11 +1738,32 @@ def report(args, machine, results, names, datasets, notes, started, finished, lo
         log(goals)
     for n in notes:
         log(f"NOTE: {n}")
+    prof = profile_section(profiled or [])
+    if prof:
+        log(prof)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(markdown_report(args, machine, results, names, datasets, notes, started,
-                                                 finished, load))
+                                                 finished, load) + ("\n" + prof + "\n" if prof else ""))
         log(f"markdown: {args.markdown}")
+
+
+def profile_section(profiled: list[tuple[str, str, Path]]) -> str:
+    """What bounds each profiled rekkord operation (--profile), as Markdown."""
+    rows = []
+    for ds, op, path in profiled:
+        if not path.exists():
+            continue
+        rows.append((ds, op, path, profiles.summarize(path)))
+    if not rows:
+        return ""
+    out = ["## Profiles (rekkord, py-spy, untimed round)", "",
+           "Busy samples of all threads by kind (waiting left out); then, per operation, each thread group's "
+           "share of C libraries / kernel / Python / GC / waiting and the hottest frames.", "",
+           "| data set | operation | busy time | raw profile |", "|---|---|---|---|"]
+    out += [f"| {ds} | {OPS_LABEL.get(op, op)} | {profiles.bound_of(s)} | `{path}` |" for ds, op, path, s in rows]
+    out += ["", "```"] + [profiles.render(path, s) for _ds, _op, path, s in rows] + ["```"]
+    return "\n".join(out)
 
 
 def report_from_json(args) -> int:
@@ -1750,6 +1795,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/rekkord-bench"),
                     help="data sets, repositories and logs (default %(default)s; data sets are reused)")
     ap.add_argument("--markdown", type=Path, help="also write the results as Markdown to this file")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the timed rounds, run rekkord's operations once more under py-spy and "
+                         "say what bounds each (benchmarks/profiles.py)")
     ap.add_argument("--json", type=Path, help="raw results (default: <workdir>/results/<time>.json)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per operation (default %(default)s)")
     ap.add_argument("--verify", choices=("content", "sizes", "none"), default="content",
@@ -1798,6 +1846,8 @@ def main(argv=None) -> int:
         ap.error(f"unknown tools {bad}; known: {', '.join(TOOL_ORDER)}")
     tool_names = [n for n in TOOL_ORDER if n in tool_names]  # rekkord first: ratios read left to right
     ensure_peer_tools(tool_names, not args.no_install, args.workdir)
+    if args.profile and not shutil.which("py-spy"):
+        ap.error("--profile needs py-spy (python3 -m pip install py-spy)")
     makers = {"rekkord": lambda: Rekkord(args.rekkord_cmd), "restic": Restic, "borg": Borg,
               "borg14": lambda: Borg14(args.workdir), "duplicity": Duplicity, "limit": Limit}
     tools: list[Tool] = []
@@ -1857,7 +1907,7 @@ def main(argv=None) -> int:
         "results": [dataclasses.asdict(r) for r in runner.results],
     }, indent=1))
     report(args, machine, runner.results, [t.name for t in tools], prepared, runner.notes, started, finished,
-           (load0, load1))
+           (load0, load1), runner.profiles)
     log(f"raw results: {raw}; logs: {runner.logdir}")
     failures = [r for r in runner.results if not r.ok]
     return 1 if failures else 0
