@@ -38,13 +38,10 @@ from .index import (
     K_SYMLINK,
     Entry,
     Extent,
-    EXTENT_SIZE,
-    decode_extents,
-    encode,
-    encode_extents,
     kind_from_mode,
 )
 from .chunker import INDEX_PARAMS, Chunker, StreamCutter
+from .format_v2 import VARIANTS
 from .repository import Repository, default_host, user_name
 
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
@@ -81,6 +78,7 @@ class SaveStats:
     blobs_new: int = 0
     blobs_known: int = 0
     blobs_repaired: int = 0  # found missing or damaged (repair hint, crash) and uploaded again
+    blobs_proven: int = 0  # format v2: found under their name, read back and proven (another save stored them)
     warnings: int = 0
     duration: float = 0.0
 
@@ -218,6 +216,16 @@ def read_exclude_file(path: str) -> list[str]:
         raise UsageError(f"cannot read exclude file {path}: {e.strerror}") from None
 
 
+class Stored(tuple):
+    """What storing a blob gave: ``(ref, stored size)``, and ``.key``: what an
+    index extent holds beside the ref (format v2 data blobs: the plaintext id)."""
+
+    def __new__(cls, pair, key: bytes = b""):
+        self = super().__new__(cls, pair)
+        self.key = key
+        return self
+
+
 class _Extents:
     """The extents of one file's chunks, collected as their stores complete.
 
@@ -241,7 +249,8 @@ class _Extents:
 
     def _take(self) -> None:
         fut, n = self.pending.popleft()
-        self.done.append(Extent(fut.result()[0], 0, n))
+        r = fut.result()
+        self.done.append(Extent(r[0], 0, n, r.key))
 
 
 class _ByteBudget:
@@ -303,6 +312,9 @@ class Saver:
         self.stats = SaveStats()
         self.warnings: list[tuple[str, str]] = []
         self.codec = repo.codec
+        self.ix = repo.index  # the format's index record layout
+        cache.set_extent_size(self.ix.extent_size)
+        self.squatted: list[str] = []  # names an invalid object occupied (format v2)
         self.chunker: Chunker = repo.chunker()
         self.small_limit = repo.chunker_params.min_size
         self.cutter = repo.pack_cutter()
@@ -362,7 +374,87 @@ class Saver:
 
     # ---- blob store (store pool) ---------------------------------------------
 
-    def store_blob(self, btype: int, data) -> tuple[bytes, int]:
+    def store_blob(self, btype: int, data) -> "Stored":
+        if self.codec.convergent:
+            return self._store_v2(btype, data)
+        return Stored(self._store_v1(btype, data))
+
+    def _store_v2(self, btype: int, data) -> "Stored":
+        """Format v2: a blob is named by the hash of its bytes, and a data
+        blob's bytes follow from its plaintext.  Reuse only what this cache
+        uploaded or proved; an object found under the name is proven by
+        reading it back: if it hashes to its name it holds exactly these
+        bytes (so the word of another writer is never taken).  An invalid
+        object under the name is replaced where the storage lets us, else the
+        blob goes under another name variant (docs/format.md §12)."""
+        codec = self.codec
+        pid = codec.plain_id(btype, data)
+        key = pid if btype == fmt.T_DATA else b""
+        hit = self.cache.plain_lookup(pid)
+        if hit is not None and hit[0] not in self.suspects:
+            with self.stats_lock:
+                self.stats.blobs_known += 1
+            return Stored(hit, key)
+        inner = codec._inner(data)
+        storage = self.repo.storage
+        new = False
+        variants = list(range(VARIANTS)) + [None] if btype == fmt.T_DATA else [None] * 3
+        for variant in variants:
+            ref, raw = codec.seal_for_store(btype, data, pid, variant, inner=inner)
+            name = fmt.blob_name(ref)
+            try:
+                storage.write(name, raw, exclusive=True)
+                new = True
+                break
+            except ObjectExists:
+                pass
+            if self._proven(name, ref):
+                break  # another save stored these very bytes: nothing to upload
+            # Something that is not these bytes squats the name (damaged, or
+            # planted by someone who can compute names): replace it if the
+            # storage lets us (an old snapshot using the name heals), else
+            # use the next variant.
+            with self.stats_lock:
+                self.squatted.append(name)
+            try:
+                storage.write(name, raw, exclusive=False)
+                new = True
+                with self.stats_lock:
+                    self.stats.blobs_repaired += 1
+                break
+            except StorageError:
+                continue
+        else:
+            raise StorageError(f"cannot store blob {pid.hex()[:16]}: every name it may take is occupied by an "
+                               "invalid object")
+        size = len(raw)
+        if ref in self.hinted and new:
+            with self.stats_lock:
+                self.stats.blobs_repaired += 1
+                self.repaired.add(ref)
+        if new:
+            self.cache.add_pending(ref)
+        self.cache.add_blob(ref, size)
+        self.cache.add_plain(pid, ref, size)
+        with self.stats_lock:
+            if new:
+                self.stats.blobs_new += 1
+                self.stats.bytes_new += len(data)
+                self.stats.bytes_stored += size
+            else:
+                self.stats.blobs_known += 1
+                self.stats.blobs_proven += 1
+        return Stored((ref, size), key)
+
+    def _proven(self, name: str, ref: bytes) -> bool:
+        """Whether the object under ``name`` hashes to it (read back)."""
+        try:
+            raw = self.repo.read_raw(name)
+        except (StorageError, IntegrityError):
+            return False
+        return self.codec.verify(ref, raw) is None
+
+    def _store_v1(self, btype: int, data) -> tuple[bytes, int]:
         blob_id = self.codec.blob_id(btype, data)
         hinted = blob_id in self.hinted
         # Reference lists decide what prune keeps, and any key holding psk can
@@ -424,7 +516,7 @@ class Saver:
                 self.stats.blobs_known += 1
         return blob_id, size
 
-    def _same_reflist(self, name: str, blob_id: bytes, data) -> bool:
+    def _same_reflist(self, name: str, blob_id: bytes, data) -> bool:  # (format v1)
         """Whether the reference list stored under ``name`` holds ``data``
         (a write key can open reference lists: they are sealed with psk)."""
         try:
@@ -438,7 +530,7 @@ class Saver:
             raw = self.repo.read_raw(name)
         except (StorageError, IntegrityError):
             return None
-        return None if self.codec.verify_mac(blob_id, raw) else len(raw)
+        return None if self.codec.verify(blob_id, raw) else len(raw)
 
     def submit_store(self, btype: int, data: bytes) -> Future:
         if self.failed is not None:
@@ -756,7 +848,7 @@ class Saver:
         import json
 
         pbody = json.dumps(private).encode()
-        pid = self.codec.blob_id(fmt.T_INDEX, pbody)
+        pid, sealed = self.codec.seal_for_store(fmt.T_INDEX, pbody)
         record = {
             "channel": channel,
             "time_ns": time_ns,
@@ -767,7 +859,7 @@ class Saver:
             "index": [[i.hex(), s] for i, s in index_ids],
             "reflist": [[i.hex(), s] for i, s in reflist_ids],
             "stats": asdict(self.stats),
-            "private": {"id": pid.hex(), "sealed": self.codec.seal(fmt.T_INDEX, pid, pbody).hex()},
+            "private": {"id": pid.hex(), "sealed": bytes(sealed).hex()},
         }
         # Every blob must be durable before the record that references them.
         self.repo.storage.flush()
@@ -810,7 +902,7 @@ class Saver:
                   group=g, extents=extents.result())
         self.stats.files = 1
         cutter = StreamCutter(Chunker(INDEX_PARAMS, self.chunker.seed))
-        index_ids = [self.store_blob(fmt.T_INDEX, ch) for ch in cutter.feed(encode(e)) + cutter.finish()]
+        index_ids = [self.store_blob(fmt.T_INDEX, ch) for ch in cutter.feed(self.ix.encode(e)) + cutter.finish()]
         reflist = _ReflistBuilder(self)
         for x in e.extents:
             reflist.add(x.blob)
@@ -820,6 +912,7 @@ class Saver:
     def _prepare_cache(self):
         gen = self.repo.generation()
         self.cache.bind_generation(gen)
+        v2 = self.codec.convergent
         # A collection closed since the blobs were listed moved some of them
         # to fossils: list again (the generation says so too, unless someone
         # with storage access removed the newest generation).
@@ -828,11 +921,14 @@ class Saver:
         if self.cache.get_meta("generation") != str(gen) or self.cache.get_meta("listed") != "1" \
                 or not closed <= seen:
             self.cache.begin()
+            # (Format v2: the listing says only what exists; what this cache
+            # may reuse is what it proved, kept in its "plain" table.)
             self.cache.reset_blobs()
             batch = []
+            least = 1 if v2 else fmt.BLOB_OVERHEAD  # (an empty object is damaged)
             for name, size in self.repo.storage.list("blobs/"):
                 bid = fmt.blob_id_from_name(name)
-                if bid is not None and size >= fmt.BLOB_OVERHEAD:  # (an empty object is damaged)
+                if bid is not None and size >= least:
                     batch.append((bid, size))
                     if len(batch) >= 10000:
                         self.cache.add_blobs(batch)
@@ -873,7 +969,7 @@ class Saver:
             hinted.update(i for i in ids if i not in done)
         suspects |= hinted
         if suspects:
-            self.cache.forget_blobs(suspects)
+            self.cache.forget_blobs(suspects, self.ix.extent_size)
         self.cache.reap_sessions(dead)
         self.suspects = suspects
         self.hinted = hinted
@@ -967,13 +1063,13 @@ class Saver:
                 for ch in index_cutter.feed(item.record):
                     index_futs.append(self.submit_store(fmt.T_INDEX, ch))
                 ext = item.ready_extents
-                for o in range(0, len(ext), EXTENT_SIZE):
+                for o in range(0, len(ext), self.ix.extent_size):
                     reflist.add(ext[o:o + 32])
                 return
             e = item.entry
             if item.pack is not None:
-                bid, _ = item.pack.future.result()
-                e.extents = [Extent(bid, item.pack_off, x.length) for x in item.ready_extents]
+                r = item.pack.future.result()
+                e.extents = [Extent(r[0], item.pack_off, x.length, r.key) for x in item.ready_extents]
             elif item.ready_extents is not None:
                 e.extents = item.ready_extents
             if e.kind == K_HARDLINK and not e.extents:
@@ -981,13 +1077,13 @@ class Saver:
                 if first is not None:
                     e.extents = first.entry.extents
                     e.xattrs = first.entry.xattrs
-            record = encode(e)
+            record = self.ix.encode(e)
             for ch in index_cutter.feed(record):
                 index_futs.append(self.submit_store(fmt.T_INDEX, ch))
             for x in e.extents:
                 reflist.add(x.blob)
             if item.cacheable and e.kind == K_FILE:
-                self.cache.store_file(item.abspath, item.st, encode_extents(e.extents), seen,
+                self.cache.store_file(item.abspath, item.st, self.ix.encode_extents(e.extents), seen,
                                       record if item.st.st_nlink == 1 else None)
 
         def drain(block: bool):
@@ -1100,7 +1196,7 @@ class Saver:
             cached = hit[0] if hit is not None else None
             if cached is not None:
                 e.xattrs = self._xattrs(abspath)
-                e.extents = decode_extents(cached)
+                e.extents = self.ix.decode_extents(cached)
                 item.ready_extents = e.extents
                 self.stats.files_unchanged += 1
                 # Stored again, with its index record, so that next time the
