@@ -416,6 +416,8 @@ class Saver:
             # use the next variant.
             with self.stats_lock:
                 self.squatted.append(name)
+            self.warn(name.encode(), "an invalid object occupies this name (damaged, or planted by someone who "
+                      "can compute names); this save's copy goes elsewhere and a check names the object")
             try:
                 storage.write(name, raw, exclusive=False)
                 new = True
