@@ -397,7 +397,7 @@ class Saver:
             return Stored(hit, key)
         inner = codec._inner(data)
         storage = self.repo.storage
-        new = False
+        new = replaced = False
         variants = list(range(VARIANTS)) + [None] if btype == fmt.T_DATA else [None] * 3
         for variant in variants:
             ref, raw = codec.seal_for_store(btype, data, pid, variant, inner=inner)
@@ -414,15 +414,14 @@ class Saver:
             # planted by someone who can compute names): replace it if the
             # storage lets us (an old snapshot using the name heals), else
             # use the next variant.
-            with self.stats_lock:
-                self.squatted.append(name)
-            self.warn(name.encode(), "an invalid object occupies this name (damaged, or planted by someone who "
-                      "can compute names); this save's copy goes elsewhere and a check names the object")
+            if ref not in self.hinted:  # (a check already named a hinted one)
+                with self.stats_lock:
+                    self.squatted.append(name)
+                self.warn(name.encode(), "an invalid object occupies this name (damaged, or planted by someone "
+                          "who can compute names); this save's copy goes elsewhere and a check names the object")
             try:
                 storage.write(name, raw, exclusive=False)
-                new = True
-                with self.stats_lock:
-                    self.stats.blobs_repaired += 1
+                new = replaced = True
                 break
             except StorageError:
                 continue
@@ -430,7 +429,7 @@ class Saver:
             raise StorageError(f"cannot store blob {pid.hex()[:16]}: every name it may take is occupied by an "
                                "invalid object")
         size = len(raw)
-        if ref in self.hinted and new:
+        if new and (replaced or ref in self.hinted):
             with self.stats_lock:
                 self.stats.blobs_repaired += 1
                 self.repaired.add(ref)
