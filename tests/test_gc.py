@@ -558,15 +558,15 @@ class ModelSaver:
 
     def store(self, btype, data):
         codec = self.repo.codec
-        bid = codec.blob_id(btype, data)
-        if bid in self.known:
-            return bid, self.known[bid]
-        raw = codec.seal(btype, bid, data)
+        pid = codec.plain_id(btype, data)
+        if pid in self.known:
+            return self.known[pid]
+        bid, raw = codec.seal_for_store(btype, data, pid)
         try:
             self.repo.storage.write(fmt.blob_name(bid), raw)
         except ObjectExists:
             pass
-        self.known[bid] = len(raw)
+        self.known[pid] = (bid, len(raw))
         return bid, len(raw)
 
     def __call__(self):
@@ -574,7 +574,12 @@ class ModelSaver:
             with SaveSession(self.repo, refresh_interval=None) as session:
                 gen = self.repo.generation()
                 if gen != self.gen:
-                    self.known = {fmt.blob_id_from_name(n): s for n, s in self.repo.storage.list("blobs/")}
+                    listed = {fmt.blob_id_from_name(n) for n, _ in self.repo.storage.list("blobs/")}
+                    # (what the real cache does: only what is still listed is known)
+                    self.known = {p: v for p, v in self.known.items() if v[0] in listed}
+                    if self.repo.codec.version == 1:  # (v1 knows ids by their names)
+                        self.known.update({b: (b, s) for b, s in ((fmt.blob_id_from_name(n), s) for n, s in
+                                                                    self.repo.storage.list("blobs/"))})
                     self.gen = gen
                 used = []
                 for i, k in enumerate(plan):
