@@ -154,7 +154,10 @@ class Repository:
 
     @classmethod
     def init(cls, storage: Storage, master: Key, *, chunker: ChunkerParams | None = None,
-             compression: int = 3, version: int = FORMAT_VERSION) -> "Repository":
+             compression: int = 3, version: int = FORMAT_VERSION, like: "Repository | None" = None) -> "Repository":
+        """``like``: another repository (opened with a key that chunks) whose
+        chunker parameters, seed and pack cut key the new one takes
+        (``init --from-repo``), so that copies between them deduplicate."""
         if version not in SUPPORTED_FORMATS:
             raise UsageError(f"unknown format version {version} (this rekkord writes {SUPPORTED_FORMATS})")
         storage.create()
@@ -172,6 +175,15 @@ class Repository:
             "chunker": (chunker or ChunkerParams()).to_json(),
             "compression": compression,
         }
+        if like is not None:
+            from .chunker import seal_chunker_secrets
+
+            if like.key.id_key is None:
+                raise UsageError(f"{keymod.article(like.key.role)} {like.key.role} key of the other repository "
+                                 "cannot read its chunker secrets (use a write, read, full or master key)")
+            seed, cut = like.chunker_secrets()
+            config["chunker"] = {**like.chunker_params.to_json(),
+                                 "shared": seal_chunker_secrets(master.id_key, seed, cut)}
         storage.write("config", signed_json(config, master.sign_seed, b"rekkord config v1\0"))
         return cls(storage, config, master)
 
@@ -316,11 +328,25 @@ class Repository:
 
         return index_format(self.version)
 
+    def chunker_secrets(self) -> tuple[int, bytes]:
+        """(chunker seed, pack cut key): derived from ``id_key``, or another
+        repository's, sealed in the config by ``init --from-repo`` so that
+        the same files cut into the same chunks in both (and copies
+        deduplicate)."""
+        sealed = self.config["chunker"].get("shared")
+        if sealed:
+            from .chunker import open_chunker_secrets
+
+            return open_chunker_secrets(self.key.id_key, sealed)
+        from .chunker import pack_cut_key
+
+        return chunker_seed(self.key.id_key), pack_cut_key(self.key.id_key)
+
     def chunker(self) -> Chunker:
-        return Chunker(self.chunker_params, chunker_seed(self.key.id_key))
+        return Chunker(self.chunker_params, self.chunker_secrets()[0])
 
     def pack_cutter(self) -> PackCutter:
-        return PackCutter(self.key.id_key)
+        return PackCutter(None, key=self.chunker_secrets()[1])
 
     def read_raw(self, name: str, btype: int | None = None) -> bytes:
         """The stored bytes of a blob, read no further than the largest blob
@@ -536,6 +562,7 @@ def validate_config(config: dict) -> None:
     g(config, "compression", what, schema.integer(0, 22), optional=True)
     ch = g(config, "chunker", what, schema.mapping(16))
     g(ch, "algorithm", "config chunker", schema.text(64), optional=True)
+    g(ch, "shared", "config chunker", schema.hexstr(max_bytes=512), optional=True)
     sizes = [g(ch, k, "config chunker", schema.integer(schema.CHUNK_MIN_LOW, schema.CHUNK_MAX_HIGH))
              for k in ("min", "avg", "max")]
     if not sizes[0] <= sizes[1] <= sizes[2]:

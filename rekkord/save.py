@@ -342,6 +342,7 @@ class Saver:
         self._small_batch_bytes = 0
         self._cache_has_files = True  # set at the start of a save
         self._stream = None  # (name, binary stream, mode) when saving one stream (save_stream)
+        self._copy = None  # (source repository, snapshot) when copying one (copy_snapshot)
         # Blobs not to trust without reading them back: named by a repair hint
         # from check, or written by a save that died before its flush
         # (docs/integrity.md).  Filled by _prepare_cache.
@@ -830,7 +831,12 @@ class Saver:
         self.cache.begin()
         self.repo.storage.defer_sync()
         try:
-            index_ids, reflist_ids = self._run(roots) if self._stream is None else self._run_stream(time_ns)
+            if self._copy is not None:
+                index_ids, reflist_ids = self._run_copy()
+            elif self._stream is not None:
+                index_ids, reflist_ids = self._run_stream(time_ns)
+            else:
+                index_ids, reflist_ids = self._run(roots)
         except BaseException:
             self._shutdown(cancel=True)
             try:
@@ -846,6 +852,8 @@ class Saver:
         private = {"paths": [os.fsdecode(r) for r in roots]}
         if self._stream is not None:
             private["stdin"] = os.fsdecode(self._stream[0])
+        if self._copy is not None:
+            private = self._copy_private
         import json
 
         pbody = json.dumps(private).encode()
@@ -862,6 +870,8 @@ class Saver:
             "stats": asdict(self.stats),
             "private": {"id": pid.hex(), "sealed": bytes(sealed).hex()},
         }
+        if self._copy is not None:
+            record.update(self._copy_fields)
         # Every blob must be durable before the record that references them.
         self.repo.storage.flush()
         self.cache.clear_pending()
@@ -873,6 +883,105 @@ class Saver:
         self.cache.commit()
         self._tick(force=True)
         return SaveResult(sid, channel, self.stats, self.warnings)
+
+    def copy_snapshot(self, source: Repository, snap) -> SaveResult:
+        """Copy ``snap`` of the ``source`` repository (opened with a key that
+        reads) into this one: every blob it uses is read, verified and stored
+        again under this repository's keys (deduplicated like a save: blobs
+        this repository has are not uploaded), its index rewritten, and a
+        record written with the source's channel, host, user, time and tags
+        (``copy_of`` names the original).  Entries the source's index holds
+        but no save writes are refused; files whose data is damaged are left
+        out and named."""
+        source.key.require("read", "read the snapshots to copy")
+        rec = snap.record
+        self._copy = (source, snap)
+        self._copy_private = source.private(snap)
+        self._copy_fields = {"host": snap.host, "user": rec.get("user", ""), "tags": list(snap.tags),
+                             "copy_of": f"{source.id}:{snap.id}"}
+        return self.save(snap.channel, [], time_ns=snap.time_ns)
+
+    def _run_copy(self):
+        from .snapshot import BlobFetcher, iter_entries
+
+        source, snap = self._copy
+        ix = self.ix
+        index_cutter = StreamCutter(Chunker(INDEX_PARAMS, self.chunker.seed))
+        index_futs: list[Future] = []
+        reflist = _ReflistBuilder(self)
+        fetcher = BlobFetcher(source, max(4, min(source.storage.connections, 16)))
+        mapping: collections.OrderedDict[bytes, Future] = collections.OrderedDict()  # source blob -> its store
+        fetching: collections.deque[tuple[bytes, Future]] = collections.deque()
+        waiting: set[bytes] = set()
+        pending: collections.deque[Entry] = collections.deque()
+        lost: set[bytes] = set()  # source blobs that could not be read (their files are left out)
+
+        def store_next():
+            ref, fut = fetching.popleft()
+            waiting.discard(ref)
+            try:
+                data = fut.result()
+            except (IntegrityError, StorageError) as e:
+                lost.add(ref)
+                self.warn(b"(source blob " + ref.hex().encode() + b")", f"cannot be copied: {e}")
+                return
+            mapping[ref] = self.submit_store(fmt.T_DATA, data)
+            if len(mapping) > 100_000:
+                mapping.popitem(last=False)
+
+        def emit(e: Entry):
+            if any(x.blob in lost for x in e.extents):
+                self.warn(b"/" + e.path, "DAMAGED in the source snapshot: not copied")
+                return
+            e.extents = [Extent(mapping[x.blob].result()[0], x.offset, x.length, mapping[x.blob].result().key)
+                         for x in e.extents]
+            for ch in index_cutter.feed(ix.encode(e)):
+                index_futs.append(self.submit_store(fmt.T_INDEX, ch))
+            for x in e.extents:
+                reflist.add(x.blob)
+            if e.kind == K_DIR:
+                self.stats.dirs += 1
+            elif e.kind in (K_FILE, K_HARDLINK):
+                self.stats.files += 1
+                self.stats.bytes_total += e.size
+            else:
+                self.stats.others += 1
+            self._tick()
+
+        def ready(e: Entry) -> bool:
+            return all(x.blob in mapping or x.blob in lost for x in e.extents)
+
+        try:
+            for e in iter_entries(source, snap, on_refused=lambda p, why: self.warn(b"/" + p, f"REFUSED: {why}")):
+                for x in e.extents:
+                    if x.blob not in mapping and x.blob not in waiting and x.blob not in lost:
+                        waiting.add(x.blob)
+                        fetching.append((x.blob, fetcher.get(x.blob, x.key)))
+                        with self.stats_lock:
+                            self.stats.bytes_read += x.length
+                pending.append(e)
+                while len(fetching) > 16:
+                    store_next()
+                while pending and ready(pending[0]):
+                    emit(pending.popleft())
+                if self.failed is not None:
+                    raise self.failed
+            while fetching:
+                store_next()
+            while pending:
+                e = pending.popleft()
+                for x in e.extents:  # (evicted from the mapping while it waited: store it again)
+                    if x.blob not in mapping and x.blob not in lost:
+                        fetching.append((x.blob, fetcher.get(x.blob, x.key)))
+                        store_next()
+                emit(e)
+        finally:
+            fetcher.close()
+        for ch in index_cutter.finish():
+            index_futs.append(self.submit_store(fmt.T_INDEX, ch))
+        reflist.finish()
+        index_ids = [f.result() for f in index_futs] or [self.store_blob(fmt.T_INDEX, b"")]
+        return index_ids, [f.result() for f in reflist.futures]
 
     def save_stream(self, channel: str, name: str, stream, *, mode: int = 0o600,
                     time_ns: int | None = None) -> SaveResult:
