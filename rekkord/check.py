@@ -293,6 +293,8 @@ class Checker:
             actual = blobs.get(bid)
             if bid in bad:
                 continue
+            if actual is None and bid not in self.fossils:
+                actual = self._confirm(bid, blobs)
             if actual is None and bid in self.fossils:
                 actual = self._fossil_sizes[bid]  # collected by a prune while a save used it
                 self.names[bid] = self.fossils[bid]
@@ -495,6 +497,8 @@ class Checker:
         def read_reflist(bid: bytes):
             size = refs[bid]
             name = fmt.blob_name(bid)
+            if bid not in blobs and bid not in self.fossils:
+                self._confirm(bid, blobs)
             if bid not in blobs and bid in self.fossils:
                 name = self.fossils[bid]
                 if self._fossil_sizes[bid] != size:
@@ -522,6 +526,28 @@ class Checker:
                 ref(child, csize, fmt.T_DATA, None)
         self.size_conflicts = size_conflicts
         return refs, kinds, direct, reflists
+
+    def _confirm(self, bid: bytes, blobs: dict[bytes, int]) -> int | None:
+        """A blob the listing did not show, looked for once more before it is
+        called missing: a save that finished while the check listed (its
+        record came after its blobs) or a prune moving it to fossils."""
+        try:
+            size = self.repo.storage.stat(fmt.blob_name(bid))
+            if size is None:
+                from .gc import find_fossil
+
+                name = find_fossil(self.repo.storage, bid)
+                if name is not None:
+                    fsize = self.repo.storage.stat(name)
+                    if fsize is not None:
+                        with self.lock:
+                            self.fossils[bid], self._fossil_sizes[bid] = name, fsize
+                return None
+        except StorageError:
+            return None
+        with self.lock:
+            blobs[bid] = size
+        return size
 
     def _count(self, raw: bytes):
         with self.lock:
@@ -575,10 +601,20 @@ class Checker:
             btype = kinds.get(bid, fmt.T_DATA)
             what = "unreferenced blob" if orphan else WHAT_BLOB[btype]
             try:
-                raw = self.repo.storage.read(name)
+                raw = self.repo.read_raw(name)
             except ObjectNotFound:
+                from .gc import read_moved
+
+                # Moved to or from fossils by a prune while the check ran?
+                raw = None if orphan else read_moved(self.repo.storage, bid)
+                if raw is None:
+                    if not orphan:
+                        bad[bid] = self.problem(name, what, MISSING, "missing (deleted during the check?)")
+                    return
+            except IntegrityError as e:  # larger than any blob: never read whole
+                p = self.problem(name, what, DAMAGED, _strip(str(e), bid))
                 if not orphan:
-                    bad[bid] = self.problem(name, what, MISSING, "missing (deleted during the check?)")
+                    bad[bid] = p
                 return
             except StorageError as e:
                 self.problem(name, what, UNVERIFIED, f"could not be read: {e}")
