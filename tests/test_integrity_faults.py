@@ -28,6 +28,7 @@ from types import SimpleNamespace
 
 import pytest
 
+import craft
 from craft import tampered
 from faulty_storage import Fault, FaultyStorage, blob_roles, forge_blob, forge_record, obj_path
 from rekkord import crypto, format as fmt
@@ -618,7 +619,7 @@ def test_restore_survives_a_damaged_index_blob(local_repo, tmp_path):
     """An index cut in several blobs, one of them damaged: restore names the
     blob and the entries lost between two paths, and restores every file
     before and after them (in directories it recreates)."""
-    from rekkord.index import K_DIR, K_FILE, Entry, Extent, encode
+    from rekkord.index import K_DIR, K_FILE, Entry
 
     repo = local_repo.repo("full")
     content = {}
@@ -627,22 +628,17 @@ def test_restore_survives_a_damaged_index_blob(local_repo, tmp_path):
         entries.append(Entry(K_DIR, b"top/d%02d" % d, mode=0o755))
         for i in range(100):
             data = b"%d-%d " % (d, i) * 7
-            bid = repo.codec.blob_id(fmt.T_DATA, data)
-            repo.storage.write(fmt.blob_name(bid), repo.codec.seal(fmt.T_DATA, bid, data), exclusive=False)
             path = b"top/d%02d/file-%03d-%s" % (d, i, b"n" * 40)
             entries.append(Entry(K_FILE, path, mode=0o640, size=len(data), mtime_ns=10**18,
-                                 extents=[Extent(bid, 0, len(data))]))
+                                 extents=[craft.data_extent(repo, data)]))
             content[path] = data
     entries.insert(0, Entry(K_DIR, b"top", mode=0o755))
-    stream = b"".join(encode(e) for e in entries)
+    stream = b"".join(repo.index.encode(e) for e in entries)
     step = -(-len(stream) // 6)
     index = []
     for k in range(0, len(stream), step):
-        piece = stream[k:k + step]
-        bid = repo.codec.blob_id(fmt.T_INDEX, piece)
-        raw = repo.codec.seal(fmt.T_INDEX, bid, piece)
-        repo.storage.write(fmt.blob_name(bid), raw, exclusive=False)
-        index.append([bid.hex(), len(raw)])
+        ref, size, _ = craft.store(repo, fmt.T_INDEX, stream[k:k + step])
+        index.append([ref.hex(), size])
     sid = repo.write_snapshot({"channel": "c", "time_ns": 1, "host": "h", "index": index, "reflist": []})
     victim = bytes.fromhex(index[2][0])
     os.unlink(os.path.join(local_repo.url, *fmt.blob_name(victim).split("/")))
