@@ -12,6 +12,9 @@ One SQLite file per repository (and key role) in the user cache directory:
   flush and re-verifies those blobs (docs/integrity.md);
 * ``snapshots_seen``: snapshot records ``check`` has seen (first seen, gone
   since), to notice records that vanish, reappear or arrive backdated;
+* ``plain`` (format v2): plaintext id -> the name (and size) of the object
+  this writer uploaded or proved for it: what it may reuse without proving
+  again (``blobs`` says only what exists);
 * ``meta``: the garbage-collection generation the rest was built under.
 
 Deleting the file is always safe: the next save lists the repository's blobs
@@ -57,6 +60,7 @@ from collections.abc import Callable, Iterable
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS blobs (id BLOB PRIMARY KEY, size INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS plain (pid BLOB PRIMARY KEY, ref BLOB NOT NULL, size INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS files (
     path BLOB PRIMARY KEY, dev INTEGER, ino INTEGER, size INTEGER,
     mtime INTEGER, ctime INTEGER, extents BLOB NOT NULL, seen INTEGER NOT NULL
@@ -83,7 +87,7 @@ FLUSH_ROWS = 5000
 #: Buffered rows kept while the file stays locked; past this, known blobs and
 #: cached files are dropped (the save then asks the storage, reads the files).
 MAX_BUFFERED = 500_000
-EXTENT = 40  # bytes per encoded extent (32-byte blob id first): rekkord.save.encode_extents
+EXTENT = 40  # bytes per encoded extent of format v1 (32-byte ref first; v2: 72, see Cache.extent_size)
 LEGACY_SESSION = "(before sessions)"
 
 _FILE_COLS = "path, dev, ino, size, mtime, ctime, extents, seen, record"
@@ -102,7 +106,7 @@ class _Buffer:
     """Writes not yet in the file, in the order they must be applied: a
     reset, then forgotten blobs, then rows."""
 
-    __slots__ = ("reset", "forget", "meta", "blobs", "pending", "files", "verified")
+    __slots__ = ("reset", "forget", "meta", "blobs", "pending", "files", "verified", "plain", "step")
 
     def __init__(self):
         self.reset = False  # delete every known blob and cached file first
@@ -112,10 +116,12 @@ class _Buffer:
         self.pending: set[bytes] = set()
         self.files: dict[bytes, tuple] = {}
         self.verified: dict[bytes, int] = {}
+        self.plain: dict[bytes, tuple[bytes, int]] = {}  # pid -> (ref, size), format v2
+        self.step = EXTENT  # the encoded extent size of the files' rows
 
     def rows(self) -> int:
         return len(self.forget) + len(self.meta) + len(self.blobs) + len(self.pending) + len(self.files) + \
-            len(self.verified) + self.reset
+            len(self.verified) + len(self.plain) + self.reset
 
     def then(self, newer: _Buffer) -> _Buffer:
         """This buffer followed by ``newer`` (a failed write goes back in
@@ -125,13 +131,17 @@ class _Buffer:
             newer.meta = {**self.meta, **newer.meta}
             newer.pending |= self.pending
             newer.verified = {**self.verified, **newer.verified}
+            newer.plain = {k: v for k, v in {**self.plain, **newer.plain}.items() if v[0] not in newer.forget}
             return newer
         self.forget |= newer.forget
         for b in newer.forget:
             self.blobs.pop(b, None)
             self.verified.pop(b, None)
         if newer.forget:
-            _drop_files_using(self.files, newer.forget)
+            _drop_files_using(self.files, newer.forget, self.step)
+            for k in [k for k, v in self.plain.items() if v[0] in newer.forget]:
+                del self.plain[k]
+        self.plain.update(newer.plain)
         self.meta.update(newer.meta)
         self.blobs.update(newer.blobs)
         self.pending |= newer.pending
@@ -140,12 +150,12 @@ class _Buffer:
         return self
 
 
-def _uses_any(extents: bytes, ids: set[bytes]) -> bool:
-    return any(extents[o:o + 32] in ids for o in range(0, len(extents), EXTENT))
+def _uses_any(extents: bytes, ids: set[bytes], step: int = EXTENT) -> bool:
+    return any(extents[o:o + 32] in ids for o in range(0, len(extents), step))
 
 
-def _drop_files_using(files: dict[bytes, tuple], ids: set[bytes]) -> None:
-    for path in [p for p, row in files.items() if _uses_any(row[6], ids)]:
+def _drop_files_using(files: dict[bytes, tuple], ids: set[bytes], step: int = EXTENT) -> None:
+    for path in [p for p, row in files.items() if _uses_any(row[6], ids, step)]:
         del files[path]
 
 
@@ -188,11 +198,13 @@ class Cache:
         self.lock = threading.RLock()  # the buffers
         self._wlock = threading.RLock()  # the write connection; orders the writes
         self._rlock = threading.RLock()  # the read connection
+        self.extent_size = EXTENT  # the format's encoded extent (72 in format v2): set_extent_size
         self._buf = _Buffer()
         self._inflight: list[_Buffer] = []  # being written (still visible to reads)
         self._generation: str | None = None  # the GC generation this process's rows were learned under
         self._stale = False  # the file moved to another generation: keep our rows to ourselves
         self._own_blobs: dict[bytes, int] = {}  # (then here)
+        self._own_plain: dict[bytes, tuple[bytes, int]] = {}
         self._db_stale = False  # a reset is buffered: the file's blobs and files are not to be read
         self._session: tuple[str, int] | None = None  # (id, locked fd) of this process's save
         self._bg = None  # background writer
@@ -369,7 +381,7 @@ class Cache:
                 buf = self._buf
                 if not buf.rows():
                     return True
-                self._buf = _Buffer()
+                self._buf = self._new_buffer()
                 self._inflight.append(buf)
             ok = False
             try:
@@ -401,6 +413,11 @@ class Cache:
             self._dropped = True
             self.warn(f"cache {self.path}: locked by other processes for long; this run caches less")
 
+    def _new_buffer(self) -> _Buffer:
+        b = _Buffer()
+        b.step = self.extent_size
+        return b
+
     def _apply(self, db: sqlite3.Connection, buf: _Buffer) -> None:
         if buf.reset:  # (its meta says listed=0 and our generation)
             db.execute("DELETE FROM blobs")
@@ -409,23 +426,27 @@ class Cache:
             ids = [(i,) for i in buf.forget]
             db.executemany("DELETE FROM blobs WHERE id=?", ids)
             db.executemany("DELETE FROM verified WHERE id=?", ids)
+            db.executemany("DELETE FROM plain WHERE ref=?", ids)
             doomed = [(p,) for p, ext in db.execute("SELECT path, extents FROM files")  # (streamed)
-                      if _uses_any(ext, buf.forget)]
+                      if _uses_any(ext, buf.forget, buf.step)]
             db.executemany("DELETE FROM files WHERE path=?", doomed)
         if (buf.blobs or buf.files) and self._generation is not None and not self._stale:
             row = db.execute("SELECT value FROM meta WHERE key='generation'").fetchone()
             current = buf.meta.get("generation", row[0] if row else None)
             if current != self._generation:
                 self._stale = True  # another process re-listed for another generation
-        blobs, files = buf.blobs, buf.files
+        blobs, files, plain = buf.blobs, buf.files, buf.plain
         if self._stale:
             with self.lock:
                 self._own_blobs.update(blobs)
-            blobs, files = {}, {}
+                self._own_plain.update(plain)
+            blobs, files, plain = {}, {}, {}
         if buf.meta:
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", list(buf.meta.items()))
         if blobs:
             db.executemany("INSERT OR REPLACE INTO blobs VALUES (?, ?)", list(blobs.items()))
+        if plain:
+            db.executemany("INSERT OR REPLACE INTO plain VALUES (?, ?, ?)", [(k, r, n) for k, (r, n) in plain.items()])
         if buf.pending and self._session is not None:
             sid = self._session[0]
             db.executemany("INSERT OR IGNORE INTO session_pending VALUES (?, ?)", [(sid, i) for i in buf.pending])
@@ -696,10 +717,19 @@ class Cache:
             self._buf.blobs.update(items)
             self._grown()
 
-    def forget_blobs(self, ids) -> None:
+    def set_extent_size(self, n: int) -> None:
+        """The repository format's encoded extent (40 in v1, 72 in v2): how
+        cached files' extents are read when a blob is forgotten."""
+        with self.lock:
+            self.extent_size = n
+            self._buf.step = n
+
+    def forget_blobs(self, ids, extent_size: int | None = None) -> None:
         """Forget blobs (found missing or damaged) and every cached file using
         them: at once for this process, in the file as soon as it can be
         written."""
+        if extent_size is not None:
+            self.set_extent_size(extent_size)
         ids = set(ids)
         if not ids:
             return
@@ -711,15 +741,49 @@ class Cache:
                 b.blobs.pop(i, None)
                 b.verified.pop(i, None)
                 self._own_blobs.pop(i, None)
-            _drop_files_using(b.files, ids)
+            for k in [k for k, v in b.plain.items() if v[0] in ids]:
+                del b.plain[k]
+            for k in [k for k, v in self._own_plain.items() if v[0] in ids]:
+                del self._own_plain[k]
+            _drop_files_using(b.files, ids, b.step)
             b.forget |= ids
         self.commit()
+
+    # ---- format v2: what this cache proved (plaintext id -> name) ------------------------
+
+    def add_plain(self, pid: bytes, ref: bytes, size: int) -> None:
+        with self.lock:
+            self._buf.plain[pid] = (ref, size)
+            self._grown()
+
+    def plain_lookup(self, pid: bytes) -> tuple[bytes, int] | None:
+        """(name, stored size) of the object this writer uploaded or proved
+        for plaintext ``pid`` -- while that object is still known to exist
+        (a garbage collection may have moved it: ``blobs`` was listed again)."""
+        hit = None
+        with self.lock:
+            for b in self._buffers():
+                v = b.plain.get(pid)
+                if v is not None:
+                    hit = v
+                    break
+            else:
+                hit = self._own_plain.get(pid)
+        if hit is None:
+            row = self._read_one("SELECT ref, size FROM plain WHERE pid=?", (pid,))
+            if row is None:
+                return None
+            hit = (row[0], row[1])
+            with self.lock:
+                if any(hit[0] in b.forget for b in self._buffers()):
+                    return None
+        return hit if self.blob_size(hit[0]) is not None else None
 
     def reset_blobs(self) -> None:
         """Forget every known blob and cached file (the repository is listed
         again under the generation given to :meth:`bind_generation`)."""
         with self.lock:
-            reset = _Buffer()
+            reset = self._new_buffer()
             reset.reset = True
             reset.meta["listed"] = "0"
             if self._generation is not None:
@@ -772,7 +836,7 @@ class Cache:
             if self._inflight or self._buf.forget:
                 with self.lock:
                     forgotten = set().union(*(b.forget for b in self._buffers()))
-                if forgotten and _uses_any(found[5], forgotten):
+                if forgotten and _uses_any(found[5], forgotten, self.extent_size):
                     return None  # a blob it uses was forgotten, not yet in the file
             dev, ino, size, mtime, ctime, extents, record = found
         else:
@@ -789,7 +853,7 @@ class Cache:
             for b in self._buffers():
                 row = b.files.get(path)
                 if row is not None:
-                    return False if forgotten and _uses_any(row[6], forgotten) else row
+                    return False if forgotten and _uses_any(row[6], forgotten, self.extent_size) else row
                 forgotten |= b.forget
                 if b.reset:
                     return False

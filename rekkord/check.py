@@ -190,6 +190,8 @@ class Checker:
                                    "verifies every blob's MAC, or use --read-data-subset for a part")
         self.repo = repo
         self.cache = cache
+        if cache is not None:
+            cache.set_extent_size(repo.index.extent_size)
         self.subset = parse_subset(subset)
         self.read_data = read_data and self.subset is None
         self.can_read = repo.key.can("read")
@@ -202,6 +204,7 @@ class Checker:
         self.names: dict[bytes, str] = {}  # storage names of referenced blobs that are not blobs/xx/<id>
         self.spoiled: set[bytes] = set()  # MAC valid, content wrong (found by decrypting)
         self.resized: dict[bytes, int] = {}  # present with a size other than recorded: verified before judged
+        self.keys: dict[bytes, bytes] = {}  # format v2: data blob -> its key (from the indexes, --read-data)
         self.size_conflicts: dict[bytes, set[int]] = {}
         self._fossil_sizes: dict[bytes, int] = {}
         self.empty_leftovers: list[str] = []
@@ -290,6 +293,8 @@ class Checker:
             actual = blobs.get(bid)
             if bid in bad:
                 continue
+            if actual is None and bid not in self.fossils:
+                actual = self._confirm(bid, blobs)
             if actual is None and bid in self.fossils:
                 actual = self._fossil_sizes[bid]  # collected by a prune while a save used it
                 self.names[bid] = self.fossils[bid]
@@ -321,6 +326,8 @@ class Checker:
         verified: set[bytes] = set(b for b in reflists if b not in bad)  # read and opened by the walk
         todo = [b for b in self._choose(present, refs) if b not in verified and b not in self._failed_reflist]
         full = self.can_read and (self.read_data or self.subset is not None)
+        if self.read_data and repo.codec.convergent:
+            self._gather_keys(snaps)
         self._read_blobs(todo, refs, kinds, bad, verified, full=full)
         orphans = [b for b in blobs if b not in refs]
         r.orphans = len(orphans)
@@ -490,6 +497,8 @@ class Checker:
         def read_reflist(bid: bytes):
             size = refs[bid]
             name = fmt.blob_name(bid)
+            if bid not in blobs and bid not in self.fossils:
+                self._confirm(bid, blobs)
             if bid not in blobs and bid in self.fossils:
                 name = self.fossils[bid]
                 if self._fossil_sizes[bid] != size:
@@ -517,6 +526,28 @@ class Checker:
                 ref(child, csize, fmt.T_DATA, None)
         self.size_conflicts = size_conflicts
         return refs, kinds, direct, reflists
+
+    def _confirm(self, bid: bytes, blobs: dict[bytes, int]) -> int | None:
+        """A blob the listing did not show, looked for once more before it is
+        called missing: a save that finished while the check listed (its
+        record came after its blobs) or a prune moving it to fossils."""
+        try:
+            size = self.repo.storage.stat(fmt.blob_name(bid))
+            if size is None:
+                from .gc import find_fossil
+
+                name = find_fossil(self.repo.storage, bid)
+                if name is not None:
+                    fsize = self.repo.storage.stat(name)
+                    if fsize is not None:
+                        with self.lock:
+                            self.fossils[bid], self._fossil_sizes[bid] = name, fsize
+                return None
+        except StorageError:
+            return None
+        with self.lock:
+            blobs[bid] = size
+        return size
 
     def _count(self, raw: bytes):
         with self.lock:
@@ -548,6 +579,17 @@ class Checker:
             total += refs[b]
         return out
 
+    def _gather_keys(self, snaps: list[Snapshot]):
+        """Format v2: the key of every data blob, from the indexes (read
+        again, with the files, by _read_indexes)."""
+        for snap in snaps:
+            try:
+                for e in iter_entries(self.repo, snap, on_damage=lambda *a: None):
+                    for x in e.extents:
+                        self.keys[x.blob] = x.key
+            except RekkordError:
+                continue  # (reported when the indexes are read)
+
     def _read_blobs(self, ids: list[bytes], refs: dict[bytes, int] | None, kinds: dict[bytes, int],
                     bad: dict[bytes, Problem], verified: set[bytes], *, full: bool):
         """Read and verify blobs; ``refs`` None for unreferenced ones."""
@@ -559,10 +601,20 @@ class Checker:
             btype = kinds.get(bid, fmt.T_DATA)
             what = "unreferenced blob" if orphan else WHAT_BLOB[btype]
             try:
-                raw = self.repo.storage.read(name)
+                raw = self.repo.read_raw(name)
             except ObjectNotFound:
+                from .gc import read_moved
+
+                # Moved to or from fossils by a prune while the check ran?
+                raw = None if orphan else read_moved(self.repo.storage, bid)
+                if raw is None:
+                    if not orphan:
+                        bad[bid] = self.problem(name, what, MISSING, "missing (deleted during the check?)")
+                    return
+            except IntegrityError as e:  # larger than any blob: never read whole
+                p = self.problem(name, what, DAMAGED, _strip(str(e), bid))
                 if not orphan:
-                    bad[bid] = self.problem(name, what, MISSING, "missing (deleted during the check?)")
+                    bad[bid] = p
                 return
             except StorageError as e:
                 self.problem(name, what, UNVERIFIED, f"could not be read: {e}")
@@ -581,7 +633,7 @@ class Checker:
                 bad[bid] = self.problem(name, what, WRONG_SIZE,
                                         f"read {len(raw)} bytes where {refs[bid]} were stored")
                 return
-            problem = codec.verify_mac(bid, raw)
+            problem = codec.verify(bid, raw)
             if resized and problem:
                 sizes = ", ".join(map(str, sorted(recorded)))
                 bad[bid] = self.problem(name, what, WRONG_SIZE, f"has {len(raw)} bytes where {sizes} were "
@@ -598,13 +650,18 @@ class Checker:
                 bad[bid] = self.problem(name, what, DAMAGED, f"is a {WHAT_BLOB.get(codec.blob_type(raw), '?')}, "
                                         f"but is referenced as a {what}")
                 return
-            if (full or (resized and self.can_read)) and not orphan:
+            # Format v2 data blobs decrypt with a key only the indexes hold
+            # (gathered first with --read-data); their bytes hashing to their
+            # name is already proof that they are what their writer stored.
+            needs_key = codec.convergent and btype == fmt.T_DATA
+            if (full or (resized and self.can_read)) and not orphan and (not needs_key or bid in self.keys):
                 try:
-                    codec.open(bid, raw, btype)
+                    codec.open(bid, raw, btype, key=self.keys.get(bid, b""))
                 except (IntegrityError, UnsupportedFormat) as e:
-                    # A valid MAC over content that is not the id's: made by a
-                    # key holder (any key has psk), not by a bit flip.
-                    msg = _strip(str(e), bid) + " (its MAC is valid: spoiled by a key holder)"
+                    # A valid MAC (v1) or name (v2) over content that is not
+                    # the id's: made by a key holder, not by a bit flip.
+                    what_ok = "its name" if codec.convergent else "its MAC"
+                    msg = _strip(str(e), bid) + f" ({what_ok} is valid: spoiled by a key holder)"
                     bad[bid] = self.problem(name, what, DAMAGED, msg)
                     with self.lock:
                         self.spoiled.add(bid)
@@ -810,7 +867,7 @@ class Checker:
     def _heal(self, bad: dict[bytes, Problem], verified: set[bytes], refs: dict[bytes, int]):
         damaged_ids = {b for b, p in bad.items() if p.kind in (MISSING, DAMAGED, WRONG_SIZE) and b in refs}
         if self.cache is not None and damaged_ids:
-            self.cache.forget_blobs(damaged_ids)
+            self.cache.forget_blobs(damaged_ids, self.repo.index.extent_size)
         if not self.heal:
             return
         full = self.can_read and (self.read_data or self.subset is not None)
@@ -853,11 +910,12 @@ class Checker:
             good = None
             for q in spare.get(bid, ()):
                 try:
-                    codec.open(bid, self.repo.read_raw(q))
-                except (IntegrityError, UnsupportedFormat, StorageError):
+                    raw = self.repo.read_raw(q)
+                except (IntegrityError, StorageError):
                     continue
-                good = q
-                break
+                if _good_copy_of(codec, bid, raw):
+                    good = q
+                    break
             if bid not in self.spoiled and good is None:
                 continue  # (a missing or MAC-damaged blob: savers replace it by its name)
             where = f"{QUARANTINE}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(4).hex()}/{name}"
@@ -873,6 +931,18 @@ class Checker:
             except StorageError as e:
                 self.report.notes.append(f"could not set {name} aside ({e}); the next save that has the data "
                                          "replaces it")
+
+
+def _good_copy_of(codec, bid: bytes, raw: bytes) -> bool:
+    """A copy that is what ``bid`` names: in format v2 its bytes hash to the
+    name; in v1 it decrypts to content matching the id (a read key)."""
+    if codec.convergent:
+        return codec.verify(bid, raw) is None
+    try:
+        codec.open(bid, raw)
+        return True
+    except (IntegrityError, UnsupportedFormat):
+        return False
 
 
 def _strip(msg: str, bid: bytes) -> str:

@@ -43,6 +43,47 @@ class ChunkerParams:
 INDEX_PARAMS = ChunkerParams(64 * 1024, 256 * 1024, 1 * MiB)
 
 
+def pack_cut_key(id_key: bytes) -> bytes:
+    return crypto.derive(crypto.CTX_PACK_CUT, id_key)
+
+
+CTX_CHUNKER_SECRETS = "rekkord v2 2026-12 chunker secrets key"
+
+
+def seal_chunker_secrets(id_key: bytes, seed: int, cut_key: bytes) -> str:
+    """Another repository's chunker seed and pack cut key, for a config
+    (``init --from-repo``): sealed with a key derived from this repository's
+    ``id_key``, so that only the keys that chunk (write, read, full, admin)
+    read them -- not the storage, not an audit key."""
+    import json
+
+    key = crypto.derive(CTX_CHUNKER_SECRETS, id_key)
+    nonce = crypto.random_bytes(crypto.NONCE_SIZE)
+    body = json.dumps({"seed": seed, "pack_cut_key": cut_key.hex()}).encode()
+    return (nonce + crypto.aead_encrypt(key, nonce, body, b"rekkord chunker secrets")).hex()
+
+
+def open_chunker_secrets(id_key: bytes, sealed: str) -> tuple[int, bytes]:
+    import json
+
+    from .errors import IntegrityError
+
+    try:
+        raw = bytes.fromhex(sealed)
+        key = crypto.derive(CTX_CHUNKER_SECRETS, id_key)
+        body = crypto.aead_decrypt(key, raw[:crypto.NONCE_SIZE], raw[crypto.NONCE_SIZE:], b"rekkord chunker secrets")
+        if body is None:
+            raise ValueError
+        d = json.loads(bytes(body))
+        seed, cut = d["seed"], bytes.fromhex(d["pack_cut_key"])
+        if type(seed) is not int or not 0 < seed < 1 << 63 or len(cut) != 32:
+            raise ValueError
+    except (ValueError, KeyError, TypeError):
+        raise IntegrityError("config: the shared chunker secrets cannot be opened (damaged, or another "
+                             "repository's)") from None
+    return seed, cut
+
+
 def chunker_seed(id_key: bytes) -> int:
     # 63 bits: pyfastcdc shifts the seed left by one inside a uint64.
     seed = int.from_bytes(crypto.derive(crypto.CTX_CHUNKER_SEED, id_key, 8), "little") & ((1 << 63) - 1)
@@ -111,9 +152,11 @@ class PackCutter:
     changed file disturbs only its own pack.
     """
 
-    def __init__(self, id_key: bytes, *, min_size: int = 512 * 1024, max_size: int = 4 * MiB,
-                 bits: int = 3, max_files: int = 4096):
-        self.key = crypto.derive(crypto.CTX_PACK_CUT, id_key)
+    def __init__(self, id_key: bytes | None, *, min_size: int = 512 * 1024, max_size: int = 4 * MiB,
+                 bits: int = 3, max_files: int = 4096, key: bytes | None = None):
+        """``key``: the pack cut key itself (a repository sharing another's
+        chunking, ``init --from-repo``); else derived from ``id_key``."""
+        self.key = key if key is not None else crypto.derive(crypto.CTX_PACK_CUT, id_key)
         self.min_size = min_size
         self.max_size = max_size
         self.mask = (1 << bits) - 1

@@ -36,7 +36,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import IntegrityError, PathNotFound, RekkordError, UsageError
-from .index import F_UNREADABLE, K_DIR, K_FILE, K_HARDLINK, K_SYMLINK, Entry, Extent, decode_extents, encode_extents
+from .index import V2 as _WIDE, F_UNREADABLE, K_DIR, K_FILE, K_HARDLINK, K_SYMLINK, Entry, Extent
+
+# Summaries keep extents in the wide layout, which holds format v2's keys too.
+encode_extents, decode_extents = _WIDE.encode_extents, _WIDE.decode_extents
 from .repository import Repository, Snapshot
 from .snapshot import BlobFetcher, iter_entries, normalize_subpath
 
@@ -262,7 +265,7 @@ class Differ:
 
 
 def _read_extents(fetcher: BlobFetcher, extents: list[Extent]) -> bytes:
-    futs = [fetcher.get(x.blob) for x in extents]
+    futs = [fetcher.get(x.blob, x.key) for x in extents]
     return b"".join(f.result()[x.offset:x.offset + x.length] for f, x in zip(futs, extents))
 
 
@@ -412,12 +415,12 @@ class ContentReader:
         futs = []
         j = i
         while j < len(self.extents) and self.starts[j] < end:
-            futs.append((j, self.fetcher.get(self.extents[j].blob)))
+            futs.append((j, self.fetcher.get(self.extents[j].blob, self.extents[j].key)))
             last = j
             j += 1
         if sequential and self.readahead:
             for k in range(last + 1, min(last + 1 + self.readahead, len(self.extents))):
-                self.fetcher.get(self.extents[k].blob)
+                self.fetcher.get(self.extents[k].blob, self.extents[k].key)
         for j, fut in futs:
             x = self.extents[j]
             start = self.starts[j]

@@ -130,6 +130,25 @@ DEFAULT_LIMITS = {T_DATA: schema.data_blob_limit(256 << 10, 4 << 20), T_INDEX: s
 
 
 class BlobCodec:
+    """Format version 1's blobs, and the interface every version's codec
+    offers save, restore, check and gc (format_v2.CodecV2 is version 2's):
+
+    * ``plain_id(type, plaintext)``: the keyed plaintext id a writer's cache
+      knows a blob by (in v1 it is also the blob's name);
+    * ``seal_for_store(type, plaintext, pid, variant)`` -> (ref, stored
+      bytes): ``ref`` names the object (``blob_name(ref)``);
+    * ``open(ref, raw, type, key=...)``: verify, decrypt, decompress, check;
+      ``key`` is what an index extent holds beside the ref (v2: the pid);
+    * ``verify(ref, raw)``: what a key without the data key can check
+      (v1: the MAC; v2: that the bytes hash to their name, no key at all);
+    * ``index``: the index record layout of the version (rekkord.index).
+    """
+
+    version = 1
+    #: Whether equal plaintext makes equal stored bytes (v2's data blobs):
+    #: a writer then proves an object it finds under its name before reusing it.
+    convergent = False
+
     def __init__(self, keys: BlobKeys, compression_level: int = 3, limits: dict[int, int] | None = None):
         self.keys = keys
         #: The largest plaintext of each blob type (docs/format.md, "Limits"):
@@ -150,6 +169,59 @@ class BlobCodec:
             raise IntegrityError("this key cannot compute blob ids")
         return crypto.keyed_hash(self.keys.id_key, bytes([btype]), plaintext)
 
+    plain_id = blob_id
+
+    def seal_for_store(self, btype: int, plaintext, pid: bytes | None = None, variant: int | None = 0, *,
+                       inner=None):
+        """(ref, stored bytes) of a new blob: in v1 the ref is the plaintext id."""
+        pid = pid or self.blob_id(btype, plaintext)
+        return pid, self.seal(btype, pid, plaintext)
+
+    def verify(self, ref: bytes, raw) -> str | None:
+        return self.verify_mac(ref, raw)
+
+    @property
+    def index(self):
+        from .index import V1
+
+        return V1
+
+    def _inner(self, plaintext, pad: bool = True) -> bytearray:
+        comp, body = self._compress(plaintext)
+        inner_len = 9 + len(body)
+        total = crypto.padme(inner_len) if pad else inner_len
+        inner = bytearray(total)
+        inner[0] = comp
+        struct.pack_into("<Q", inner, 1, len(body))
+        inner[9:9 + len(body)] = body
+        return inner
+
+    def _plaintext(self, inner, limit: int, name: str) -> bytes:
+        if len(inner) < 9:
+            raise IntegrityError(f"blob {name}: bad body length")
+        comp = inner[0]
+        (n,) = struct.unpack_from("<Q", inner, 1)
+        if 9 + n > len(inner) or n > limit:
+            raise IntegrityError(f"blob {name}: bad body length")
+        body = memoryview(inner)[9:9 + n]
+        if comp == COMP_ZSTD:
+            return _decompress(self.comp.decompressor(), body, limit, name)
+        if comp == COMP_NONE:
+            return body.tobytes()
+        raise UnsupportedFormat(f"blob {name}: unknown compression {comp}")
+
+    def _session_open_key(self, eph: bytes, name: str) -> bytes:
+        if self.keys.data_sk is None:
+            raise IntegrityError(f"blob {name}: this key cannot decrypt file data")
+        key = self._open_cache.get(eph)
+        if key is None:
+            shared = crypto.x25519(self.keys.data_sk, eph)
+            key = crypto.session_key(self.keys.session_mix, shared, eph, self.keys.data_pk)
+            if len(self._open_cache) > 4096:
+                self._open_cache.clear()
+            self._open_cache[eph] = key
+        return key
+
     # ---- sealing -------------------------------------------------------------
 
     def _compress(self, plaintext) -> tuple[int, bytes]:
@@ -165,13 +237,8 @@ class BlobCodec:
         return COMP_ZSTD, out
 
     def seal(self, btype: int, blob_id: bytes, plaintext, *, pad: bool = True) -> bytes:
-        comp, body = self._compress(plaintext)
-        inner_len = 9 + len(body)
-        total = crypto.padme(inner_len) if pad else inner_len
-        inner = bytearray(total)
-        inner[0] = comp
-        struct.pack_into("<Q", inner, 1, len(body))
-        inner[9:9 + len(body)] = body
+        inner = self._inner(plaintext, pad)
+        total = len(inner)
         if btype == T_REFLIST:
             sealing, eph, key = SEAL_LIST, _zero_pk, self.keys.list_key
         else:
@@ -206,7 +273,7 @@ class BlobCodec:
     def blob_type(self, raw: bytes) -> int:
         return raw[4]
 
-    def open(self, blob_id: bytes, raw: bytes, expected_type: int | None = None, *,
+    def open(self, blob_id: bytes, raw: bytes, expected_type: int | None = None, *, key: bytes = b"",
              max_plaintext: int | None = None) -> bytes:
         """Verify, decrypt, decompress and (when the key can) re-hash a blob.
         ``max_plaintext`` overrides the type's limit (a record's inline part)."""
@@ -228,34 +295,13 @@ class BlobCodec:
         if sealing == SEAL_LIST:
             key = self.keys.list_key
         elif sealing == SEAL_SESSION:
-            if self.keys.data_sk is None:
-                raise IntegrityError(f"blob {name}: this key cannot decrypt file data")
-            eph = bytes(raw[8:40])
-            key = self._open_cache.get(eph)
-            if key is None:
-                shared = crypto.x25519(self.keys.data_sk, eph)
-                key = crypto.session_key(self.keys.session_mix, shared, eph, self.keys.data_pk)
-                if len(self._open_cache) > 4096:
-                    self._open_cache.clear()
-                self._open_cache[eph] = key
+            key = self._session_open_key(bytes(raw[8:40]), name)
         else:
             raise UnsupportedFormat(f"blob {name}: unknown sealing {sealing}")
         inner = crypto.aead_decrypt(key, nonce, memoryview(raw)[HEADER_SIZE:-32], bytes(header) + blob_id)
         if inner is None:
             raise IntegrityError(f"blob {name}: decryption failed (damaged or forged)")
-        if len(inner) < 9:
-            raise IntegrityError(f"blob {name}: bad body length")
-        comp = inner[0]
-        (n,) = struct.unpack_from("<Q", inner, 1)
-        if 9 + n > len(inner) or n > limit:
-            raise IntegrityError(f"blob {name}: bad body length")
-        body = memoryview(inner)[9:9 + n]
-        if comp == COMP_ZSTD:
-            plaintext = _decompress(self.comp.decompressor(), body, limit, name)
-        elif comp == COMP_NONE:
-            plaintext = body.tobytes()
-        else:
-            raise UnsupportedFormat(f"blob {name}: unknown compression {comp}")
+        plaintext = self._plaintext(inner, limit, name)
         if self.keys.id_key is not None and self.blob_id(btype, plaintext) != blob_id:
             raise IntegrityError(f"blob {name}: content does not match its id")
         return plaintext

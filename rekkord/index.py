@@ -47,14 +47,16 @@ F_PROBLEMS = F_UNREADABLE | F_CHANGED | F_PARTIAL
 _HEAD = struct.Struct("<BBH")
 _META = struct.Struct("<IIIqqQQ")
 _EXT = struct.Struct("<32sII")
+_EXT2 = struct.Struct("<32s32sII")
 EXTENT_SIZE = _EXT.size
 
 
 @dataclass(slots=True)
 class Extent:
-    blob: bytes
+    blob: bytes  # the blob's reference: its name (v1: its keyed plaintext id; v2: the hash of its bytes)
     offset: int
     length: int
+    key: bytes = b""  # v2: the blob's keyed plaintext id, from which its key is derived (b"" in v1)
 
 
 @dataclass(slots=True)
@@ -116,78 +118,122 @@ def kind_from_mode(mode: int) -> int:
     raise ValueError(f"unknown file type {mode:o}")
 
 
-def encode(e: Entry) -> bytes:
-    parts = [
-        _HEAD.pack(e.kind, e.flags, len(e.path)), e.path,
-        _META.pack(e.mode, e.uid, e.gid, e.mtime_ns, e.atime_ns, e.size, e.rdev),
-        bytes([len(e.user)]), e.user, bytes([len(e.group)]), e.group,
-        struct.pack("<H", len(e.target)), e.target,
-        struct.pack("<H", len(e.xattrs)),
-    ]
-    for k, v in e.xattrs:
-        parts.append(struct.pack("<H", len(k)))
-        parts.append(k)
-        parts.append(struct.pack("<I", len(v)))
-        parts.append(v)
-    parts.append(struct.pack("<I", len(e.extents)))
-    parts.extend(_EXT.pack(x.blob, x.offset, x.length) for x in e.extents)
-    body = b"".join(parts)
-    return struct.pack("<I", len(body)) + body
+class IndexFormat:
+    """The index record layout of one format version: v1 extents are
+    (blob id 32, offset u32, length u32), 40 bytes; v2 extents are (name 32,
+    plaintext id 32, offset u32, length u32), 72 bytes."""
+
+    def __init__(self, version: int):
+        self.version = version
+        self.wide = version >= 2
+        self.ext = _EXT2 if self.wide else _EXT
+        self.extent_size = self.ext.size
+
+    def _pack_extent(self, x: Extent) -> bytes:
+        if self.wide:
+            return self.ext.pack(x.blob, x.key, x.offset, x.length)
+        return self.ext.pack(x.blob, x.offset, x.length)
+
+    def _unpack_extent(self, buf, o: int) -> Extent:
+        if self.wide:
+            b, k, off, n = self.ext.unpack_from(buf, o)
+            return Extent(b, off, n, k)
+        return Extent(*self.ext.unpack_from(buf, o))
+
+    def encode(self, e: Entry) -> bytes:
+        parts = [
+            _HEAD.pack(e.kind, e.flags, len(e.path)), e.path,
+            _META.pack(e.mode, e.uid, e.gid, e.mtime_ns, e.atime_ns, e.size, e.rdev),
+            bytes([len(e.user)]), e.user, bytes([len(e.group)]), e.group,
+            struct.pack("<H", len(e.target)), e.target,
+            struct.pack("<H", len(e.xattrs)),
+        ]
+        for k, v in e.xattrs:
+            parts.append(struct.pack("<H", len(k)))
+            parts.append(k)
+            parts.append(struct.pack("<I", len(v)))
+            parts.append(v)
+        parts.append(struct.pack("<I", len(e.extents)))
+        parts.extend(self._pack_extent(x) for x in e.extents)
+        body = b"".join(parts)
+        return struct.pack("<I", len(body)) + body
+
+    def decode_one(self, buf, pos: int) -> tuple[Entry, int]:
+        """The record at ``pos`` and the offset after it.  Lengths and counts are
+        checked against the record's own length (and the format's limits) before
+        anything is allocated for them."""
+        try:
+            (n,) = struct.unpack_from("<I", buf, pos)
+            end = pos + 4 + n
+            if n > MAX_INDEX_RECORD:
+                raise IntegrityError(f"index record is too large ({n} bytes)")
+            if end > len(buf):
+                raise IntegrityError("index record runs past the end of the index")
+            p = pos + 4
+            kind, flags, plen = _HEAD.unpack_from(buf, p)
+            p += 4
+            if p + plen > end:
+                raise IntegrityError("index record has a bad path length")
+            path = bytes(buf[p:p + plen])
+            p += plen
+            mode, uid, gid, mtime, atime, size, rdev = _META.unpack_from(buf, p)
+            p += _META.size
+            ul = buf[p]
+            user = bytes(buf[p + 1:p + 1 + ul])
+            p += 1 + ul
+            gl = buf[p]
+            group = bytes(buf[p + 1:p + 1 + gl])
+            p += 1 + gl
+            (tl,) = struct.unpack_from("<H", buf, p)
+            target = bytes(buf[p + 2:p + 2 + tl])
+            p += 2 + tl
+            (nx,) = struct.unpack_from("<H", buf, p)
+            p += 2
+            if p + 6 * nx > end:
+                raise IntegrityError("index record has a bad xattr count")
+            xattrs = []
+            for _ in range(nx):
+                (kl,) = struct.unpack_from("<H", buf, p)
+                k = bytes(buf[p + 2:p + 2 + kl])
+                p += 2 + kl
+                (vl,) = struct.unpack_from("<I", buf, p)
+                if p + 4 + vl > end:
+                    raise IntegrityError("index record has a bad xattr length")
+                v = bytes(buf[p + 4:p + 4 + vl])
+                p += 4 + vl
+                xattrs.append((k, v))
+            (ne,) = struct.unpack_from("<I", buf, p)
+            p += 4
+            es = self.ext.size
+            if p + ne * es != end:
+                raise IntegrityError("index record has a bad length")
+            extents = [self._unpack_extent(buf, p + i * es) for i in range(ne)]
+        except (struct.error, IndexError):
+            raise IntegrityError("damaged index record") from None
+        return Entry(kind, path, mode, uid, gid, mtime, atime, size, rdev, user, group, target,
+                     xattrs, extents, flags), end
+
+    def encode_extents(self, extents: list[Extent]) -> bytes:
+        return b"".join(self._pack_extent(x) for x in extents)
+
+    def decode_extents(self, data: bytes) -> list[Extent]:
+        es = self.ext.size
+        if len(data) % es:
+            raise IntegrityError("damaged extent list")
+        return [self._unpack_extent(data, o) for o in range(0, len(data), es)]
 
 
-def decode_one(buf, pos: int) -> tuple[Entry, int]:
-    """The record at ``pos`` and the offset after it.  Lengths and counts are
-    checked against the record's own length (and the format's limits) before
-    anything is allocated for them."""
-    try:
-        (n,) = struct.unpack_from("<I", buf, pos)
-        end = pos + 4 + n
-        if n > MAX_INDEX_RECORD:
-            raise IntegrityError(f"index record is too large ({n} bytes)")
-        if end > len(buf):
-            raise IntegrityError("index record runs past the end of the index")
-        p = pos + 4
-        kind, flags, plen = _HEAD.unpack_from(buf, p)
-        p += 4
-        if p + plen > end:
-            raise IntegrityError("index record has a bad path length")
-        path = bytes(buf[p:p + plen])
-        p += plen
-        mode, uid, gid, mtime, atime, size, rdev = _META.unpack_from(buf, p)
-        p += _META.size
-        ul = buf[p]
-        user = bytes(buf[p + 1:p + 1 + ul])
-        p += 1 + ul
-        gl = buf[p]
-        group = bytes(buf[p + 1:p + 1 + gl])
-        p += 1 + gl
-        (tl,) = struct.unpack_from("<H", buf, p)
-        target = bytes(buf[p + 2:p + 2 + tl])
-        p += 2 + tl
-        (nx,) = struct.unpack_from("<H", buf, p)
-        p += 2
-        if p + 6 * nx > end:
-            raise IntegrityError("index record has a bad xattr count")
-        xattrs = []
-        for _ in range(nx):
-            (kl,) = struct.unpack_from("<H", buf, p)
-            k = bytes(buf[p + 2:p + 2 + kl])
-            p += 2 + kl
-            (vl,) = struct.unpack_from("<I", buf, p)
-            if p + 4 + vl > end:
-                raise IntegrityError("index record has a bad xattr length")
-            v = bytes(buf[p + 4:p + 4 + vl])
-            p += 4 + vl
-            xattrs.append((k, v))
-        (ne,) = struct.unpack_from("<I", buf, p)
-        p += 4
-        if p + ne * _EXT.size != end:
-            raise IntegrityError("index record has a bad length")
-        extents = [Extent(*_EXT.unpack_from(buf, p + i * _EXT.size)) for i in range(ne)]
-    except (struct.error, IndexError):
-        raise IntegrityError("damaged index record") from None
-    return Entry(kind, path, mode, uid, gid, mtime, atime, size, rdev, user, group, target,
-                 xattrs, extents, flags), end
+V1 = IndexFormat(1)
+V2 = IndexFormat(2)
+#: Format version 1's layout as plain functions (and for code that predates v2).
+encode = V1.encode
+decode_one = V1.decode_one
+encode_extents = V1.encode_extents
+decode_extents = V1.decode_extents
+
+
+def index_format(version: int) -> IndexFormat:
+    return V2 if version >= 2 else V1
 
 
 def decode_all(buf) -> Iterator[Entry]:
@@ -196,13 +242,3 @@ def decode_all(buf) -> Iterator[Entry]:
     while pos < n:
         e, pos = decode_one(buf, pos)
         yield e
-
-
-def encode_extents(extents: list[Extent]) -> bytes:
-    return b"".join(_EXT.pack(x.blob, x.offset, x.length) for x in extents)
-
-
-def decode_extents(data: bytes) -> list[Extent]:
-    if len(data) % _EXT.size:
-        raise IntegrityError("damaged extent list")
-    return [Extent(*_EXT.unpack_from(data, o)) for o in range(0, len(data), _EXT.size)]

@@ -45,8 +45,6 @@ from .index import (
     K_HARDLINK,
     K_SOCKET,
     K_SYMLINK,
-    decode_extents,
-    encode_extents,
 )
 from .repository import Repository, Snapshot
 from .snapshot import BlobFetcher, iter_entries
@@ -145,7 +143,7 @@ class SnapshotTree:
                 node = Node(K_SYMLINK, e.mode or 0o777, e.uid, e.gid, e.mtime_ns, data=e.target,
                             xattrs=_xa(e.xattrs))
             elif e.kind in (K_FILE, K_HARDLINK):
-                node = Node(K_FILE, e.mode, e.uid, e.gid, e.mtime_ns, e.size, data=encode_extents(e.extents),
+                node = Node(K_FILE, e.mode, e.uid, e.gid, e.mtime_ns, e.size, data=self.repo.index.encode_extents(e.extents),
                             xattrs=_xa(e.xattrs), flags=e.flags)
             else:
                 node = Node(e.kind, e.mode, e.uid, e.gid, e.mtime_ns, rdev=e.rdev, xattrs=_xa(e.xattrs))
@@ -321,7 +319,7 @@ class SnapshotFS:
             if self.warn:
                 self.warn(path, "was unreadable when saved; no content")
             raise _oserror(errno.EIO)
-        reader = ContentReader(self.fetcher, decode_extents(n.data), n.size)
+        reader = ContentReader(self.fetcher, self.repo.index.decode_extents(n.data), n.size)
         fh = next(self.fh_counter)
         self.handles[fh] = reader
         return fh

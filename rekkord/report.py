@@ -167,7 +167,7 @@ def write_report(repo, *, channel: str, host: str, status: str, exit_code: int, 
     warnings = list(warnings)
     rid = crypto.random_bytes(16).hex()
     details = _details(error_message, warnings)
-    did = repo.codec.blob_id(fmt.T_INDEX, details)
+    did, sealed = repo.codec.seal_for_store(fmt.T_INDEX, details)  # (v1: named by its id; v2: by its hash)
     body = {
         "v": 1, "id": rid, "repo": repo.id, "kid": repo.key.kid,
         "host": _clean(host), "channel": _clean(channel) or "?",
@@ -176,7 +176,7 @@ def write_report(repo, *, channel: str, host: str, status: str, exit_code: int, 
         "counts": {"files": _count(files), "warnings": _count(len(warnings) if warning_count is None
                                                               else warning_count),
                    "bytes": _count(bytes_total)},
-        "details": {"id": did.hex(), "sealed": bytes(repo.codec.seal(fmt.T_INDEX, did, details)).hex()},
+        "details": {"id": did.hex(), "sealed": bytes(sealed).hex()},
     }
     raw = seal_report(rid, body, repo.key.sign_seed, bytes.fromhex(repo.config["log_pk"]), repo.log_mix)
     repo.storage.write(PREFIX + rid, raw)
@@ -264,7 +264,7 @@ def _validate(rid: str, body: dict, repo_id: str) -> Report:
     if not isinstance(details, dict) or set(details) != {"id", "sealed"} \
             or not isinstance(details["id"], str) or not _HEX64.match(details["id"]) \
             or not isinstance(details["sealed"], str) or len(details["sealed"]) % 2 \
-            or len(details["sealed"]) < 2 * fmt.BLOB_OVERHEAD:
+            or len(details["sealed"]) < 2 * (fmt.HEADER_SIZE + 16):
         raise _bad(rid, "field 'details' is malformed")
     try:
         sealed = bytes.fromhex(details["sealed"])

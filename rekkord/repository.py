@@ -41,8 +41,10 @@ from .errors import (
 from .keys import Key
 from .storage.base import Storage
 
-FORMAT_VERSION = 1
-SUPPORTED_FORMATS = (1,)
+#: What new repositories are (docs/format.md): version 2 names blobs by the
+#: hash of their bytes (rekkord/format_v2.py); version 1 is still read and written.
+FORMAT_VERSION = 2
+SUPPORTED_FORMATS = (1, 2)
 #: Key for the MAC of repair hints (part of format v1; docs/integrity.md).
 CTX_REPAIR = "rekkord v1 2026-11 repair hint key"
 
@@ -126,9 +128,13 @@ class Repository:
         self.max_stored = {t: fmt.stored_size(n) for t, n in self.limits.items()}
         psk = key.psk
         self.codec = None
+        self.version = config.get("format", 1)
         if psk is not None:
+            from .format_v2 import CodecV2
+
             self.log_mix = crypto.derive(crypto.CTX_LOG, psk)
-            self.codec = fmt.BlobCodec(
+            codec_class = CodecV2 if self.version >= 2 else fmt.BlobCodec
+            self.codec = codec_class(
                 fmt.BlobKeys(
                     id_key=key.id_key,
                     mac_key=crypto.derive(crypto.CTX_MAC, psk),
@@ -148,14 +154,19 @@ class Repository:
 
     @classmethod
     def init(cls, storage: Storage, master: Key, *, chunker: ChunkerParams | None = None,
-             compression: int = 3) -> "Repository":
+             compression: int = 3, version: int = FORMAT_VERSION, like: "Repository | None" = None) -> "Repository":
+        """``like``: another repository (opened with a key that chunks) whose
+        chunker parameters, seed and pack cut key the new one takes
+        (``init --from-repo``), so that copies between them deduplicate."""
+        if version not in SUPPORTED_FORMATS:
+            raise UsageError(f"unknown format version {version} (this rekkord writes {SUPPORTED_FORMATS})")
         storage.create()
         if storage.exists("config"):
             raise RepositoryExists(f"a repository already exists at {storage.url}")
         for _ in storage.list(""):
             raise RepositoryExists(f"{storage.url} is not empty; refusing to create a repository there")
         config = {
-            "format": FORMAT_VERSION,
+            "format": version,
             "repo": master.repo,
             "created": int(time.time()),
             "master_sign_pk": master.sign_pk.hex(),
@@ -164,6 +175,15 @@ class Repository:
             "chunker": (chunker or ChunkerParams()).to_json(),
             "compression": compression,
         }
+        if like is not None:
+            from .chunker import seal_chunker_secrets
+
+            if like.key.id_key is None:
+                raise UsageError(f"{keymod.article(like.key.role)} {like.key.role} key of the other repository "
+                                 "cannot read its chunker secrets (use a write, read, full or master key)")
+            seed, cut = like.chunker_secrets()
+            config["chunker"] = {**like.chunker_params.to_json(),
+                                 "shared": seal_chunker_secrets(master.id_key, seed, cut)}
         storage.write("config", signed_json(config, master.sign_seed, b"rekkord config v1\0"))
         return cls(storage, config, master)
 
@@ -301,11 +321,32 @@ class Repository:
 
     # ---- blobs ---------------------------------------------------------------------
 
+    @property
+    def index(self):
+        """The index record layout of this repository's format (rekkord.index)."""
+        from .index import index_format
+
+        return index_format(self.version)
+
+    def chunker_secrets(self) -> tuple[int, bytes]:
+        """(chunker seed, pack cut key): derived from ``id_key``, or another
+        repository's, sealed in the config by ``init --from-repo`` so that
+        the same files cut into the same chunks in both (and copies
+        deduplicate)."""
+        sealed = self.config["chunker"].get("shared")
+        if sealed:
+            from .chunker import open_chunker_secrets
+
+            return open_chunker_secrets(self.key.id_key, sealed)
+        from .chunker import pack_cut_key
+
+        return chunker_seed(self.key.id_key), pack_cut_key(self.key.id_key)
+
     def chunker(self) -> Chunker:
-        return Chunker(self.chunker_params, chunker_seed(self.key.id_key))
+        return Chunker(self.chunker_params, self.chunker_secrets()[0])
 
     def pack_cutter(self) -> PackCutter:
-        return PackCutter(self.key.id_key)
+        return PackCutter(None, key=self.chunker_secrets()[1])
 
     def read_raw(self, name: str, btype: int | None = None) -> bytes:
         """The stored bytes of a blob, read no further than the largest blob
@@ -316,7 +357,9 @@ class Repository:
             raise IntegrityError(f"blob {name.rsplit('/', 1)[-1]}: too large for a blob (more than {limit} bytes)")
         return raw
 
-    def read_blob(self, blob_id: bytes, expected_type: int | None = None) -> bytes:
+    def read_blob(self, blob_id: bytes, expected_type: int | None = None, key: bytes = b"") -> bytes:
+        """A blob's plaintext, verified; ``key``: what an index extent holds
+        beside the reference (format v2's data blobs need it to decrypt)."""
         name = fmt.blob_name(blob_id)
         try:
             raw = self.read_raw(name, expected_type)
@@ -326,7 +369,7 @@ class Repository:
                 raise IntegrityError(f"blob {blob_id.hex()} is missing from the repository") from None
             if len(raw) > max(self.max_stored.values()):
                 raise IntegrityError(f"blob {blob_id.hex()}: too large for a blob")
-        return self.codec.open(blob_id, raw, expected_type)
+        return self.codec.open(blob_id, raw, expected_type, key=key)
 
     def _read_fossil(self, blob_id: bytes) -> bytes | None:
         """A blob a prune collected while a save was using it is a fossil until
@@ -519,6 +562,7 @@ def validate_config(config: dict) -> None:
     g(config, "compression", what, schema.integer(0, 22), optional=True)
     ch = g(config, "chunker", what, schema.mapping(16))
     g(ch, "algorithm", "config chunker", schema.text(64), optional=True)
+    g(ch, "shared", "config chunker", schema.hexstr(max_bytes=512), optional=True)
     sizes = [g(ch, k, "config chunker", schema.integer(schema.CHUNK_MIN_LOW, schema.CHUNK_MAX_HIGH))
              for k in ("min", "avg", "max")]
     if not sizes[0] <= sizes[1] <= sizes[2]:

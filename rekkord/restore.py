@@ -681,10 +681,10 @@ class Restorer:
         try:
             pos = 0
             window = 4
-            futs = [fetcher.get(x.blob) for x in e.extents[:window]]
+            futs = [fetcher.get(x.blob, x.key) for x in e.extents[:window]]
             for i, x in enumerate(e.extents):
                 if i + window < len(e.extents):
-                    futs.append(fetcher.get(e.extents[i + window].blob))
+                    futs.append(fetcher.get(e.extents[i + window].blob, e.extents[i + window].key))
                 try:
                     blob = futs[i].result()
                 except (IntegrityError, StorageError) as err:
@@ -749,7 +749,7 @@ class Restorer:
             return
         with os.fdopen(fd, "rb") as f:
             for x in e.extents:
-                expect = fetcher.get(x.blob).result()[x.offset:x.offset + x.length]
+                expect = fetcher.get(x.blob, x.key).result()[x.offset:x.offset + x.length]
                 if f.read(x.length) != expect:
                     self.warn(spath, "verification failed: content differs after writing", damaged=True)
                     return

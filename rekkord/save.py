@@ -38,13 +38,10 @@ from .index import (
     K_SYMLINK,
     Entry,
     Extent,
-    EXTENT_SIZE,
-    decode_extents,
-    encode,
-    encode_extents,
     kind_from_mode,
 )
 from .chunker import INDEX_PARAMS, Chunker, StreamCutter
+from .format_v2 import VARIANTS
 from .repository import Repository, default_host, user_name
 
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
@@ -81,6 +78,7 @@ class SaveStats:
     blobs_new: int = 0
     blobs_known: int = 0
     blobs_repaired: int = 0  # found missing or damaged (repair hint, crash) and uploaded again
+    blobs_proven: int = 0  # format v2: found under their name, read back and proven (another save stored them)
     warnings: int = 0
     duration: float = 0.0
 
@@ -218,6 +216,16 @@ def read_exclude_file(path: str) -> list[str]:
         raise UsageError(f"cannot read exclude file {path}: {e.strerror}") from None
 
 
+class Stored(tuple):
+    """What storing a blob gave: ``(ref, stored size)``, and ``.key``: what an
+    index extent holds beside the ref (format v2 data blobs: the plaintext id)."""
+
+    def __new__(cls, pair, key: bytes = b""):
+        self = super().__new__(cls, pair)
+        self.key = key
+        return self
+
+
 class _Extents:
     """The extents of one file's chunks, collected as their stores complete.
 
@@ -241,7 +249,8 @@ class _Extents:
 
     def _take(self) -> None:
         fut, n = self.pending.popleft()
-        self.done.append(Extent(fut.result()[0], 0, n))
+        r = fut.result()
+        self.done.append(Extent(r[0], 0, n, r.key))
 
 
 class _ByteBudget:
@@ -303,6 +312,9 @@ class Saver:
         self.stats = SaveStats()
         self.warnings: list[tuple[str, str]] = []
         self.codec = repo.codec
+        self.ix = repo.index  # the format's index record layout
+        cache.set_extent_size(self.ix.extent_size)
+        self.squatted: list[str] = []  # names an invalid object occupied (format v2)
         self.chunker: Chunker = repo.chunker()
         self.small_limit = repo.chunker_params.min_size
         self.cutter = repo.pack_cutter()
@@ -330,6 +342,7 @@ class Saver:
         self._small_batch_bytes = 0
         self._cache_has_files = True  # set at the start of a save
         self._stream = None  # (name, binary stream, mode) when saving one stream (save_stream)
+        self._copy = None  # (source repository, snapshot) when copying one (copy_snapshot)
         # Blobs not to trust without reading them back: named by a repair hint
         # from check, or written by a save that died before its flush
         # (docs/integrity.md).  Filled by _prepare_cache.
@@ -362,7 +375,88 @@ class Saver:
 
     # ---- blob store (store pool) ---------------------------------------------
 
-    def store_blob(self, btype: int, data) -> tuple[bytes, int]:
+    def store_blob(self, btype: int, data) -> "Stored":
+        if self.codec.convergent:
+            return self._store_v2(btype, data)
+        return Stored(self._store_v1(btype, data))
+
+    def _store_v2(self, btype: int, data) -> "Stored":
+        """Format v2: a blob is named by the hash of its bytes, and a data
+        blob's bytes follow from its plaintext.  Reuse only what this cache
+        uploaded or proved; an object found under the name is proven by
+        reading it back: if it hashes to its name it holds exactly these
+        bytes (so the word of another writer is never taken).  An invalid
+        object under the name is replaced where the storage lets us, else the
+        blob goes under another name variant (docs/format.md §12)."""
+        codec = self.codec
+        pid = codec.plain_id(btype, data)
+        key = pid if btype == fmt.T_DATA else b""
+        hit = self.cache.plain_lookup(pid)
+        if hit is not None and hit[0] not in self.suspects:
+            with self.stats_lock:
+                self.stats.blobs_known += 1
+            return Stored(hit, key)
+        inner = codec._inner(data)
+        storage = self.repo.storage
+        new = replaced = False
+        variants = list(range(VARIANTS)) + [None] if btype == fmt.T_DATA else [None] * 3
+        for variant in variants:
+            ref, raw = codec.seal_for_store(btype, data, pid, variant, inner=inner)
+            name = fmt.blob_name(ref)
+            try:
+                storage.write(name, raw, exclusive=True)
+                new = True
+                break
+            except ObjectExists:
+                pass
+            if self._proven(name, ref):
+                break  # another save stored these very bytes: nothing to upload
+            # Something that is not these bytes squats the name (damaged, or
+            # planted by someone who can compute names): replace it if the
+            # storage lets us (an old snapshot using the name heals), else
+            # use the next variant.
+            if ref not in self.hinted:  # (a check already named a hinted one)
+                with self.stats_lock:
+                    self.squatted.append(name)
+                self.warn(name.encode(), "an invalid object occupies this name (damaged, or planted by someone "
+                          "who can compute names); this save's copy goes elsewhere and a check names the object")
+            try:
+                storage.write(name, raw, exclusive=False)
+                new = replaced = True
+                break
+            except StorageError:
+                continue
+        else:
+            raise StorageError(f"cannot store blob {pid.hex()[:16]}: every name it may take is occupied by an "
+                               "invalid object")
+        size = len(raw)
+        if new and (replaced or ref in self.hinted):
+            with self.stats_lock:
+                self.stats.blobs_repaired += 1
+                self.repaired.add(ref)
+        if new:
+            self.cache.add_pending(ref)
+        self.cache.add_blob(ref, size)
+        self.cache.add_plain(pid, ref, size)
+        with self.stats_lock:
+            if new:
+                self.stats.blobs_new += 1
+                self.stats.bytes_new += len(data)
+                self.stats.bytes_stored += size
+            else:
+                self.stats.blobs_known += 1
+                self.stats.blobs_proven += 1
+        return Stored((ref, size), key)
+
+    def _proven(self, name: str, ref: bytes) -> bool:
+        """Whether the object under ``name`` hashes to it (read back)."""
+        try:
+            raw = self.repo.read_raw(name)
+        except (StorageError, IntegrityError):
+            return False
+        return self.codec.verify(ref, raw) is None
+
+    def _store_v1(self, btype: int, data) -> tuple[bytes, int]:
         blob_id = self.codec.blob_id(btype, data)
         hinted = blob_id in self.hinted
         # Reference lists decide what prune keeps, and any key holding psk can
@@ -424,7 +518,7 @@ class Saver:
                 self.stats.blobs_known += 1
         return blob_id, size
 
-    def _same_reflist(self, name: str, blob_id: bytes, data) -> bool:
+    def _same_reflist(self, name: str, blob_id: bytes, data) -> bool:  # (format v1)
         """Whether the reference list stored under ``name`` holds ``data``
         (a write key can open reference lists: they are sealed with psk)."""
         try:
@@ -438,7 +532,7 @@ class Saver:
             raw = self.repo.read_raw(name)
         except (StorageError, IntegrityError):
             return None
-        return None if self.codec.verify_mac(blob_id, raw) else len(raw)
+        return None if self.codec.verify(blob_id, raw) else len(raw)
 
     def submit_store(self, btype: int, data: bytes) -> Future:
         if self.failed is not None:
@@ -737,7 +831,12 @@ class Saver:
         self.cache.begin()
         self.repo.storage.defer_sync()
         try:
-            index_ids, reflist_ids = self._run(roots) if self._stream is None else self._run_stream(time_ns)
+            if self._copy is not None:
+                index_ids, reflist_ids = self._run_copy()
+            elif self._stream is not None:
+                index_ids, reflist_ids = self._run_stream(time_ns)
+            else:
+                index_ids, reflist_ids = self._run(roots)
         except BaseException:
             self._shutdown(cancel=True)
             try:
@@ -753,10 +852,12 @@ class Saver:
         private = {"paths": [os.fsdecode(r) for r in roots]}
         if self._stream is not None:
             private["stdin"] = os.fsdecode(self._stream[0])
+        if self._copy is not None:
+            private = self._copy_private
         import json
 
         pbody = json.dumps(private).encode()
-        pid = self.codec.blob_id(fmt.T_INDEX, pbody)
+        pid, sealed = self.codec.seal_for_store(fmt.T_INDEX, pbody)
         record = {
             "channel": channel,
             "time_ns": time_ns,
@@ -767,8 +868,10 @@ class Saver:
             "index": [[i.hex(), s] for i, s in index_ids],
             "reflist": [[i.hex(), s] for i, s in reflist_ids],
             "stats": asdict(self.stats),
-            "private": {"id": pid.hex(), "sealed": self.codec.seal(fmt.T_INDEX, pid, pbody).hex()},
+            "private": {"id": pid.hex(), "sealed": bytes(sealed).hex()},
         }
+        if self._copy is not None:
+            record.update(self._copy_fields)
         # Every blob must be durable before the record that references them.
         self.repo.storage.flush()
         self.cache.clear_pending()
@@ -780,6 +883,105 @@ class Saver:
         self.cache.commit()
         self._tick(force=True)
         return SaveResult(sid, channel, self.stats, self.warnings)
+
+    def copy_snapshot(self, source: Repository, snap) -> SaveResult:
+        """Copy ``snap`` of the ``source`` repository (opened with a key that
+        reads) into this one: every blob it uses is read, verified and stored
+        again under this repository's keys (deduplicated like a save: blobs
+        this repository has are not uploaded), its index rewritten, and a
+        record written with the source's channel, host, user, time and tags
+        (``copy_of`` names the original).  Entries the source's index holds
+        but no save writes are refused; files whose data is damaged are left
+        out and named."""
+        source.key.require("read", "read the snapshots to copy")
+        rec = snap.record
+        self._copy = (source, snap)
+        self._copy_private = source.private(snap)
+        self._copy_fields = {"host": snap.host, "user": rec.get("user", ""), "tags": list(snap.tags),
+                             "copy_of": f"{source.id}:{snap.id}"}
+        return self.save(snap.channel, [], time_ns=snap.time_ns)
+
+    def _run_copy(self):
+        from .snapshot import BlobFetcher, iter_entries
+
+        source, snap = self._copy
+        ix = self.ix
+        index_cutter = StreamCutter(Chunker(INDEX_PARAMS, self.chunker.seed))
+        index_futs: list[Future] = []
+        reflist = _ReflistBuilder(self)
+        fetcher = BlobFetcher(source, max(4, min(source.storage.connections, 16)))
+        mapping: collections.OrderedDict[bytes, Future] = collections.OrderedDict()  # source blob -> its store
+        fetching: collections.deque[tuple[bytes, Future]] = collections.deque()
+        waiting: set[bytes] = set()
+        pending: collections.deque[Entry] = collections.deque()
+        lost: set[bytes] = set()  # source blobs that could not be read (their files are left out)
+
+        def store_next():
+            ref, fut = fetching.popleft()
+            waiting.discard(ref)
+            try:
+                data = fut.result()
+            except (IntegrityError, StorageError) as e:
+                lost.add(ref)
+                self.warn(b"(source blob " + ref.hex().encode() + b")", f"cannot be copied: {e}")
+                return
+            mapping[ref] = self.submit_store(fmt.T_DATA, data)
+            if len(mapping) > 100_000:
+                mapping.popitem(last=False)
+
+        def emit(e: Entry):
+            if any(x.blob in lost for x in e.extents):
+                self.warn(b"/" + e.path, "DAMAGED in the source snapshot: not copied")
+                return
+            e.extents = [Extent(mapping[x.blob].result()[0], x.offset, x.length, mapping[x.blob].result().key)
+                         for x in e.extents]
+            for ch in index_cutter.feed(ix.encode(e)):
+                index_futs.append(self.submit_store(fmt.T_INDEX, ch))
+            for x in e.extents:
+                reflist.add(x.blob)
+            if e.kind == K_DIR:
+                self.stats.dirs += 1
+            elif e.kind in (K_FILE, K_HARDLINK):
+                self.stats.files += 1
+                self.stats.bytes_total += e.size
+            else:
+                self.stats.others += 1
+            self._tick()
+
+        def ready(e: Entry) -> bool:
+            return all(x.blob in mapping or x.blob in lost for x in e.extents)
+
+        try:
+            for e in iter_entries(source, snap, on_refused=lambda p, why: self.warn(b"/" + p, f"REFUSED: {why}")):
+                for x in e.extents:
+                    if x.blob not in mapping and x.blob not in waiting and x.blob not in lost:
+                        waiting.add(x.blob)
+                        fetching.append((x.blob, fetcher.get(x.blob, x.key)))
+                        with self.stats_lock:
+                            self.stats.bytes_read += x.length
+                pending.append(e)
+                while len(fetching) > 16:
+                    store_next()
+                while pending and ready(pending[0]):
+                    emit(pending.popleft())
+                if self.failed is not None:
+                    raise self.failed
+            while fetching:
+                store_next()
+            while pending:
+                e = pending.popleft()
+                for x in e.extents:  # (evicted from the mapping while it waited: store it again)
+                    if x.blob not in mapping and x.blob not in lost:
+                        fetching.append((x.blob, fetcher.get(x.blob, x.key)))
+                        store_next()
+                emit(e)
+        finally:
+            fetcher.close()
+        for ch in index_cutter.finish():
+            index_futs.append(self.submit_store(fmt.T_INDEX, ch))
+        reflist.finish()
+        index_ids = [f.result() for f in index_futs] or [self.store_blob(fmt.T_INDEX, b"")]
+        return index_ids, [f.result() for f in reflist.futures]
 
     def save_stream(self, channel: str, name: str, stream, *, mode: int = 0o600,
                     time_ns: int | None = None) -> SaveResult:
@@ -810,7 +1012,7 @@ class Saver:
                   group=g, extents=extents.result())
         self.stats.files = 1
         cutter = StreamCutter(Chunker(INDEX_PARAMS, self.chunker.seed))
-        index_ids = [self.store_blob(fmt.T_INDEX, ch) for ch in cutter.feed(encode(e)) + cutter.finish()]
+        index_ids = [self.store_blob(fmt.T_INDEX, ch) for ch in cutter.feed(self.ix.encode(e)) + cutter.finish()]
         reflist = _ReflistBuilder(self)
         for x in e.extents:
             reflist.add(x.blob)
@@ -820,6 +1022,7 @@ class Saver:
     def _prepare_cache(self):
         gen = self.repo.generation()
         self.cache.bind_generation(gen)
+        v2 = self.codec.convergent
         # A collection closed since the blobs were listed moved some of them
         # to fossils: list again (the generation says so too, unless someone
         # with storage access removed the newest generation).
@@ -828,11 +1031,14 @@ class Saver:
         if self.cache.get_meta("generation") != str(gen) or self.cache.get_meta("listed") != "1" \
                 or not closed <= seen:
             self.cache.begin()
+            # (Format v2: the listing says only what exists; what this cache
+            # may reuse is what it proved, kept in its "plain" table.)
             self.cache.reset_blobs()
             batch = []
+            least = 1 if v2 else fmt.BLOB_OVERHEAD  # (an empty object is damaged)
             for name, size in self.repo.storage.list("blobs/"):
                 bid = fmt.blob_id_from_name(name)
-                if bid is not None and size >= fmt.BLOB_OVERHEAD:  # (an empty object is damaged)
+                if bid is not None and size >= least:
                     batch.append((bid, size))
                     if len(batch) >= 10000:
                         self.cache.add_blobs(batch)
@@ -873,7 +1079,7 @@ class Saver:
             hinted.update(i for i in ids if i not in done)
         suspects |= hinted
         if suspects:
-            self.cache.forget_blobs(suspects)
+            self.cache.forget_blobs(suspects, self.ix.extent_size)
         self.cache.reap_sessions(dead)
         self.suspects = suspects
         self.hinted = hinted
@@ -967,13 +1173,13 @@ class Saver:
                 for ch in index_cutter.feed(item.record):
                     index_futs.append(self.submit_store(fmt.T_INDEX, ch))
                 ext = item.ready_extents
-                for o in range(0, len(ext), EXTENT_SIZE):
+                for o in range(0, len(ext), self.ix.extent_size):
                     reflist.add(ext[o:o + 32])
                 return
             e = item.entry
             if item.pack is not None:
-                bid, _ = item.pack.future.result()
-                e.extents = [Extent(bid, item.pack_off, x.length) for x in item.ready_extents]
+                r = item.pack.future.result()
+                e.extents = [Extent(r[0], item.pack_off, x.length, r.key) for x in item.ready_extents]
             elif item.ready_extents is not None:
                 e.extents = item.ready_extents
             if e.kind == K_HARDLINK and not e.extents:
@@ -981,13 +1187,13 @@ class Saver:
                 if first is not None:
                     e.extents = first.entry.extents
                     e.xattrs = first.entry.xattrs
-            record = encode(e)
+            record = self.ix.encode(e)
             for ch in index_cutter.feed(record):
                 index_futs.append(self.submit_store(fmt.T_INDEX, ch))
             for x in e.extents:
                 reflist.add(x.blob)
             if item.cacheable and e.kind == K_FILE:
-                self.cache.store_file(item.abspath, item.st, encode_extents(e.extents), seen,
+                self.cache.store_file(item.abspath, item.st, self.ix.encode_extents(e.extents), seen,
                                       record if item.st.st_nlink == 1 else None)
 
         def drain(block: bool):
@@ -1100,7 +1306,7 @@ class Saver:
             cached = hit[0] if hit is not None else None
             if cached is not None:
                 e.xattrs = self._xattrs(abspath)
-                e.extents = decode_extents(cached)
+                e.extents = self.ix.decode_extents(cached)
                 item.ready_extents = e.extents
                 self.stats.files_unchanged += 1
                 # Stored again, with its index record, so that next time the

@@ -199,7 +199,7 @@ def _plausible(e: Entry) -> bool:
             and all(x.length <= (64 << 20) for x in e.extents))
 
 
-def _chain(buf, o: int, final: bool) -> bool:
+def _chain(buf, o: int, final: bool, decode_one=decode_one) -> bool:
     """Whether plausible records follow each other from offset ``o`` (to the
     end of ``buf``, where a last record may be cut off unless ``final``, or
     for :data:`_RESYNC_RECORDS` records)."""
@@ -255,6 +255,7 @@ def iter_entries(repo: Repository, snap: Snapshot, *, prefetch: int = 4,
     or the end)."""
     repo.key.require("read", "read snapshot contents")
     ids = [i for i, _ in snap.index]
+    decode_one = repo.index.decode_one
     limit = repo.codec.limits.get(fmt.T_DATA) if repo.codec is not None else None
     v = EntryValidator(data_limit=limit) if limit else EntryValidator()
     buf = bytearray()
@@ -295,7 +296,7 @@ def iter_entries(repo: Repository, snap: Snapshot, *, prefetch: int = 4,
             if lost:
                 pending += data
                 end = min(len(pending) - 3, _RESYNC_WINDOW)
-                o = next((i for i in range(scanned, end) if _chain(pending, i, final)), None)
+                o = next((i for i in range(scanned, end) if _chain(pending, i, final, decode_one)), None)
                 if o is None:
                     scanned = max(scanned, end)
                     if scanned >= _RESYNC_WINDOW:  # no record boundary near: the rest of this blob is lost too
@@ -379,9 +380,9 @@ class BlobFetcher:
         self.fetched = 0
         self.damaged: set[bytes] = set()  # blobs found missing or damaged (for a repair hint)
 
-    def _fetch(self, blob_id: bytes) -> bytes:
+    def _fetch(self, blob_id: bytes, key: bytes = b"") -> bytes:
         try:
-            data = self.repo.read_blob(blob_id, fmt.T_DATA)
+            data = self.repo.read_blob(blob_id, fmt.T_DATA, key)
         except IntegrityError:
             with self.lock:
                 self.damaged.add(blob_id)
@@ -391,13 +392,13 @@ class BlobFetcher:
             self.fetched += 1
         return data
 
-    def get(self, blob_id: bytes) -> Future:
+    def get(self, blob_id: bytes, key: bytes = b"") -> Future:
         with self.lock:
             fut = self.futs.get(blob_id)
             if fut is not None:
                 self.futs.move_to_end(blob_id)
                 return fut
-            fut = self.pool.submit(self._fetch, blob_id)
+            fut = self.pool.submit(self._fetch, blob_id, key)
             self.futs[blob_id] = fut
             # Evict completed blobs, oldest first, beyond the budget.
             while self.bytes > self.max_bytes and len(self.futs) > 1:

@@ -16,7 +16,7 @@ import struct
 
 from rekkord import crypto, format as fmt, keys as keymod
 from rekkord.chunker import INDEX_PARAMS, Chunker, ChunkerParams, PackCutter, chunker_seed
-from rekkord.index import Entry, encode
+from rekkord.index import Entry
 from rekkord.storage.local import LocalStorage
 
 
@@ -38,9 +38,17 @@ class Attacker:
         self.log_pk = bytes.fromhex(self.config["log_pk"])
         self.sign_seed = k.sign_seed if k else r(32)
         self.kid = keymod.kid_of(crypto.sign_public(self.sign_seed))
-        self.codec = fmt.BlobCodec(fmt.BlobKeys(id_key=self.id_key, mac_key=self.mac_key, list_key=self.list_key,
-                                                session_mix=self.session_mix, data_pk=self.data_pk,
-                                                data_sk=k.data_sk if k else None))
+        from rekkord.format_v2 import CodecV2
+
+        self.version = self.config.get("format", 1)
+        self.v2 = self.version >= 2
+        codec_class = CodecV2 if self.v2 else fmt.BlobCodec
+        self.codec = codec_class(fmt.BlobKeys(id_key=self.id_key, mac_key=self.mac_key, list_key=self.list_key,
+                                              session_mix=self.session_mix, data_pk=self.data_pk,
+                                              data_sk=k.data_sk if k else None))
+        from rekkord.index import index_format
+
+        self.ix = index_format(self.version)
         ch = self.config["chunker"]
         self.params = ChunkerParams(ch["min"], ch["avg"], ch["max"])
 
@@ -49,15 +57,36 @@ class Attacker:
     def blob_id(self, btype: int, plaintext: bytes) -> bytes:
         return self.codec.blob_id(btype, plaintext)
 
-    def seal(self, btype: int, plaintext: bytes, *, claim_id: bytes | None = None) -> tuple[bytes, bytes]:
-        """(id, stored bytes) of a blob holding ``plaintext`` -- under the id of
-        other content with ``claim_id`` (the MAC still verifies: psk suffices)."""
-        bid = claim_id or self.blob_id(btype, plaintext)
-        return bid, bytes(self.codec.seal(btype, bid, plaintext))
+    def seal(self, btype: int, plaintext: bytes, *, claim_id: bytes | None = None,
+             variant: int | None = 0) -> tuple[bytes, bytes]:
+        """(name, stored bytes) of a blob holding ``plaintext`` -- under the
+        name of other content with ``claim_id`` (v1: the MAC still verifies,
+        psk suffices; v2: its bytes do not hash to that name)."""
+        ref, raw = self.codec.seal_for_store(btype, plaintext, variant=variant)
+        if claim_id is not None and not self.v2:
+            return claim_id, bytes(self.codec.seal(btype, claim_id, plaintext))
+        return claim_id or ref, bytes(raw)
+
+    def key_of(self, btype: int, plaintext: bytes) -> bytes:
+        """What an index extent holds beside the name (v2: the plaintext id)."""
+        return self.blob_id(btype, plaintext) if self.v2 and btype == fmt.T_DATA else b""
+
+    def predicted_names(self, btype: int, plaintext: bytes) -> list[bytes]:
+        """Every name an honest writer would try for ``plaintext`` before a
+        random one (v1: its id; v2: the variants of the convergent seal)."""
+        if not self.v2:
+            return [self.blob_id(btype, plaintext)]
+        from rekkord.format_v2 import VARIANTS
+
+        return [self.codec.seal_for_store(btype, plaintext, variant=v)[0] for v in range(VARIANTS)]
 
     def seal_inner(self, btype: int, blob_id: bytes, inner: bytes) -> bytes:
         """A blob whose sealed INNER part (compression byte, body length,
-        body, padding) is ``inner`` exactly: for bodies no honest writer makes."""
+        body, padding) is ``inner`` exactly: for bodies no honest writer makes.
+        (v2: ``blob_id`` is the plaintext id a data blob's key comes from;
+        store it under :func:`rekkord.format_v2.name_of` of the result.)"""
+        if self.v2:
+            return self._seal_inner_v2(btype, blob_id, inner)
         if btype == fmt.T_REFLIST:
             sealing, eph, key = fmt.SEAL_LIST, bytes(32), self.list_key
         else:
@@ -68,6 +97,33 @@ class Attacker:
         header = fmt.BLOB_MAGIC + bytes([btype, sealing, 0, 0]) + eph + nonce
         ct = crypto.aead_encrypt(key, nonce, inner, header + blob_id)
         return header + ct + crypto.keyed_hash(self.mac_key, blob_id, header, ct)
+
+    def _seal_inner_v2(self, btype: int, pid: bytes, inner: bytes) -> bytes:
+        from rekkord.format_v2 import BLOB_MAGIC_V2, SEAL_CONVERGENT
+
+        codec = self.codec
+        if btype == fmt.T_DATA:
+            key, sealing, eph = crypto.keyed_hash(codec._conv, pid), SEAL_CONVERGENT, bytes(32)
+        elif btype == fmt.T_REFLIST:
+            key, sealing, eph = self.list_key, fmt.SEAL_LIST, bytes(32)
+        else:
+            key, sealing, eph = codec._session_key, fmt.SEAL_SESSION, codec._eph_pk
+        nonce = os.urandom(24)
+        header = BLOB_MAGIC_V2 + bytes([btype, sealing, 0, 0]) + eph + nonce
+        return header + crypto.aead_encrypt(key, nonce, inner, header)
+
+    def put_inner(self, btype: int, inner: bytes) -> tuple[bytes, bytes, int]:
+        """Store a blob with this exact INNER: (name, key for extents, size)."""
+        pid = os.urandom(32)
+        raw = self.seal_inner(btype, pid, inner)
+        if self.v2:
+            from rekkord.format_v2 import name_of
+
+            name = name_of(raw)
+        else:
+            name = pid
+        self.put_blob(name, raw, overwrite=True)
+        return name, (pid if self.v2 and btype == fmt.T_DATA else b""), len(raw)
 
     def put_blob(self, blob_id: bytes, raw: bytes, *, overwrite: bool = False) -> int:
         self.storage.write(fmt.blob_name(blob_id), raw, exclusive=not overwrite)
@@ -85,23 +141,26 @@ class Attacker:
         out = []
         if len(content) < self.params.min_size:
             bid, _ = self.blob(fmt.T_DATA, content)
-            return [Extent(bid, 0, len(content))] if content else []
+            return [Extent(bid, 0, len(content), self.key_of(fmt.T_DATA, content))] if content else []
         for ch in Chunker(self.params, chunker_seed(self.id_key)).cut(content):
             bid, _ = self.blob(fmt.T_DATA, bytes(ch))
-            out.append(Extent(bid, 0, len(ch)))
+            out.append(Extent(bid, 0, len(ch), self.key_of(fmt.T_DATA, bytes(ch))))
         return out
 
-    def chunk_ids(self, content: bytes) -> list[bytes]:
-        """The ids an honest save of a file holding ``content`` will use (what
-        a write key can predict for content it knows)."""
+    def chunks(self, content: bytes) -> list[bytes]:
+        """The data blob plaintexts an honest save of a file holding ``content`` makes."""
         if len(content) < self.params.min_size:
-            return [self.blob_id(fmt.T_DATA, content)]
-        return [self.blob_id(fmt.T_DATA, bytes(c)) for c in Chunker(self.params, chunker_seed(self.id_key))
-                .cut(content)]
+            return [content]
+        return [bytes(c) for c in Chunker(self.params, chunker_seed(self.id_key)).cut(content)]
+
+    def chunk_ids(self, content: bytes) -> list[bytes]:
+        """The names an honest save of a file holding ``content`` will use
+        first (what a write key can predict for content it knows)."""
+        return [self.predicted_names(fmt.T_DATA, c)[0] for c in self.chunks(content)]
 
     def index(self, entries: list[Entry] | bytes, pieces: int = 1) -> list[list]:
         """Index blobs holding ``entries`` (or a raw index stream)."""
-        stream = entries if isinstance(entries, (bytes, bytearray)) else b"".join(encode(e) for e in entries)
+        stream = entries if isinstance(entries, (bytes, bytearray)) else b"".join(self.ix.encode(e) for e in entries)
         if not stream:
             bid, size = self.blob(fmt.T_INDEX, b"")
             return [[bid.hex(), size]]

@@ -11,12 +11,24 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 
 
+def repo_format(request) -> int:
+    """The format version of the test's repositories: the current one, or
+    what ``@pytest.mark.repo_format(N)`` or an indirect parameter says."""
+    from rekkord.repository import FORMAT_VERSION
+
+    if getattr(request, "param", None):
+        return request.param
+    m = request.node.get_closest_marker("repo_format")
+    return m.args[0] if m else FORMAT_VERSION
+
+
 @pytest.fixture
-def local_repo(tmp_path):
-    """A fresh local repository with keys of every role.
+def local_repo(tmp_path, request):
+    """A fresh local repository with keys of every role (format: see
+    :func:`repo_format`).
 
     Returns a namespace with .url, .master, .keys (role -> Key), .key_files
-    (role -> path), .repo(role) to open it, and .cache_dir."""
+    (role -> path), .repo(role) to open it, .version and .cache_dir."""
     from types import SimpleNamespace
 
     from rekkord.keys import Key
@@ -26,7 +38,8 @@ def local_repo(tmp_path):
     url = str(tmp_path / "repo")
     master = Key.generate_master()
     storage = LocalStorage(url, sync=False)
-    Repository.init(storage, master)
+    version = repo_format(request)
+    Repository.init(storage, master, version=version)
     repo = Repository.open(storage, master)
     keys = {"admin": master}
     files = {}
@@ -42,7 +55,7 @@ def local_repo(tmp_path):
     def open_repo(role="admin"):
         return Repository.open(LocalStorage(url, sync=False), keys[role])
 
-    return SimpleNamespace(url=url, master=master, keys=keys, key_files=files, repo=open_repo,
+    return SimpleNamespace(url=url, master=master, keys=keys, key_files=files, repo=open_repo, version=version,
                            cache_dir=str(tmp_path / "cache"), tmp=tmp_path)
 
 

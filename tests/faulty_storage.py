@@ -250,19 +250,20 @@ def run_check(local_repo, role: str = "audit", *, cache_name: str | None = None,
 def blob_roles(local_repo, sid: str, storage: Storage | None = None) -> dict[str, list[bytes]]:
     """The blobs of a snapshot by role: ``index``, ``reflist``, ``data`` (chunks
     of large files), ``pack`` (blobs holding small files); and ``files``: path
-    -> blob ids."""
+    -> blob ids; ``keys``: blob id -> the key its extents hold (format v2)."""
     from rekkord.repository import Repository
     from rekkord.snapshot import iter_entries
 
     repo = local_repo.repo("admin") if storage is None else Repository.open(storage, local_repo.master)
     snap = repo.load_snapshot(sid)
     out = {"index": [b for b, _ in snap.index], "reflist": [b for b, _ in snap.reflist], "data": [],
-           "pack": [], "files": {}}
+           "pack": [], "files": {}, "keys": {}}
     for e in iter_entries(repo, snap):
         if not e.extents:
             continue
         out["files"]["/" + os.fsdecode(e.path)] = [x.blob for x in e.extents]
         for x in e.extents:
+            out["keys"][x.blob] = x.key  # (format v2: what the blob's key comes from)
             kind = "pack" if e.size < repo.chunker_params.min_size else "data"
             if x.blob not in out[kind]:
                 out[kind].append(x.blob)
@@ -310,8 +311,11 @@ def forged_codec(config: dict):
     keys and id key, which they do not have."""
     from rekkord import crypto, format as fmt
 
+    from rekkord.format_v2 import CodecV2
+
     psk = os.urandom(32)
-    return fmt.BlobCodec(fmt.BlobKeys(
+    codec_class = CodecV2 if config.get("format", 1) >= 2 else fmt.BlobCodec
+    return codec_class(fmt.BlobKeys(
         id_key=os.urandom(32), mac_key=crypto.derive(crypto.CTX_MAC, psk),
         list_key=crypto.derive(crypto.CTX_LIST, psk), session_mix=crypto.derive(crypto.CTX_SESSION, psk),
         data_pk=bytes.fromhex(config["data_pk"]), data_sk=None))

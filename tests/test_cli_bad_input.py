@@ -48,7 +48,7 @@ NOT_APPLICABLE = {
 
 # The role that must be refused, per command (default: a write key, which
 # can only save).
-WRONG_ROLE = {("save",): "audit", ("key", "derive"): "full", ("key", "revoke"): "full"}
+WRONG_ROLE = {("save",): "audit", ("key", "derive"): "full", ("key", "revoke"): "full", ("copy",): "audit"}
 
 UNKNOWN = "0badc0de0badc0de"
 MISSING_PATH = "/no/such/path/in/the/snapshot"
@@ -117,6 +117,8 @@ class World:
             "role": "write",
             "label": "new-key",
             "output": str(self.tmp / "new.key"),
+            "from_repo": self.r.url,  # (copy: from the world's repository into itself)
+            "from_key": self.r.key_files["admin"],
         }
         if name in values:
             return values[name]

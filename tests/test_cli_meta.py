@@ -19,11 +19,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_version_names_formats_python_and_dependencies(run_cli):
     from rekkord import __version__
     from rekkord.cli.meta import DEPENDENCIES, OPTIONAL
-    from rekkord.repository import SUPPORTED_FORMATS
+    from rekkord.repository import FORMAT_VERSION, SUPPORTED_FORMATS
 
     out = run_cli("version", check=0).stdout.decode()
     assert out.startswith(f"rekkord {__version__}\n")
-    assert f"repository formats: reads {', '.join(map(str, SUPPORTED_FORMATS))}; writes 1" in out
+    assert f"repository formats: reads {', '.join(map(str, SUPPORTED_FORMATS))}; writes {FORMAT_VERSION}" in out
     assert "python 3." in out and "pynacl " in out and "boto3 " in out
     info = json.loads(run_cli("version", "--json", check=0).stdout)
     assert info["repository_formats"]["supported"] == list(SUPPORTED_FORMATS)

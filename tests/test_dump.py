@@ -17,7 +17,8 @@ import pytest
 from rekkord import format as fmt
 from rekkord.cache import Cache
 from rekkord.dump import dump, safe_name
-from rekkord.index import K_DIR, K_FILE, K_HARDLINK, K_SYMLINK, Entry, Extent, encode
+from craft import data_extent, store
+from rekkord.index import K_DIR, K_FILE, K_HARDLINK, K_SYMLINK, Entry
 from rekkord.save import Saver
 from treeutil import assert_same_tree, make_awkward_tree
 
@@ -125,21 +126,16 @@ def test_zip_extracted_by_zipfile_and_unzip(saved, tmp_path):
 
 def crafted(repo, entries):
     """A snapshot whose index holds ``entries`` as given (what a hostile writer can make)."""
-    stream = b"".join(encode(e) for e in entries)
-    bid = repo.codec.blob_id(fmt.T_INDEX, stream)
-    raw = repo.codec.seal(fmt.T_INDEX, bid, stream)
-    repo.storage.write(fmt.blob_name(bid), raw, exclusive=False)
-    sid = repo.write_snapshot({"channel": "evil", "time_ns": 10**18, "host": "h", "index": [[bid.hex(), len(raw)]],
+    stream = b"".join(repo.index.encode(e) for e in entries)
+    bid, size, _ = store(repo, fmt.T_INDEX, stream)
+    sid = repo.write_snapshot({"channel": "evil", "time_ns": 10**18, "host": "h", "index": [[bid.hex(), size]],
                                "reflist": []})
     return repo.load_snapshot(sid)
 
 
 def test_hostile_names_never_reach_the_archive(saved):
     repo = saved.repo
-    data = b"payload"
-    did = repo.codec.blob_id(fmt.T_DATA, data)
-    repo.storage.write(fmt.blob_name(did), repo.codec.seal(fmt.T_DATA, did, data), exclusive=False)
-    ext = [Extent(did, 0, len(data))]
+    ext = [data_extent(repo, b"payload")]
     entries = [Entry(K_DIR, b"ok", mode=0o755), Entry(K_FILE, b"ok/good", mode=0o644, size=7, extents=ext),
                Entry(K_FILE, b"ok/../../escape", mode=0o644, size=7, extents=ext),
                Entry(K_FILE, b"/etc/cron.d/evil", mode=0o644, size=7, extents=ext),
@@ -163,12 +159,10 @@ def test_hostile_names_never_reach_the_archive(saved):
 
 def test_a_damaged_file_is_dumped_with_zeros_and_reported(saved, tmp_path):
     repo = saved.repo
-    data = os.urandom(5000)
-    did = repo.codec.blob_id(fmt.T_DATA, data)
-    name = fmt.blob_name(did)
-    repo.storage.write(name, repo.codec.seal(fmt.T_DATA, did, data), exclusive=False)
-    snap = crafted(repo, [Entry(K_FILE, b"f", mode=0o600, size=5000, extents=[Extent(did, 0, 5000)]),
-                          Entry(K_FILE, b"g", mode=0o600, size=5000, extents=[Extent(did, 0, 5000)])])
+    x = data_extent(repo, os.urandom(5000))
+    name = fmt.blob_name(x.blob)
+    snap = crafted(repo, [Entry(K_FILE, b"f", mode=0o600, size=5000, extents=[x]),
+                          Entry(K_FILE, b"g", mode=0o600, size=5000, extents=[x])])
     repo.storage.delete(name)
     out, warnings = io.BytesIO(), []
     st = dump(repo, snap, "/", out, warn=lambda p, m: warnings.append((p, m)))

@@ -1,4 +1,5 @@
-"""rekkord.format: the blob byte format, reference lists, snapshot records.
+"""rekkord.format: format v1's blob byte format (and the codec interface),
+reference lists, snapshot records.
 
 Pure logic: repositories live in memory here; everything touching files is in
 test_repository.py / test_save.py / test_restore.py."""
@@ -22,7 +23,7 @@ def repos():
     """role -> Repository on one in-memory repository."""
     master = Key.generate_master()
     storage = MemoryStorage()
-    Repository.init(storage, master)
+    Repository.init(storage, master, version=1)  # (format v2's blobs: tests/test_format_v2.py)
     out = {"admin": Repository.open(storage, master)}
     for role in ("full", "read", "write", "audit"):
         k = master.derive(role, role)

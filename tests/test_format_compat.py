@@ -1,15 +1,17 @@
-"""Format v1 compatibility: tests/fixtures/repo-v1/ is a small repository
-written by rekkord 0.1 (format v1) and committed.  Every future version must
-open it, list it, restore it identically and check it clean.
+"""Format compatibility: tests/fixtures/repo-v1/ is a small repository
+written by rekkord 0.1 (format v1), tests/fixtures/repo-v2/ one written in
+format v2 when it was introduced; both are committed.  Every future version
+must open them, list them, restore them identically, check them clean and
+go on saving into them.
 
-The fixture was made once with ``python tests/test_format_compat.py --make DIR``
-(see :func:`make_fixture`); never regenerate it to make a test pass: a change
-that breaks these tests breaks every existing repository.
+Each fixture was made once with ``python tests/test_format_compat.py --make
+VERSION DIR`` (see :func:`make_fixture`); never regenerate one to make a test
+pass: a change that breaks these tests breaks every existing repository.
 
 Contents: ``master.key`` (unprotected), ``audit.key`` (passphrase
 ``rekkord-v1-fixture``, Argon2id), ``write.key`` (wrote both snapshots), and the
 repository in ``repo/``: snapshot ``v1`` of the tree :func:`build_tree` makes
-at ``/tmp/rekkord-v1-fixture/src``, and snapshot ``single`` of one file.
+at the fixture's source path, and snapshot ``single`` of one file.
 """
 
 from __future__ import annotations
@@ -22,13 +24,20 @@ import sys
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FIXTURE = os.path.join(HERE, "fixtures", "repo-v1")
-SOURCE = "/tmp/rekkord-v1-fixture/src"  # the absolute path recorded in the fixture
 AUDIT_PASSPHRASE = "rekkord-v1-fixture"
 
-# Pinned facts about the committed fixture.
-REPO_ID = "15c8befa353ccc56977802488f691a61"
-SNAPSHOTS = {"v1": "f708826f9608b0d130cb15c3d99d01f8", "single": "ba3595a85398f84e7b8e01e510224842"}
+# Pinned facts about the committed fixtures (the source path is the absolute
+# path recorded in each).
+FIXTURES = {
+    1: {"dir": os.path.join(HERE, "fixtures", "repo-v1"), "source": "/tmp/rekkord-v1-fixture/src",
+        "repo": "15c8befa353ccc56977802488f691a61",
+        "snapshots": {"v1": "f708826f9608b0d130cb15c3d99d01f8", "single": "ba3595a85398f84e7b8e01e510224842"}},
+    2: {"dir": os.path.join(HERE, "fixtures", "repo-v2"), "source": "/tmp/rekkord-v2-fixture/src",
+        "repo": "15bcebf289bfc8206ab239fdd7dc0f39", "snapshots": {"v1": "024c7d33ed6b5b96301d5f6f456d15b2", "single": "980f5a96a9edc5a29e62e06373c349e9"}},
+}
+VERSION = 1
+FIXTURE, SOURCE = FIXTURES[1]["dir"], FIXTURES[1]["source"]
+REPO_ID, SNAPSHOTS = FIXTURES[1]["repo"], FIXTURES[1]["snapshots"]
 
 
 def build_tree(root: str) -> None:
@@ -63,8 +72,9 @@ def build_tree(root: str) -> None:
     os.utime(r, ns=(t, t))
 
 
-def make_fixture(out: str) -> None:
-    """Write the fixture (run once, by hand; see the module docstring)."""
+def make_fixture(version: int, out: str) -> None:
+    """Write a fixture (run once, by hand; see the module docstring)."""
+    SOURCE = FIXTURES[version]["source"]
     sys.path.insert(0, os.path.dirname(HERE))
     from rekkord.cache import Cache
     from rekkord.keys import Key
@@ -78,7 +88,7 @@ def make_fixture(out: str) -> None:
     os.makedirs(out)
     master = Key.generate_master()
     storage = LocalStorage(os.path.join(out, "repo"))
-    Repository.init(storage, master)
+    Repository.init(storage, master, version=version)
     admin = Repository.open(storage, master)
     write, audit = master.derive("write", "fixture-writer"), master.derive("audit", "fixture-auditor")
     for k in (write, audit):
@@ -95,10 +105,14 @@ def make_fixture(out: str) -> None:
 
 # ---- the tests ---------------------------------------------------------------------------
 
-@pytest.fixture
-def fixture_copy(tmp_path):
-    """A private copy: nothing may ever write into the committed fixture."""
-    d = tmp_path / "repo-v1"
+@pytest.fixture(params=sorted(FIXTURES), ids=lambda v: f"v{v}")
+def fixture_copy(tmp_path, request):
+    """A private copy of each fixture: nothing may ever write into a committed one."""
+    global VERSION, FIXTURE, SOURCE, REPO_ID, SNAPSHOTS
+    VERSION = request.param
+    f = FIXTURES[VERSION]
+    FIXTURE, SOURCE, REPO_ID, SNAPSHOTS = f["dir"], f["source"], f["repo"], f["snapshots"]
+    d = tmp_path / f"repo-v{VERSION}"
     shutil.copytree(FIXTURE, d)
     for name in ("master.key", "write.key", "audit.key"):
         os.chmod(d / name, 0o600)
@@ -115,7 +129,7 @@ def open_repo(d, name="master.key", passphrase=None):
 
 def test_opens_and_lists(fixture_copy):
     repo = open_repo(fixture_copy)
-    assert repo.config["format"] == 1 and repo.id == REPO_ID
+    assert repo.config["format"] == VERSION and repo.id == REPO_ID
     snaps = repo.snapshots()
     assert [(s.id, s.channel, s.time_ns, s.host) for s in snaps] == [
         (SNAPSHOTS["v1"], "v1", 1_700_000_100_000_000_000, "fixture-host"),
@@ -190,6 +204,23 @@ def test_same_tree_saved_again_adds_no_data(fixture_copy, tmp_path):
     assert [p for p, t in new if t == fmt.T_DATA] == []
 
 
+def test_forgets_and_prunes(fixture_copy):
+    """forget and prune with the audit key: the forgotten snapshot's own data
+    goes, the other snapshot still restores and checks clean."""
+    from rekkord.cache import Cache
+    from rekkord.check import Checker
+    from rekkord.forget import forget
+    from rekkord.gc import prune
+
+    audit = open_repo(fixture_copy, "audit.key", AUDIT_PASSPHRASE)
+    forget(audit, ids=[SNAPSHOTS["v1"]])
+    prune(audit, session_timeout=0)
+    prune(audit, session_timeout=0)
+    assert [s.id for s in audit.snapshots()] == [SNAPSHOTS["single"]]
+    report = Checker(open_repo(fixture_copy), Cache(None), read_data=True).run()
+    assert report.ok and report.orphans == 0, [str(p) for p in report.problems]
+
+
 def _blob_files(d):
     for dp, _, fs in os.walk(d / "repo" / "blobs"):
         for f in fs:
@@ -207,7 +238,7 @@ def test_cli_reads_v1(fixture_copy, run_cli, tmp_path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--make":
-        make_fixture(sys.argv[2])
+    if len(sys.argv) == 4 and sys.argv[1] == "--make":
+        make_fixture(int(sys.argv[2]), sys.argv[3])
     else:
         print(__doc__)

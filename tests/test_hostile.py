@@ -328,19 +328,15 @@ def test_a_decompression_bomb_is_refused_before_anything_is_allocated(box, targe
     good = w.data(b"fine")
     entries = [f(b"bomb.bin", b"", None), f(b"fine", b"fine", None)]
     entries[1].extents = good
+    btype = {"data": fmt.T_DATA, "index": fmt.T_INDEX, "reflist": fmt.T_REFLIST}[target]
+    bid, key, size = w.put_inner(btype, inner(fmt.COMP_ZSTD, bomb))  # (a valid MAC, or a valid name in v2)
     if target == "data":
-        bid = os.urandom(32)
-        w.put_blob(bid, w.seal_inner(fmt.T_DATA, bid, inner(fmt.COMP_ZSTD, bomb)))
-        entries[0].extents, entries[0].size = [Extent(bid, 0, 4 << 20)], 4 << 20
+        entries[0].extents, entries[0].size = [Extent(bid, 0, 4 << 20, key)], 4 << 20
         sid = w.snapshot(entries)
     elif target == "index":
-        bid = os.urandom(32)
-        w.put_blob(bid, w.seal_inner(fmt.T_INDEX, bid, inner(fmt.COMP_ZSTD, bomb)))
-        sid = w.record("nightly", [[bid.hex(), w.storage.stat(fmt.blob_name(bid))]] + w.index(entries[1:]))
+        sid = w.record("nightly", [[bid.hex(), size]] + w.index(entries[1:]))
     else:
-        bid = os.urandom(32)
-        w.put_blob(bid, w.seal_inner(fmt.T_REFLIST, bid, inner(fmt.COMP_ZSTD, bomb)))
-        sid = w.record("nightly", w.index(entries[1:]), [[bid.hex(), w.storage.stat(fmt.blob_name(bid))]])
+        sid = w.record("nightly", w.index(entries[1:]), [[bid.hex(), size]])
     env = {"REKKORD_REPOSITORY": box.url, "REKKORD_KEY_FILE": box.repo.key_files["read"],
            "REKKORD_CACHE_DIR": str(box.tmp / "c")}
     for cmd in (["restore", sid, box.dest], ["check", "--read-data"], ["ls", "-R", sid]):
@@ -573,6 +569,7 @@ def test_fossils_planted_under_every_live_name_cost_no_snapshot_its_data(box):
     assert not w.names("fossils/")  # settled: the planted copies were set aside, not used
 
 
+@pytest.mark.repo_format(1)
 @pytest.mark.parametrize("role", ["audit", "full"])
 def test_a_spoiled_copy_under_the_name_of_a_fossil_never_costs_the_genuine_one(box, role):
     """A write key plants a valid-MAC forgery in blobs/ while the genuine
@@ -665,6 +662,7 @@ def test_a_save_whose_marker_is_deleted_never_keeps_a_snapshot_with_deleted_blob
     assert box.repo.repo("read").snapshots() == []  # no record that references deleted blobs
 
 
+@pytest.mark.repo_format(1)
 def test_a_planted_reference_list_cannot_hide_a_saves_blobs_from_prune(box):
     """A write key predicts the reference list of a file another machine
     will save and plants, under its name, one that omits the file's blob.
@@ -706,6 +704,7 @@ def test_a_session_that_never_ends_only_delays_prune(box):
 # ---- 7. spoiled deduplication (format v1) -----------------------------------------------------------
 
 
+@pytest.mark.repo_format(1)
 def test_spoiled_deduplication_is_found_contained_and_healed(box, tmp_path):
     """A compromised machine plants valid-MAC garbage under the ids of a file
     another machine will save.  The audit check cannot see it (v1's known
@@ -734,3 +733,143 @@ def test_spoiled_deduplication_is_found_contained_and_healed(box, tmp_path):
     assert Checker(box.repo.repo("audit"), Cache(None)).run().repairs_removed == 0
     r = Checker(box.repo.repo("full"), Cache(None), read_data=True).run()
     assert r.ok and r.repairs_removed == 1 and r.healed_snapshots == []
+
+
+# ---- format v2: deduplication that a compromised machine cannot spoil -----------------------------
+
+
+class CreateOnly:
+    """Storage a machine may only add to (an append-only account): no
+    overwrite, no delete, no rename."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def write(self, name, data, *, exclusive=True):
+        from rekkord.errors import StoragePermissionDenied
+
+        if not exclusive and self._inner.exists(name):
+            raise StoragePermissionDenied(f"write {name}: this account may only create")
+        return self._inner.write(name, data, exclusive=exclusive)
+
+    def delete(self, name):
+        from rekkord.errors import StoragePermissionDenied
+
+        raise StoragePermissionDenied(f"delete {name}: this account may only create")
+
+    def rename(self, src, dst):
+        from rekkord.errors import StoragePermissionDenied
+
+        raise StoragePermissionDenied(f"rename {src}: this account may only create")
+
+
+def _machine(box, role="write", create_only=True):
+    from rekkord.repository import Repository
+
+    base = box.repo.repo(role)
+    storage = CreateOnly(base.storage) if create_only else base.storage
+    return Repository(storage, base.config, base.key)
+
+
+def _plant_everywhere(w, content) -> list[str]:
+    """A write key plants invalid bytes under every name an honest save of
+    ``content`` will try: each variant of each chunk (and of the pack a lone
+    small file makes)."""
+    planted = []
+    for chunk in w.chunks(content):
+        for i, name in enumerate(w.predicted_names(fmt.T_DATA, chunk)):
+            n = fmt.blob_name(name)
+            if not w.storage.exists(n):
+                # Random bytes, or a well-formed blob of other content.
+                junk = os.urandom(2000) if i % 2 else w.seal(fmt.T_DATA, os.urandom(len(chunk)))[1]
+                w.put(n, junk, overwrite=False)
+                planted.append(n)
+    return planted
+
+
+@pytest.mark.repo_format(2)
+def test_v2_a_spoiling_attack_fails(box, tmp_path):
+    """A compromised machine plants objects under every name it can compute,
+    before and during two other machines' saves, on storage that only lets
+    them create.  Their snapshots restore byte for byte, and the audit check
+    names every planted object as invalid and no snapshot as hurt."""
+    from treeutil import assert_same_tree
+
+    w = box.w
+    package = os.urandom(3 << 20)  # content the attacker knows (an OS package, a shared document)
+    doc = os.urandom(9000)
+    b_src, c_src = tmp_path / "b", tmp_path / "c"
+    for d_ in (b_src, c_src):
+        d_.mkdir()
+        (d_ / "package.tar").write_bytes(package)
+    (c_src / "doc.pdf").write_bytes(doc)
+    planted = _plant_everywhere(w, package)  # before
+    b = Saver(_machine(box), Cache(str(tmp_path / "b.sqlite"))).save("b", [str(b_src)])
+    planted += _plant_everywhere(w, doc)  # during: after one machine saved, before the next
+    c = Saver(_machine(box), Cache(str(tmp_path / "c.sqlite"))).save("c", [str(c_src)])
+    for sid, src, name in ((b.snapshot_id, b_src, "ob"), (c.snapshot_id, c_src, "oc")):
+        out = tmp_path / name
+        st, problems = restore(box, sid, sub=str(src), dest=out)
+        assert st.damaged == 0, problems
+        assert_same_tree(src, out)
+    report = Checker(box.repo.repo("audit"), Cache(None)).run()
+    invalid = {p.object for p in report.problems if p.kind == "damaged" and p.what == "unreferenced blob"}
+    assert invalid == set(planted) and len(planted) >= 8
+    assert report.damaged_snapshots == [] and all(not p.snapshots for p in report.problems)
+    # What the attack costs: the squatted content is stored under a random
+    # nonce, once per machine (deduplication of it is lost, nothing else).
+    assert b.stats.blobs_proven == 0 and sum("invalid object occupies" in m for _, m in b.warnings) >= 4
+
+
+@pytest.mark.repo_format(2)
+def test_v2_a_second_machine_proves_what_the_first_stored(box, tmp_path):
+    """Without squatters, a machine saving what another stored (cold cache)
+    uploads no data blob: it reads each object back, finds that it hashes to
+    its name, and reuses it."""
+    content = os.urandom(3 << 20)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "same.bin").write_bytes(content)
+    first = Saver(box.repo.repo("write"), Cache(None)).save("a", [str(tmp_path / "a")])
+    second = Saver(box.repo.repo("write"), Cache(None)).save("b", [str(tmp_path / "b")])
+    chunks = len(box.w.chunks(content))
+    assert first.stats.blobs_proven == 0 and second.stats.blobs_proven == chunks
+    assert second.stats.bytes_new < first.stats.bytes_new - len(content) // 2  # (index and lists only)
+
+
+@pytest.mark.repo_format(2)
+def test_v2_a_forgery_under_a_fossils_name_is_just_invalid(box):
+    """The v1 attack of test_a_spoiled_copy_under_the_name_of_a_fossil_never_costs_the_genuine_one
+    on v2: the forgeries do not hash to their names, the save proves and
+    replaces them, and prune keeps the one copy that verifies."""
+    from rekkord.forget import forget
+    from rekkord.gc import SaveSession, prune
+
+    src = _tree(box, big=False)
+    first = _save(box, src).snapshot_id
+    running = SaveSession(box.repo.repo("write"), refresh_interval=None).begin()
+    forget(box.repo.repo("audit"), ids=[first])
+    assert prune(box.repo.repo("audit")).collections_pending
+    w = box.w
+    for name in w.names("fossils/"):
+        w.put("blobs/" + "/".join(name.split("/")[2:]), os.urandom(3000))
+    second = _save(box, src).snapshot_id
+    running.end()
+    prune(box.repo.repo("audit"))
+    assert not w.names("quarantine/") and not w.names("fossils/")
+    assert Checker(box.repo.repo("audit"), Cache(None)).run().ok  # an audit key suffices in v2
+    _restores_whole(box, second, src, "out")
+
+
+@pytest.mark.repo_format(2)
+def test_v2_reference_lists_and_index_blobs_cannot_be_predicted(box):
+    """Reference lists and index blobs are randomised: two machines saving the
+    same tree get different names, so none can be planted in advance."""
+    src = _tree(box, big=False)
+    a = box.repo.repo("read").load_snapshot(_save(box, src).snapshot_id)
+    b = box.repo.repo("read").load_snapshot(_save(box, src).snapshot_id)
+    assert {i for i, _ in a.reflist}.isdisjoint(i for i, _ in b.reflist)
+    assert {i for i, _ in a.index}.isdisjoint(i for i, _ in b.index)

@@ -31,7 +31,7 @@ def test_init_writes_a_signed_config_and_no_secret(local_repo):
     d = json.loads(raw)
     body = d["body"]
     m = local_repo.master
-    assert body["format"] == 1 and body["repo"] == m.repo
+    assert body["format"] == local_repo.version and body["repo"] == m.repo
     assert body["master_sign_pk"] == m.sign_pk.hex()
     assert body["data_pk"] == m.data_pk.hex() and body["log_pk"] == m.log_pk.hex()
     assert body["chunker"] == {"algorithm": "fastcdc2020-nc1", "min": 262144, "avg": 1048576, "max": 4194304}
@@ -104,9 +104,9 @@ def test_tampered_or_replaced_config_is_refused(local_repo):
 def test_unsupported_format_version(local_repo):
     path = os.path.join(local_repo.url, "config")
     d = json.loads(open(path, "rb").read())
-    d["body"]["format"] = 2
+    d["body"]["format"] = 99
     open(path, "wb").write(json.dumps(d).encode())
-    with pytest.raises(UnsupportedFormat, match="format 2 is not supported"):
+    with pytest.raises(UnsupportedFormat, match="format 99 is not supported"):
         local_repo.repo("admin")
 
 
@@ -217,8 +217,8 @@ def test_private_part_needs_the_data_key(local_repo):
     pbody = json.dumps({"paths": ["/secret/path"]}).encode()
     from rekkord import format as fmt
 
-    pid = w.codec.blob_id(fmt.T_INDEX, pbody)
-    sid = w.write_snapshot({**record(), "private": {"id": pid.hex(), "sealed": w.codec.seal(fmt.T_INDEX, pid, pbody).hex()}})
+    pid, sealed = w.codec.seal_for_store(fmt.T_INDEX, pbody)
+    sid = w.write_snapshot({**record(), "private": {"id": pid.hex(), "sealed": bytes(sealed).hex()}})
     assert local_repo.repo("read").private(local_repo.repo("read").load_snapshot(sid)) == {"paths": ["/secret/path"]}
     audit = local_repo.repo("audit")
     with pytest.raises(IntegrityError, match="cannot decrypt"):

@@ -415,3 +415,41 @@ def test_p5_passphrase_protected_key_files(run_cli, tmp_path):
     run_cli("-k", key, "key", "passwd", key, env={**env, "REKKORD_NEW_PASSPHRASE": "new one"}, check=0)
     assert run_cli("-k", key, "snapshots", env=env).returncode == 5
     run_cli("-k", key, "snapshots", env={**env, "REKKORD_PASSPHRASE": "new one"}, check=0)
+
+
+# ---- P6 (format v2) -------------------------------------------------------------------------
+
+
+@pytest.mark.repo_format(2)
+@pytest.mark.parametrize("who", ["write", "audit", "read", "storage"])
+def test_p6_nobody_makes_another_writers_snapshot_restore_wrong_content_unseen(local_repo, saved, tmp_path, who):
+    """P6: no key holder and no storage can make another writer's snapshot
+    restore wrong content without the audit check saying so.  The attacker
+    replaces the victim's data blobs -- with bytes of other content it sealed
+    itself (a key holder), or with other stored objects (the storage) -- and
+    adds a blob of its own under every name it can compute for the victim's
+    files: restore refuses the damaged files, and the audit check names each
+    object and the victim's snapshot."""
+    from attacker import Attacker
+
+    src, sid, _ = saved
+    a = Attacker(local_repo.url, None if who == "storage" else local_repo.key_files[who])
+    repo = local_repo.repo("read")
+    victims = []
+    for e in iter_entries(repo, repo.load_snapshot(sid)):
+        victims += [x.blob for x in e.extents]
+    others = [fmt.blob_id_from_name(n) for n in a.names("blobs/") if fmt.blob_id_from_name(n) not in victims]
+    for i, v in enumerate(dict.fromkeys(victims)):
+        name = fmt.blob_name(v)
+        if i % 2 and others:
+            raw = a.storage.read(fmt.blob_name(others[i % len(others)]))  # another genuine object
+        else:
+            raw = a.seal(fmt.T_DATA, os.urandom(a.storage.stat(name) or 100))[1]  # sealed by the attacker
+        a.put(name, raw)
+    report = Checker(local_repo.repo("audit"), Cache(None)).run()
+    named = {p.object for p in report.problems if sid in p.snapshots}
+    assert named >= {fmt.blob_name(v) for v in victims} and report.damaged_snapshots == [sid]
+    assert restore_detects(local_repo, sid, src, tmp_path / "out")
+    for v in victims:
+        with pytest.raises(IntegrityError):
+            local_repo.repo("read").read_blob(v, fmt.T_DATA, b"\0" * 32)

@@ -13,8 +13,15 @@ from .context import Settings, pass_settings
 @click.command("init")
 @click.option("--compression", type=click.IntRange(0, 22), default=3, show_default=True,
               help="zstd level for new data (0: none)")
+@click.option("--format", "version", type=click.IntRange(1, 2), default=None,
+              help="Repository format (default: 2; 1 only for tools that cannot read 2)")
+@click.option("--from-repo", "from_repo", metavar="URL",
+              help="Take the chunker parameters and secrets of this repository (restic's "
+                   "--copy-chunker-params), so that `rekkord copy` between the two deduplicates")
+@click.option("--from-key", "from_key", metavar="FILE", help="A key of --from-repo that chunks (write, read, "
+              "full or master)")
 @pass_settings
-def init_cmd(s: Settings, compression: int):
+def init_cmd(s: Settings, compression: int, version, from_repo, from_key):
     """Create a repository and a new master key.
 
     The master key is written to the key file (-k / REKKORD_KEY_FILE), never
@@ -23,8 +30,20 @@ def init_cmd(s: Settings, compression: int):
     keys for daily use with `rekkord key derive`.
     """
     from ..keys import Key
-    from ..repository import Repository
+    from ..repository import FORMAT_VERSION, Repository
 
+    like = None
+    if from_repo:
+        from .. import keys
+        from ..errors import UsageError
+        from ..storage import open_storage
+        from .context import warn_line
+
+        if not from_key:
+            raise UsageError("--from-repo needs --from-key (a key of that repository)")
+        text = keys.read_key_file(os.path.expanduser(from_key), warn=warn_line)
+        pp = os.environ.get("REKKORD_FROM_PASSPHRASE") if keys.is_protected(text) else None
+        like = Repository.open(open_storage(from_repo, s.storage_options()), keys.loads(text, pp))
     key_path = s.key_path()
     url = s.repository_url()
     if os.path.lexists(key_path):
@@ -36,7 +55,7 @@ def init_cmd(s: Settings, compression: int):
     # Write the key first (exclusively): a repository without its key is useless.
     master.save(key_path, passphrase)
     try:
-        Repository.init(storage, master, compression=compression)
+        Repository.init(storage, master, compression=compression, version=version or FORMAT_VERSION, like=like)
     except BaseException:
         os.unlink(key_path)
         raise

@@ -33,7 +33,7 @@ COMMAND_MODULES = {
     "restore": "restore", "check": "check", "diff": "browse", "find": "browse", "cat": "browse",
     "channels": "channels", "mount": "mount", "setup": "setup", "forget": "forget", "prune": "prune",
     "reports": "reports", "monitor": "monitor",
-    "stats": "stats", "dump": "dump", "version": "meta", "completion": "meta", "man": "meta",
+    "stats": "stats", "dump": "dump", "version": "meta", "completion": "meta", "man": "meta", "copy": "copy",
 }
 
 

@@ -1,0 +1,174 @@
+"""Blobs of format version 2: named by the hash of their bytes, data convergent.
+
+Every key holder has ``psk``, so in version 1 any write key can make an
+object whose MAC verifies under the id of content others will save later,
+and the audit check cannot tell.  Version 2 closes that by construction
+(docs/format.md §12, docs/security.md P6):
+
+* every blob is stored under the **plain BLAKE3 hash of its stored bytes**:
+  an object whose bytes do not hash to its name is invalid, and anyone can
+  tell, with no key at all;
+* **data blobs are convergent**: the key is ``khash(conv_key; pid)`` and the
+  nonce ``khash(nonce_key; pid || variant)`` (``pid``: the keyed plaintext
+  id, ``conv_key`` and ``nonce_key`` derived from ``id_key``), compression and
+  padding are deterministic, so the same plaintext gives the same bytes and
+  the same name in every writer; the pid (hence the key) lives only in the
+  index, which is sealed to the data key.  A write key cannot decrypt a blob
+  whose plaintext it does not already have;
+* index blobs, reference lists and records stay randomised.
+
+A writer reuses an object it finds under a name only once it has proven it:
+the bytes there hash to the name, so they are exactly the bytes it would have
+written (rekkord/save.py).  Where an invalid object squats a name, it stores
+its copy under another *variant* (the nonce changes), and after a few under a
+random nonce, so no attacker can occupy every name it would use.
+
+Layout (64-byte header, then the AEAD ciphertext; associated data: the header)::
+
+    0   4  magic b"RKB2"
+    4   1  type      1 data, 2 index, 3 reference list
+    5   1  sealing   1 session key (index), 2 list key (reference lists),
+                     3 convergent (data)
+    6   2  reserved, zero
+    8  32  the save session's ephemeral X25519 key (sealing 1), else zero
+   40  24  nonce
+   64   n  XChaCha20-Poly1305(INNER) || tag      (INNER as in version 1)
+"""
+
+from __future__ import annotations
+
+import blake3
+
+from . import crypto
+from .errors import IntegrityError, UnsupportedFormat
+from .format import (
+    HEADER_SIZE,
+    SEAL_LIST,
+    SEAL_SESSION,
+    T_DATA,
+    T_REFLIST,
+    TYPE_NAMES,
+    BlobCodec,
+    BlobKeys,
+    stored_size,
+)
+
+BLOB_MAGIC_V2 = b"RKB2"
+SEAL_CONVERGENT = 3
+OVERHEAD_V2 = HEADER_SIZE + crypto.TAG_SIZE
+#: Name variants a writer tries (derived nonces) before a random nonce.
+VARIANTS = 4
+
+CTX_CONVERGENT = "rekkord v2 2026-12 convergent blob key"
+CTX_NONCE = "rekkord v2 2026-12 convergent nonce key"
+
+_ZERO32 = bytes(32)
+
+
+def name_of(raw) -> bytes:
+    """A v2 blob's name: the plain BLAKE3 hash of its stored bytes."""
+    return blake3.blake3(raw).digest()
+
+
+class CodecV2(BlobCodec):
+    version = 2
+    convergent = True
+
+    def __init__(self, keys: BlobKeys, compression_level: int = 3, limits: dict[int, int] | None = None):
+        super().__init__(keys, compression_level, limits)
+        id_key = keys.id_key
+        self._conv = crypto.derive(CTX_CONVERGENT, id_key) if id_key else None
+        self._nonce = crypto.derive(CTX_NONCE, id_key) if id_key else None
+
+    @property
+    def index(self):
+        from .index import V2
+
+        return V2
+
+    # ---- writing ---------------------------------------------------------------
+
+    def seal_for_store(self, btype: int, plaintext, pid: bytes | None = None, variant: int | None = 0, *,
+                       inner=None):
+        """(name, stored bytes).  Data: convergent (``variant`` picks the
+        derived nonce; None: a random one); index and reference lists:
+        randomised.  ``inner``: the compressed and padded plaintext, when the
+        caller already made it (trying another variant costs no compression)."""
+        if inner is None:
+            inner = self._inner(plaintext)
+        if btype == T_DATA:
+            pid = pid or self.plain_id(btype, plaintext)
+            key = crypto.keyed_hash(self._conv, pid)
+            nonce = (crypto.keyed_hash(self._nonce, pid, bytes([variant]), length=crypto.NONCE_SIZE)
+                     if variant is not None else crypto.random_bytes(crypto.NONCE_SIZE))
+            sealing, eph = SEAL_CONVERGENT, _ZERO32
+        elif btype == T_REFLIST:
+            key, sealing, eph = self.keys.list_key, SEAL_LIST, _ZERO32
+            nonce = crypto.random_bytes(crypto.NONCE_SIZE)
+        else:
+            key, sealing, eph = self._session_key, SEAL_SESSION, self._eph_pk
+            nonce = crypto.random_bytes(crypto.NONCE_SIZE)
+        header = BLOB_MAGIC_V2 + bytes([btype, sealing, 0, 0]) + eph + nonce
+        out = bytearray(HEADER_SIZE + len(inner) + crypto.TAG_SIZE)
+        out[:HEADER_SIZE] = header
+        view = memoryview(out)
+        crypto.aead_encrypt_into(view[HEADER_SIZE:], key, nonce, inner, header)
+        view.release()
+        return name_of(out), out
+
+    def seal(self, btype: int, blob_id: bytes, plaintext, *, pad: bool = True) -> bytes:
+        """Version 1's signature, for callers that name blobs themselves
+        (the name of a v2 blob is the hash of what this returns)."""
+        return self.seal_for_store(btype, plaintext, blob_id if btype == T_DATA else None)[1]
+
+    # ---- reading ---------------------------------------------------------------
+
+    def verify(self, ref: bytes, raw) -> str | None:
+        """What anyone can check, without a key: the bytes hash to the name."""
+        if len(raw) < OVERHEAD_V2:
+            return f"truncated ({len(raw)} bytes)"
+        if bytes(raw[:4]) != BLOB_MAGIC_V2:
+            return "not a rekkord v2 blob (bad magic)"
+        if name_of(raw) != ref:
+            return "its bytes do not hash to its name (damaged, truncated, forged or stored under another name)"
+        return None
+
+    verify_mac = verify  # (what version 1's callers ask for)
+
+    def open(self, blob_id: bytes, raw, expected_type: int | None = None, *, key: bytes = b"",
+             max_plaintext: int | None = None) -> bytes:
+        name = blob_id.hex()
+        problem = self.verify(blob_id, raw)
+        if problem:
+            raise IntegrityError(f"blob {name}: {problem}")
+        btype, sealing = raw[4], raw[5]
+        if expected_type is not None and btype != expected_type:
+            raise IntegrityError(f"blob {name}: is a {TYPE_NAMES.get(btype, btype)} blob, "
+                                 f"expected {TYPE_NAMES.get(expected_type)}")
+        limit = max_plaintext if max_plaintext is not None else self.limits.get(btype)
+        if limit is None:
+            raise IntegrityError(f"blob {name}: unknown blob type {btype}")
+        if len(raw) > stored_size(limit):
+            raise IntegrityError(f"blob {name}: too large for a {TYPE_NAMES[btype]} blob ({len(raw)} bytes)")
+        header = bytes(raw[:HEADER_SIZE])
+        nonce = header[40:64]
+        if sealing == SEAL_LIST and btype == T_REFLIST:
+            k = self.keys.list_key
+        elif sealing == SEAL_SESSION and btype != T_DATA:
+            k = self._session_open_key(header[8:40], name)
+        elif sealing == SEAL_CONVERGENT and btype == T_DATA:
+            if self.keys.data_sk is None:
+                raise IntegrityError(f"blob {name}: this key cannot decrypt file data")
+            if len(key) != 32 or self._conv is None:
+                raise IntegrityError(f"blob {name}: no key for this blob (its index names none)")
+            k = crypto.keyed_hash(self._conv, key)
+        else:
+            raise UnsupportedFormat(f"blob {name}: unknown sealing {sealing} for a {TYPE_NAMES[btype]} blob")
+        inner = crypto.aead_decrypt(k, nonce, memoryview(raw)[HEADER_SIZE:], header)
+        if inner is None:
+            raise IntegrityError(f"blob {name}: decryption failed (damaged, forged, or named with the wrong key)")
+        plaintext = self._plaintext(inner, limit, name)
+        if sealing == SEAL_CONVERGENT and self.keys.id_key is not None \
+                and self.plain_id(btype, plaintext) != key:
+            raise IntegrityError(f"blob {name}: content does not match its plaintext id")
+        return plaintext
