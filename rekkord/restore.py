@@ -103,6 +103,8 @@ class RestoreStats:
     unchanged: int = 0  # already in DEST as the snapshot has them (metadata set again)
     kept: int = 0  # in DEST, left as they are by --overwrite never / if-newer
     temporaries_removed: int = 0  # leftovers of an interrupted restore into DEST
+    unmatched: list[str] = field(default_factory=list)  # --include patterns that matched nothing
+    unmatched_excludes: list[str] = field(default_factory=list)  # --exclude patterns that removed nothing
     damaged: int = 0
     warnings: int = 0
     deleted: int = 0
@@ -128,8 +130,12 @@ class PathFilter:
     YES, NO, MAYBE = 1, 0, 2  # MAYBE: a directory that may hold included entries
 
     def __init__(self, includes: list[str], excludes: list[str]):
-        self.inc = [self._compile(p) for p in includes if p.strip()]
-        self.exc = [self._compile(p) for p in excludes if p.strip()]
+        self.inc_patterns = [p for p in includes if p.strip()]
+        self.inc = [self._compile(p) for p in self.inc_patterns]
+        self.exc_patterns = [p for p in excludes if p.strip()]
+        self.exc = [self._compile(p) for p in self.exc_patterns]
+        self.matched: set[int] = set()  # includes that selected an entry (not excluded)
+        self.exc_matched: set[int] = set()  # excludes that removed an entry
 
     @staticmethod
     def _compile(p: str):
@@ -157,12 +163,40 @@ class PathFilter:
     def active(self) -> bool:
         return bool(self.inc or self.exc)
 
-    def select(self, path: bytes, is_dir: bool) -> int:
-        if self.exc and self._hits(self.exc, path):
-            return self.NO
-        if not self.inc or self._hits(self.inc, path):
+    def select(self, path: bytes, is_dir: bool, *, mark: bool = True) -> int:
+        """``mark``: the path is a snapshot entry (a path of DEST, looked at
+        by --delete, does not make a pattern "match")."""
+        comps = os.fsdecode(path).split("/")
+        if self.exc:
+            if mark and len(self.exc_matched) < len(self.exc):
+                hits = [i for i, p in enumerate(self.exc) if self._hit(p, comps)]
+                self.exc_matched.update(hits)
+            else:
+                hits = any(self._hit(p, comps) for p in self.exc)
+            if hits:
+                return self.NO
+        if not self.inc:
+            return self.YES
+        hit = False
+        for i, p in enumerate(self.inc):
+            if self._hit(p, comps):
+                hit = True
+                if not mark:
+                    break
+                self.matched.add(i)
+                if len(self.matched) == len(self.inc):
+                    break  # (no need to look further once every pattern matched once)
+        if hit:
             return self.YES
         return self.MAYBE if is_dir else self.NO
+
+    def unmatched(self) -> list[str]:
+        """The --include patterns that selected nothing (so far)."""
+        return [p for i, p in enumerate(self.inc_patterns) if i not in self.matched]
+
+    def unmatched_excludes(self) -> list[str]:
+        """The --exclude patterns that removed nothing (so far)."""
+        return [p for i, p in enumerate(self.exc_patterns) if i not in self.exc_matched]
 
 
 class Restorer:
@@ -229,6 +263,7 @@ class Restorer:
     def restore(self, subpath: str | bytes | None, dest: str) -> RestoreStats:
         started = time.monotonic()
         sub = normalize_subpath(subpath)
+        self._sub = sub
         dest_b = os.path.abspath(os.fsencode(dest))
         self._dest_s = os.fsdecode(dest_b)
 
@@ -247,6 +282,7 @@ class Restorer:
         entries = select(iter_entries(self.repo, self.snap, on_damage=index_damage, on_refused=refused), sub)
         first = next(entries, None)
         if first is None:
+            self._report_unmatched()
             return self.stats
         entry0, _ = first
         # Where an entry lands, as components below DEST: a single file at
@@ -488,6 +524,7 @@ class Restorer:
                 self._apply_dir_meta(dirs)
             if fetcher.damaged and not dry:
                 self._publish_hint(fetcher.damaged)
+            self._report_unmatched()
         finally:
             pool.shutdown(wait=True)
             fetcher.close()
@@ -682,7 +719,7 @@ class Restorer:
                 is_dir = statmod.S_ISDIR(st.st_mode)
                 if is_dir and st.st_dev != top_dev:
                     continue  # another file system mounted here: not ours to clean
-                if self.filter.select(sp, is_dir) != PathFilter.YES:
+                if self.filter.select(sp, is_dir, mark=False) != PathFilter.YES:
                     continue  # outside the selection (excluded / not included): kept
                 if self.opts.dry_run:
                     self.stats.deleted += 1
@@ -719,6 +756,18 @@ class Restorer:
                 self.warn(f"(snapshot {self.snap.id[:8]} reference list)",
                           f"reference list blob {bid.hex()} is damaged ({msg}); the files are not affected, "
                           "but prune cannot see which blobs this snapshot uses: run rekkord check")
+
+    def _report_unmatched(self):
+        """An --include pattern that selected nothing is a warning naming it
+        (a typo must not look like a restore of nothing that went well).  An
+        --exclude that removed nothing is not: all that was asked for is
+        restored, and a standing exclude list (``*.tmp``) must not fail every
+        restore; it is only recorded (``unmatched_excludes``), for a note."""
+        self.stats.unmatched = self.filter.unmatched()
+        self.stats.unmatched_excludes = self.filter.unmatched_excludes()
+        for pat in self.stats.unmatched:
+            self.warn(f"--include {pat}", f"matches nothing in snapshot {self.snap.id[:8]}"
+                      + (" below the path given" if self._sub else ""))
 
     # ---- what DEST already has (--overwrite) ---------------------------------------
 

@@ -299,3 +299,24 @@ def test_overwrite_modes(run_cli, env, saved, tmp_path):
     p = run_cli("restore", f"{sid}:{src}", out, "--delete", "--overwrite", "never", env=env)
     assert p.returncode == 2 and p.stderr.decode().startswith("rekkord: error: --delete")
 
+
+def test_an_include_that_matches_nothing_is_a_warning_and_exit_6(run_cli, env, saved, tmp_path):
+    src, sid = saved
+    p = run_cli("restore", f"{sid}:{src}", tmp_path / "o1", "--include", "*.cnof", env=env)
+    assert p.returncode == 6, p.stderr
+    want = f"rekkord: warning: --include *.cnof: matches nothing in snapshot {sid[:8]} below the path given"
+    assert p.stderr.decode().splitlines() == [want]
+    assert not (tmp_path / "o1").exists() or restored(tmp_path / "o1") == []
+    # One of two patterns matches: that one restores, the other is named.
+    p = run_cli("restore", sid, tmp_path / "o2", "--include", "hosts", "--include", "/nowhere/**", "--json", env=env)
+    assert p.returncode == 6
+    assert json.loads(p.stdout)["unmatched"] == ["/nowhere/**"] and b"--include /nowhere/**" in p.stderr
+    assert (tmp_path / "o2" / str(src).lstrip("/") / "etc" / "hosts").read_text() == "hosts\n"
+    # An include matching only what an exclude removes matches nothing either.
+    p = run_cli("restore", f"{sid}:{src}", tmp_path / "o3", "--include", "hosts", "--exclude", "etc", env=env)
+    assert p.returncode == 6 and b"--include hosts" in p.stderr
+    # An exclude that matches nothing is only a note: everything asked for is restored, exit 0.
+    p = run_cli("restore", f"{sid}:{src}", tmp_path / "o4", "--exclude", "*.tpm", env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.decode() == f"rekkord: note: --exclude *.tpm: matches nothing in snapshot {sid[:8]}\n"
+    assert (tmp_path / "o4" / "etc" / "hosts").read_text() == "hosts\n"

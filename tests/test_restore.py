@@ -212,6 +212,28 @@ def test_path_not_in_snapshot(local_repo, small, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
+def test_patterns_that_match_nothing_are_named(local_repo, small, tmp_path):
+    """An --include that selects no entry of the snapshot is a warning
+    naming it (stats.unmatched), also when DEST has a path it matches (what
+    --delete looks at is not the snapshot) or when an exclude removes all it
+    matches; an --exclude that removes nothing is recorded, not a warning."""
+    src, sid = small
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "stray.md").write_text("stray")
+    (out / "sub" / "notes.log").write_text("mine")
+    st_, problems, _ = run_restore(local_repo, sid, src, out, includes=["*.txt", "*.md", "b.*"],
+                                   excludes=["*.tmp", "deeper"], delete=True)
+    assert st_.unmatched == ["*.md", "b.*"] and st_.unmatched_excludes == ["*.tmp"]
+    assert problems == [(f"--include {p}", f"matches nothing in snapshot {sid[:8]} below the path given")
+                        for p in ("*.md", "b.*")]
+    # (--delete removes what an include matches and the snapshot has not; keeps the rest)
+    assert sorted(os.listdir(out / "sub")) == ["a.txt", "notes.log"]
+    assert (out / "top.txt").read_text() == "top" and not (out / "sub" / "deeper").exists()
+    st_, problems, _ = run_restore(local_repo, sid, src, tmp_path / "o2", includes=["*.txt"], excludes=["sub2"])
+    assert (st_.unmatched, st_.unmatched_excludes, problems) == ([], [], [])
+
+
 def counting_reads(repo):
     """Count the blobs a restore reads from the storage."""
     seen = []

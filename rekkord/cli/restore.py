@@ -68,7 +68,9 @@ def restore_cmd(s: Settings, spec, dest, overwrite, dry_run, owner, no_setuid, n
     Patterns: without '/' they match a name (of the entry or a directory
     above it); with '/' the absolute path in the snapshot (`*` stays in one
     directory, `**` crosses them). Excludes win; with includes only matching
-    entries (and the directories leading to them) are restored.
+    entries (and the directories leading to them) are restored. An
+    --include that matches nothing is a warning naming it, and exit code 6
+    (an --exclude that matches nothing is only a note).
     --delete never removes what the patterns leave out.
 
     Restoring again into the same DEST resumes an interrupted restore: files
@@ -123,11 +125,18 @@ def restore_cmd(s: Settings, spec, dest, overwrite, dry_run, owner, no_setuid, n
                    + (f"; {st.not_created} special files not created" if st.not_created else "")
                    + (f"; setuid/setgid dropped on {st.setuid_dropped}" if st.setuid_dropped else "")
                    + (f"; {st.warnings} warnings" if st.warnings else ""), err=s.quiet)
+    if not s.quiet and not as_json:
+        from .text import safe
+
+        for pat in st.unmatched_excludes:
+            click.echo(f"rekkord: note: --exclude {safe(pat)}: matches nothing in snapshot {snap.id[:8]}", err=True)
     if st.repair_hint and not as_json:
         click.echo(f"published repair hint {st.repair_hint}: the next save on each machine that still has the "
                    "damaged data uploads it again", err=True)
     if st.damaged:
         raise SystemExit(ExitCode.DAMAGED)
+    if st.unmatched:
+        raise SystemExit(ExitCode.NOT_FOUND)
     if st.warnings:
         raise SystemExit(ExitCode.WARNINGS)
 
