@@ -255,10 +255,10 @@ def test_a_killed_restore_resumes_where_it_stopped(run_cli, local_repo, env, tmp
     p = run_cli("-q", "restore", f"c:{src}", out, "--json", env=env, check=0)
     summary = json.loads(p.stdout)
     assert p.stderr == b""
-    assert summary["files"] + summary["others"] == 4 * 8
-    assert summary["skipped"] >= len(finished) and summary["unchanged"] == summary["skipped"]
-    assert summary["restored"] + summary["skipped"] == 4 * 8
-    assert summary["bytes_restored"] + summary["bytes_skipped"] == summary["bytes"]
+    assert summary["message_type"] == "summary" and summary["total_files"] == 4 * 8
+    assert summary["files_skipped"] >= len(finished) and summary["unchanged"] == summary["files_skipped"]
+    assert summary["files_restored"] + summary["files_skipped"] == summary["total_files"]
+    assert summary["bytes_restored"] + summary["bytes_skipped"] == summary["total_bytes"]
     assert summary["temporaries_removed"] == len(left)
     assert tmp_leftovers(out) == []
     assert_same_tree(src, out)
@@ -269,12 +269,18 @@ def test_a_killed_restore_resumes_where_it_stopped(run_cli, local_repo, env, tmp
     assert b"restored 0 files" in p.stdout and b"skipped 32 " in p.stdout and b"32 unchanged" in p.stdout
 
 
-def test_overwrite_modes(run_cli, env, saved, tmp_path):
+def test_overwrite_modes_and_restics_json_summary(run_cli, env, saved, tmp_path):
     src, sid = saved
     out = tmp_path / "out"
-    first = json.loads(run_cli("restore", f"{sid}:{src}", out, "--json", env=env, check=0).stdout)
-    assert (first["restored"], first["skipped"], first["files"] + first["others"]) == (8, 0, 8)
-    assert first["bytes_restored"] == first["bytes"] and first["bytes_skipped"] == 0
+    p = run_cli("restore", f"{sid}:{src}", out, "--json", env=env, check=0)
+    assert p.stdout.count(b"\n") == 1 and p.stdout.startswith(b'{"message_type":"summary",')  # one JSON line
+    first = json.loads(p.stdout)
+    assert first["files_deleted"] == 0 and isinstance(first["seconds_elapsed"], int)
+    assert (first["files_restored"], first["files_skipped"], first["total_files"]) == (8, 0, 8)
+    assert first["bytes_restored"] == first["total_bytes"] == first["bytes"] and first["bytes_skipped"] == 0
+    # (rekkord's own names stay, for the scripts that read them)
+    assert {"snapshot", "files", "dirs", "others", "bytes", "skipped", "damaged", "warnings", "deleted",
+            "verified", "problems"} <= set(first)
     hosts = out / "etc" / "hosts"
 
     def run(*args, code=0):
@@ -285,15 +291,15 @@ def test_overwrite_modes(run_cli, env, saved, tmp_path):
     hosts.write_text("mine\n")
     assert run("--overwrite", "never")["kept"] == 8 and hosts.read_text() == "mine\n"
     os.utime(hosts, ns=(4_000_000_000 * 10**9, 4_000_000_000 * 10**9))  # newer than the snapshot's
-    assert run("--overwrite=if-newer")["restored"] == 0 and hosts.read_text() == "mine\n"
+    assert run("--overwrite=if-newer")["files_restored"] == 0 and hosts.read_text() == "mine\n"
     os.utime(hosts, ns=(10**9, 10**9))
     d = run("--overwrite", "if-newer")
-    assert (d["restored"], d["kept"]) == (1, 7) and hosts.read_text() == "hosts\n"
+    assert (d["files_restored"], d["kept"]) == (1, 7) and hosts.read_text() == "hosts\n"
     hosts.write_text("HOSTS\n")
     os.utime(hosts, ns=(os.stat(src / "etc" / "hosts").st_mtime_ns,) * 2)
     assert run("--overwrite", "if-changed")["unchanged"] == 8 and hosts.read_text() == "HOSTS\n"
     d = run()  # the default: always, the content decides
-    assert (d["restored"], d["unchanged"]) == (1, 7) and hosts.read_text() == "hosts\n"
+    assert (d["files_restored"], d["unchanged"]) == (1, 7) and hosts.read_text() == "hosts\n"
     p = run_cli("restore", "--overwrite", "if-chnaged", f"{sid}:{src}", out, env=env)
     assert p.returncode == 2 and b"'if-chnaged' is not one of" in p.stderr
     p = run_cli("restore", f"{sid}:{src}", out, "--delete", "--overwrite", "never", env=env)

@@ -102,10 +102,7 @@ def restore_cmd(s: Settings, spec, dest, overwrite, dry_run, owner, no_setuid, n
     finally:
         progress.done()
     if as_json:
-        from dataclasses import asdict
-
-        echo_json({"snapshot": snap.id, **asdict(st),
-                   "problems": [{"path": p, "message": m} for p, m in r.problems]})
+        echo_json(summary_json(snap.id, st, r.problems, dry_run), line=True)
     elif not s.quiet or st.warnings:
         verb = "would restore" if dry_run else "restored"
         skipped = ""
@@ -139,6 +136,22 @@ def restore_cmd(s: Settings, spec, dest, overwrite, dry_run, owner, no_setuid, n
         raise SystemExit(ExitCode.NOT_FOUND)
     if st.warnings:
         raise SystemExit(ExitCode.WARNINGS)
+
+
+def summary_json(sid: str, st, problems, dry_run: bool) -> dict:
+    """restic's restore summary message, on one line (message_type
+    "summary", seconds_elapsed, total_files, files_restored, files_skipped,
+    files_deleted, total_bytes, bytes_restored, bytes_skipped; "files" there
+    are all entries but directories), then rekkord's own counters under
+    their earlier names, which scripts may read."""
+    from dataclasses import asdict
+
+    return {
+        "message_type": "summary", "seconds_elapsed": int(st.duration), "dry_run": dry_run,
+        "total_files": st.files + st.others, "files_restored": st.restored, "files_skipped": st.skipped,
+        "files_deleted": st.deleted, "total_bytes": st.bytes, "bytes_restored": st.bytes_restored,
+        "bytes_skipped": st.bytes_skipped,
+        "snapshot": sid, **asdict(st), "problems": [{"path": p, "message": m} for p, m in problems]}
 
 
 COMMANDS = [restore_cmd]
