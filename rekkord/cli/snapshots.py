@@ -7,7 +7,7 @@ import time
 import click
 
 from .context import Settings, echo_json, human_bytes, pass_settings, table
-from .text import safe
+from .text import safe, subject
 
 
 def snapshot_json(x, paths: list[str] | None, readable: bool) -> dict:
@@ -54,7 +54,7 @@ def snapshots_cmd(s: Settings, selectors, channel, host, tag, paths, latest, as_
 
     repo = s.open_repo()
     warnings = []
-    snaps = repo.snapshots(on_problem=lambda sid, msg: warnings.append(f"snapshot {sid}: {msg}"))
+    snaps = repo.snapshots(on_problem=lambda sid, msg: warnings.append(f"{subject(sid)}: {msg}"))
     for w in warnings:
         click.echo(f"rekkord: warning: {w}", err=True)
     if selectors:
