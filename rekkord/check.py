@@ -57,7 +57,8 @@ from .snapshot import describe_loss, iter_entries
 #: Names the repository layout uses (docs/format.md); anything else is reported.
 KNOWN_NAMES = ("config",)
 KNOWN_PREFIXES = ("keys/", "revoked/", "snapshots/", "blobs/", "generations/", "repairs/", "sessions/",
-                  "fossils/", "gc/", "quarantine/", "reports/")
+                  "fossils/", "gc/", "quarantine/", "reports/",
+                  "annotations/")
 
 # Problem kinds.  All but UNVERIFIED are damage (exit 4); UNVERIFIED means the
 # storage failed to answer, so the check is incomplete (exit 7).
@@ -280,6 +281,9 @@ class Checker:
                              "leftover or planted by someone with storage access)")
         self._check_keys(listing)
         snaps = self._load_snapshots(listing)
+        from . import tags as tagmod
+
+        tagmod.annotations(self.repo, lambda n, m: self.problem(n, "tag annotation", UNTRUSTED, m))
         r.snapshots = len(snaps)
         by_id = {s.id: s for s in snaps}
         refs, kinds, direct, reflists = self._walk(snaps, blobs)

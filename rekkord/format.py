@@ -30,6 +30,10 @@ from .errors import IntegrityError, UnsupportedFormat
 
 BLOB_MAGIC = b"RKB1"
 SNAP_MAGIC = b"RKS1"
+SNAP_DOMAIN = b"rekkord snapshot v1\0"
+ANNOTATION_MAGIC = b"RKA1"
+ANNOTATION_DOMAIN = b"rekkord annotation v1\0"
+MAX_ANNOTATION = 64 * 1024
 HEADER_SIZE = 64
 BLOB_OVERHEAD = HEADER_SIZE + crypto.TAG_SIZE + crypto.MAC_SIZE
 
@@ -338,35 +342,58 @@ def unpack_reflist(data: bytes) -> list[tuple[bytes, int]]:
 
 def seal_record(sid: str, record: dict, sign_seed: bytes, log_pk: bytes, log_mix: bytes) -> bytes:
     """Sign then seal a snapshot record to the repository's log key."""
-    body = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
-    sig = crypto.sign(sign_seed, b"rekkord snapshot v1\0" + sid.encode() + b"\0" + body)
-    plaintext = struct.pack("<I", len(body)) + body + sig
-    eph_sk, eph_pk = crypto.new_ephemeral()
-    key = crypto.session_key(log_mix, crypto.x25519(eph_sk, log_pk), eph_pk, log_pk)
-    nonce = crypto.random_bytes(crypto.NONCE_SIZE)
-    header = SNAP_MAGIC + eph_pk + nonce
-    return header + crypto.aead_encrypt(key, nonce, plaintext, header + sid.encode())
+    return _seal_signed(SNAP_MAGIC, SNAP_DOMAIN, sid, record, sign_seed, log_pk, log_mix)
 
 
 def open_record(sid: str, raw: bytes, log_sk: bytes, log_mix: bytes) -> tuple[dict, bytes, bytes]:
     """Returns (record, signed message, signature); the caller checks the
     signature against the certificate of ``record['kid']``."""
-    if len(raw) < 60 + crypto.TAG_SIZE or raw[:4] != SNAP_MAGIC:
-        raise IntegrityError(f"snapshot {sid}: not a snapshot record (truncated or bad magic)")
-    if len(raw) > schema.MAX_RECORD:
-        raise IntegrityError(f"snapshot {sid}: too large for a snapshot record ({len(raw)} bytes)")
+    return _open_signed(SNAP_MAGIC, SNAP_DOMAIN, f"snapshot {sid}", ("a snapshot record", "record"), schema.MAX_RECORD,
+                        sid, raw, log_sk, log_mix)
+
+
+def seal_annotation(aid: str, body: dict, sign_seed: bytes, log_pk: bytes, log_mix: bytes) -> bytes:
+    """An annotation (tags changed after the fact, rekkord/tags.py): sealed
+    and signed as a record, with its own magic and signing context, so that
+    neither can pass for the other."""
+    return _seal_signed(ANNOTATION_MAGIC, ANNOTATION_DOMAIN, aid, body, sign_seed, log_pk, log_mix)
+
+
+def open_annotation(aid: str, raw: bytes, log_sk: bytes, log_mix: bytes) -> tuple[dict, bytes, bytes]:
+    return _open_signed(ANNOTATION_MAGIC, ANNOTATION_DOMAIN, f"annotations/{aid}", ("an annotation", "annotation"),
+                        MAX_ANNOTATION, aid, raw, log_sk, log_mix)
+
+
+def _seal_signed(magic: bytes, domain: bytes, sid: str, record: dict, sign_seed: bytes, log_pk: bytes,
+                 log_mix: bytes) -> bytes:
+    body = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    sig = crypto.sign(sign_seed, domain + sid.encode() + b"\0" + body)
+    plaintext = struct.pack("<I", len(body)) + body + sig
+    eph_sk, eph_pk = crypto.new_ephemeral()
+    key = crypto.session_key(log_mix, crypto.x25519(eph_sk, log_pk), eph_pk, log_pk)
+    nonce = crypto.random_bytes(crypto.NONCE_SIZE)
+    header = magic + eph_pk + nonce
+    return header + crypto.aead_encrypt(key, nonce, plaintext, header + sid.encode())
+
+
+def _open_signed(magic: bytes, domain: bytes, what: str, nouns: tuple[str, str], limit: int, sid: str, raw: bytes,
+                 log_sk: bytes, log_mix: bytes) -> tuple[dict, bytes, bytes]:
+    if len(raw) < 60 + crypto.TAG_SIZE or raw[:4] != magic:
+        raise IntegrityError(f"{what}: not {nouns[0]} (truncated or bad magic)")
+    if len(raw) > limit:
+        raise IntegrityError(f"{what}: too large for {nouns[0]} ({len(raw)} bytes)")
     eph_pk, nonce = bytes(raw[4:36]), bytes(raw[36:60])
     log_pk = crypto.x25519_public(log_sk)
     key = crypto.session_key(log_mix, crypto.x25519(log_sk, eph_pk), eph_pk, log_pk)
     plaintext = crypto.aead_decrypt(key, nonce, raw[60:], bytes(raw[:60]) + sid.encode())
     if plaintext is None:
-        raise IntegrityError(f"snapshot {sid}: cannot be opened (damaged, forged or renamed)")
+        raise IntegrityError(f"{what}: cannot be opened (damaged, forged or renamed)")
     if len(plaintext) < 4:
-        raise IntegrityError(f"snapshot {sid}: damaged record (truncated)")
+        raise IntegrityError(f"{what}: damaged {nouns[1]} (truncated)")
     (n,) = struct.unpack_from("<I", plaintext, 0)
     if len(plaintext) != 4 + n + crypto.SIG_SIZE:
-        raise IntegrityError(f"snapshot {sid}: damaged record (bad length)")
+        raise IntegrityError(f"{what}: damaged {nouns[1]} (bad length)")
     body = bytes(plaintext[4:4 + n])
     sig = bytes(plaintext[4 + n:])  # (aead_decrypt returns a bytearray; PyNaCl wants bytes)
-    record = schema.loads_object(body, f"snapshot {sid}", limit=schema.MAX_RECORD)
-    return record, b"rekkord snapshot v1\0" + sid.encode() + b"\0" + body, sig
+    record = schema.loads_object(body, what, limit=limit)
+    return record, domain + sid.encode() + b"\0" + body, sig

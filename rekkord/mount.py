@@ -231,7 +231,7 @@ class SnapshotFS:
             snaps = self.repo.snapshots(on_problem=lambda sid, msg: problems.append((sid, msg)))
             for sid, msg in problems:
                 if self.warn:
-                    self.warn(f"snapshot {sid}", msg + "; not shown")
+                    self.warn(sid if "/" in sid else f"snapshot {sid}", msg + ("" if "/" in sid else "; not shown"))
             # Only trusted snapshots are shown (one forged, or signed by a
             # revoked key or a role that may not save, is named above).
             snaps = [s for s in snaps if s.signature_ok]

@@ -23,7 +23,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from . import crypto, format as fmt, keys as keymod, schema
+from . import crypto, format as fmt, keys as keymod, schema, tags as tagmod
 from .chunker import Chunker, ChunkerParams, PackCutter, chunker_seed
 from .errors import (
     ConfigMismatch,
@@ -59,6 +59,8 @@ class Snapshot:
     record: dict
     signature_ok: bool = True
     problems: list[str] = field(default_factory=list)
+    #: The tags as signed annotations changed them (rekkord/tags.py), or None.
+    annotated_tags: list[str] | None = None
 
     @property
     def time(self) -> float:
@@ -77,8 +79,14 @@ class Snapshot:
         return self.record.get("stats", {})
 
     @property
-    def tags(self) -> list[str]:
+    def saved_tags(self) -> list[str]:
+        """The tags the record was saved with."""
         return self.record.get("tags", [])
+
+    @property
+    def tags(self) -> list[str]:
+        """The tags now: the record's, as valid annotations changed them."""
+        return self.annotated_tags if self.annotated_tags is not None else self.saved_tags
 
     def to_json(self) -> dict:
         return {
@@ -118,6 +126,8 @@ class Repository:
         self.storage = storage
         self.config = config
         self.key = key
+        self._annotations = None  # rekkord/tags.py: valid annotations by snapshot id, once read
+        self._annotation_problems: list[tuple[str, str]] = []
         self.id = config["repo"]
         self.chunker_params = ChunkerParams.from_json(config["chunker"])
         self.compression = config.get("compression", 3)
@@ -428,12 +438,15 @@ class Repository:
             raw = self.storage.read(f"snapshots/{sid}")
         except ObjectNotFound:
             raise SnapshotNotFound(f"snapshot {sid} not found") from None
-        return self._open_snapshot(sid, raw)
+        snap = self._open_snapshot(sid, raw)
+        tagmod.apply(self, [snap])
+        return snap
 
     def snapshots(self, *, strict: bool = False, on_problem=None) -> list[Snapshot]:
         """All snapshot records, oldest first.  Records that cannot be opened
         are reported through ``on_problem(sid, message)`` (or raise when strict)."""
         self.key.require("list", "list snapshots")
+        self._annotations = None  # (read again: a long-running process sees new ones)
         out = []
         for sid in self.snapshot_ids():
             try:
@@ -448,6 +461,8 @@ class Repository:
                 on_problem(sid, "; ".join(snap.problems))
             out.append(snap)
         out.sort(key=lambda s: (s.time_ns, s.id))
+        # (ignored annotations are reported as ``annotations/<aid>``)
+        tagmod.annotations(self, on_problem)
         return out
 
     def resolve(self, spec: str) -> Snapshot:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import hmac
 import itertools
 import os
+import re
 import stat as statmod
 import threading
 import time
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 
 from . import safefs
 from .errors import IntegrityError, NoSpace, StorageError, UsageError
+from .format import T_DATA
 from .index import (
     F_LINKED,
     F_UNREADABLE,
@@ -47,6 +50,18 @@ from .index import (
 from .repository import Repository, Snapshot
 from .snapshot import F_IMPLICIT, BlobFetcher, describe_loss, iter_entries, normalize_subpath, select
 
+#: What ``--overwrite`` does with an entry DEST already has (restic's choices):
+#: always -- compare the content with the snapshot (reading DEST's file, hashing
+#: it against the extents' ids, fetching only what a hash cannot settle) and
+#: rewrite it when it differs; if-changed -- the same, but a file whose size and
+#: mtime match is taken as unchanged without reading it; if-newer -- only
+#: replace what is older (mtime) than the snapshot's entry; never -- leave
+#: every existing entry as it is.  Identical files are skipped quietly, their
+#: metadata set again (always, if-changed).
+OVERWRITE_MODES = ("always", "if-changed", "if-newer", "never")
+#: A temporary name of restore (``.rekkord-tmp-<12 hex>-<n>``): what an
+#: interrupted restore leaves behind, removed by the next one into that directory.
+TMP_NAME = re.compile(rb"\.rekkord-tmp-[0-9a-f]{12}-[0-9]+\Z")
 HOLE_BLOCK = 64 * 1024
 BATCH_FILE_MAX = 1024 * 1024  # files up to this size, in one extent, are restored in batches
 ZERO_BLOCK = bytes(HOLE_BLOCK)
@@ -54,7 +69,7 @@ ZERO_BLOCK = bytes(HOLE_BLOCK)
 
 @dataclass
 class RestoreOptions:
-    overwrite: bool = False
+    overwrite: str | bool = "always"  # one of OVERWRITE_MODES (True: always, False: never)
     dry_run: bool = False
     owner: bool | None = None  # None: restore owners when running as root
     keep_damaged: bool = False
@@ -62,18 +77,34 @@ class RestoreOptions:
     excludes: list[str] = field(default_factory=list)
     threads: int | None = None
     verify: bool = False
-    delete: bool = False  # remove what DEST has beyond the selection (implies overwrite)
+    delete: bool = False  # remove what DEST has beyond the selection
     setuid: bool = True  # keep setuid/setgid bits where the saved owner is restored too
     special: bool = True  # create device nodes and FIFOs
+
+    def __post_init__(self):
+        if self.overwrite is True or self.overwrite is False:  # the library's earlier boolean
+            self.overwrite = "always" if self.overwrite else "never"
+        if self.overwrite not in OVERWRITE_MODES:
+            raise UsageError(f"unknown overwrite mode {self.overwrite!r} (choose from {', '.join(OVERWRITE_MODES)})")
+        if self.delete and self.overwrite == "never":
+            raise UsageError("--delete makes DEST match the snapshot: it cannot be combined with --overwrite never")
 
 
 @dataclass
 class RestoreStats:
-    files: int = 0
+    files: int = 0  # regular files (and hard links) of the selection
     dirs: int = 0
-    others: int = 0
-    bytes: int = 0
-    skipped: int = 0
+    others: int = 0  # symlinks, FIFOs, devices
+    bytes: int = 0  # the files' bytes
+    restored: int = 0  # files and others written by this run
+    bytes_restored: int = 0
+    skipped: int = 0  # files and others not written: unchanged + kept
+    bytes_skipped: int = 0
+    unchanged: int = 0  # already in DEST as the snapshot has them (metadata set again)
+    kept: int = 0  # in DEST, left as they are by --overwrite never / if-newer
+    temporaries_removed: int = 0  # leftovers of an interrupted restore into DEST
+    unmatched: list[str] = field(default_factory=list)  # --include patterns that matched nothing
+    unmatched_excludes: list[str] = field(default_factory=list)  # --exclude patterns that removed nothing
     damaged: int = 0
     warnings: int = 0
     deleted: int = 0
@@ -99,8 +130,12 @@ class PathFilter:
     YES, NO, MAYBE = 1, 0, 2  # MAYBE: a directory that may hold included entries
 
     def __init__(self, includes: list[str], excludes: list[str]):
-        self.inc = [self._compile(p) for p in includes if p.strip()]
-        self.exc = [self._compile(p) for p in excludes if p.strip()]
+        self.inc_patterns = [p for p in includes if p.strip()]
+        self.inc = [self._compile(p) for p in self.inc_patterns]
+        self.exc_patterns = [p for p in excludes if p.strip()]
+        self.exc = [self._compile(p) for p in self.exc_patterns]
+        self.matched: set[int] = set()  # includes that selected an entry (not excluded)
+        self.exc_matched: set[int] = set()  # excludes that removed an entry
 
     @staticmethod
     def _compile(p: str):
@@ -114,27 +149,54 @@ class PathFilter:
         return None, glob_regex(p if p.startswith("**") else p)
 
     @staticmethod
-    def _hits(pats, path: bytes) -> bool:
+    def _hit(pat, comps: list[str]) -> bool:
+        name, rx = pat
+        if name is not None:
+            return any(fnmatch.fnmatchcase(c, name) for c in comps)
+        return any(rx.fullmatch("/" + "/".join(comps[:i + 1])) for i in range(len(comps)))
+
+    @classmethod
+    def _hits(cls, pats, path: bytes) -> bool:
         comps = os.fsdecode(path).split("/")
-        for name, rx in pats:
-            if name is not None:
-                if any(fnmatch.fnmatchcase(c, name) for c in comps):
-                    return True
-            else:
-                for i in range(len(comps)):
-                    if rx.fullmatch("/" + "/".join(comps[:i + 1])):
-                        return True
-        return False
+        return any(cls._hit(p, comps) for p in pats)
 
     def active(self) -> bool:
         return bool(self.inc or self.exc)
 
-    def select(self, path: bytes, is_dir: bool) -> int:
-        if self.exc and self._hits(self.exc, path):
-            return self.NO
-        if not self.inc or self._hits(self.inc, path):
+    def select(self, path: bytes, is_dir: bool, *, mark: bool = True) -> int:
+        """``mark``: the path is a snapshot entry (a path of DEST, looked at
+        by --delete, does not make a pattern "match")."""
+        comps = os.fsdecode(path).split("/")
+        if self.exc:
+            if mark and len(self.exc_matched) < len(self.exc):
+                hits = [i for i, p in enumerate(self.exc) if self._hit(p, comps)]
+                self.exc_matched.update(hits)
+            else:
+                hits = any(self._hit(p, comps) for p in self.exc)
+            if hits:
+                return self.NO
+        if not self.inc:
+            return self.YES
+        hit = False
+        for i, p in enumerate(self.inc):
+            if self._hit(p, comps):
+                hit = True
+                if not mark:
+                    break
+                self.matched.add(i)
+                if len(self.matched) == len(self.inc):
+                    break  # (no need to look further once every pattern matched once)
+        if hit:
             return self.YES
         return self.MAYBE if is_dir else self.NO
+
+    def unmatched(self) -> list[str]:
+        """The --include patterns that selected nothing (so far)."""
+        return [p for i, p in enumerate(self.inc_patterns) if i not in self.matched]
+
+    def unmatched_excludes(self) -> list[str]:
+        """The --exclude patterns that removed nothing (so far)."""
+        return [p for i, p in enumerate(self.exc_patterns) if i not in self.exc_matched]
 
 
 class Restorer:
@@ -150,10 +212,10 @@ class Restorer:
         self.repo = repo
         self.snap = snap
         self.opts = options or RestoreOptions()
-        if self.opts.delete:
-            from dataclasses import replace
-
-            self.opts = replace(self.opts, overwrite=True)
+        self.mode = self.opts.overwrite
+        # Whether something in DEST of another type (a symlink or a file where
+        # a directory goes) may be replaced: never followed either way.
+        self.replaces = self.mode != "never"
         self.filter = PathFilter(self.opts.includes, self.opts.excludes)
         self.progress = progress
         self.warn_cb = warn
@@ -201,6 +263,7 @@ class Restorer:
     def restore(self, subpath: str | bytes | None, dest: str) -> RestoreStats:
         started = time.monotonic()
         sub = normalize_subpath(subpath)
+        self._sub = sub
         dest_b = os.path.abspath(os.fsencode(dest))
         self._dest_s = os.fsdecode(dest_b)
 
@@ -219,6 +282,7 @@ class Restorer:
         entries = select(iter_entries(self.repo, self.snap, on_damage=index_damage, on_refused=refused), sub)
         first = next(entries, None)
         if first is None:
+            self._report_unmatched()
             return self.stats
         entry0, _ = first
         # Where an entry lands, as components below DEST: a single file at
@@ -239,6 +303,7 @@ class Restorer:
                 safefs.raise_fd_limit()
                 self._registry = safefs.DirRegistry()
                 root = self._registry.handle(safefs.open_root(dest_b))
+                self._remove_leftovers(root.fd, ())
             except OSError as e:
                 raise UsageError(f"cannot create {self._dest_s}: {e.strerror}") from None
         self._root = root
@@ -264,9 +329,9 @@ class Restorer:
         stack: list[tuple[tuple, safefs.DirHandle | None]] = [((), root)]
         expected: set[tuple] | None = set() if self.opts.delete else None  # what DEST keeps (--delete)
 
-        def run_file(parent, name, comps, e):
+        def run_file(parent, name, comps, e, existing):
             try:
-                return self._restore_file(parent, name, comps, e, fetcher)
+                return self._place_file(parent, name, comps, e, fetcher, existing)
             finally:
                 parent.release()
                 inflight.release()
@@ -278,8 +343,8 @@ class Restorer:
         def run_batch(items: list, fut: Future):
             out = {}
             try:
-                for parent, name, comps, e in items:
-                    final = self._restore_file(parent, name, comps, e, fetcher)
+                for parent, name, comps, e, existing in items:
+                    final = self._place_file(parent, name, comps, e, fetcher, existing)
                     if all_linkable or e.flags & F_LINKED:
                         out[e.path] = final
                 fut.set_result(out)
@@ -305,7 +370,8 @@ class Restorer:
             track(fut)
             pool.submit(run_batch, items, fut)
 
-        def submit(parent, name: bytes, comps: tuple, e: Entry):
+        def submit(parent, name: bytes, comps: tuple, e: Entry, existing):
+            """``existing``: (lstat of what DEST has under the name, verdict), or None."""
             linkable = all_linkable or e.flags & F_LINKED
             parent.acquire()
             if len(e.extents) == 1 and e.size <= BATCH_FILE_MAX:
@@ -314,12 +380,12 @@ class Restorer:
                     flush_batch()
                 if not batch["items"]:
                     batch["blob"], batch["fut"] = blob, Future()
-                batch["items"].append((parent, name, comps, e))
+                batch["items"].append((parent, name, comps, e, existing))
                 if linkable:
                     restored[e.path] = batch["fut"]
                 return
             inflight.acquire()
-            fut = pool.submit(run_file, parent, name, comps, e)
+            fut = pool.submit(run_file, parent, name, comps, e, existing)
             track(fut)
             if linkable:
                 restored[e.path] = fut
@@ -409,21 +475,34 @@ class Restorer:
                 self.stats.files += 1
                 self.stats.bytes += e.size
                 if dry:
+                    self._count(e, restored=True)
                     return
-                if not self.opts.overwrite and safefs.lstat(parent.fd, name) is not None:
-                    self._skip(comps)
-                    return
-                submit(parent, name, comps, e)
+                st = safefs.lstat(parent.fd, name)
+                existing = None
+                if st is not None:
+                    verdict = self._verdict(st, e)
+                    if verdict == "keep":
+                        self._count(e, kept=True)
+                        return
+                    existing = (st, verdict)
+                submit(parent, name, comps, e, existing)
                 return
             if not self._policy_allows(e):
                 self.stats.not_created += 1
                 return
             self.stats.others += 1
             if dry:
+                self._count(e, restored=True)
                 return
-            if not self.opts.overwrite and safefs.lstat(parent.fd, name) is not None:
-                self._skip(comps)
-                return
+            st = safefs.lstat(parent.fd, name)
+            if st is not None:
+                verdict = self._verdict(st, e)
+                if verdict == "keep":
+                    self._count(e, kept=True)
+                    return
+                if self._same_special(parent.fd, name, st, e):
+                    self._count(e, unchanged=True)
+                    return
             self._restore_special(parent.fd, name, comps, e)
 
         try:
@@ -445,6 +524,7 @@ class Restorer:
                 self._apply_dir_meta(dirs)
             if fetcher.damaged and not dry:
                 self._publish_hint(fetcher.damaged)
+            self._report_unmatched()
         finally:
             pool.shutdown(wait=True)
             fetcher.close()
@@ -497,9 +577,9 @@ class Restorer:
                     raise
                 # A symlink (or a file) where a directory goes: never
                 # restore through it (it may point outside DEST).
-                if not self.opts.overwrite:
+                if not self.replaces:
                     self.warn(self._show(comps), "exists and is not a directory (symlinks in DEST are never "
-                              "followed); nothing restored below it (use --overwrite)")
+                              "followed); nothing restored below it (--overwrite never)")
                     return None
                 safefs.unlink(parent.fd, name)
                 os.mkdir(name, 0o700, dir_fd=parent.fd)
@@ -510,7 +590,33 @@ class Restorer:
                 raise NoSpace(f"no space left creating {self._show(comps)}") from None
             self.warn(self._show(comps), f"cannot create directory: {err.strerror}")
             return None
+        if not made:
+            self._remove_leftovers(fd, comps)
         return self._registry.handle(fd, made)
+
+    def _remove_leftovers(self, dfd: int, comps: tuple):
+        """An interrupted restore (killed, power lost) leaves its temporary
+        files (``.rekkord-tmp-<12 hex>-<n>``) in the directories it was
+        writing: the next restore into the directory removes them (never a
+        directory, never this run's own).  Two restores into one DEST at
+        once are not supported: each would take the other's for leftovers."""
+        try:
+            with os.scandir(dfd) as it:
+                names = [os.fsencode(d.name) for d in it if TMP_NAME.match(os.fsencode(d.name))]
+        except OSError:
+            return
+        for nb in names:
+            if nb.startswith(self._tmp_prefix):
+                continue
+            st = safefs.lstat(dfd, nb)
+            if st is None or statmod.S_ISDIR(st.st_mode):
+                continue
+            try:
+                os.unlink(nb, dir_fd=dfd)
+            except OSError:
+                continue
+            with self.lock:
+                self.stats.temporaries_removed += 1
 
     def _apply_dir_meta(self, dirs: list[tuple[tuple, Entry]]):
         """Directory modes, owners and times, children before parents (their
@@ -613,7 +719,7 @@ class Restorer:
                 is_dir = statmod.S_ISDIR(st.st_mode)
                 if is_dir and st.st_dev != top_dev:
                     continue  # another file system mounted here: not ours to clean
-                if self.filter.select(sp, is_dir) != PathFilter.YES:
+                if self.filter.select(sp, is_dir, mark=False) != PathFilter.YES:
                     continue  # outside the selection (excluded / not included): kept
                 if self.opts.dry_run:
                     self.stats.deleted += 1
@@ -651,10 +757,137 @@ class Restorer:
                           f"reference list blob {bid.hex()} is damaged ({msg}); the files are not affected, "
                           "but prune cannot see which blobs this snapshot uses: run rekkord check")
 
-    def _skip(self, comps: tuple):
+    def _report_unmatched(self):
+        """An --include pattern that selected nothing is a warning naming it
+        (a typo must not look like a restore of nothing that went well).  An
+        --exclude that removed nothing is not: all that was asked for is
+        restored, and a standing exclude list (``*.tmp``) must not fail every
+        restore; it is only recorded (``unmatched_excludes``), for a note."""
+        self.stats.unmatched = self.filter.unmatched()
+        self.stats.unmatched_excludes = self.filter.unmatched_excludes()
+        for pat in self.stats.unmatched:
+            self.warn(f"--include {pat}", f"matches nothing in snapshot {self.snap.id[:8]}"
+                      + (" below the path given" if self._sub else ""))
+
+    # ---- what DEST already has (--overwrite) ---------------------------------------
+
+    def _count(self, e: Entry, *, restored: bool = False, unchanged: bool = False, kept: bool = False,
+               link: bool = False):
+        """``link``: a hard link made to a file of this restore (its bytes are the first link's)."""
+        size = e.size if e.kind in (K_FILE, K_HARDLINK) and not link else 0
         with self.lock:
-            self.stats.skipped += 1
-        self.warn(self._show(comps), "exists; not overwritten (use --overwrite)")
+            st = self.stats
+            if restored:
+                st.restored += 1
+                st.bytes_restored += size
+                return
+            st.skipped += 1
+            st.bytes_skipped += size
+            if unchanged:
+                st.unchanged += 1
+            if kept:
+                st.kept += 1
+
+    def _verdict(self, st, e: Entry) -> str:
+        """What to do with ``st`` (an lstat of what DEST has where ``e``
+        goes): "keep" it as it is, "same" (if-changed: size and mtime match,
+        take it as unchanged), or "compare" (the content decides)."""
+        mode = self.mode
+        if mode == "never":
+            return "keep"
+        if mode == "if-newer" and st.st_mtime_ns >= e.mtime_ns:
+            return "keep"
+        if mode == "if-changed" and e.kind in (K_FILE, K_HARDLINK) and statmod.S_ISREG(st.st_mode) \
+                and st.st_size == e.size and st.st_mtime_ns == e.mtime_ns:
+            return "same"
+        return "compare"
+
+    def _same_special(self, dfd: int, name: bytes, st, e: Entry) -> bool:
+        """A symlink with the same target, a FIFO, a device with the same
+        number, with the snapshot's mtime: nothing to do (anything else is
+        replaced, through a temporary name, never followed)."""
+        if st.st_mtime_ns != e.mtime_ns:
+            return False
+        if e.kind == K_SYMLINK:
+            if not statmod.S_ISLNK(st.st_mode):
+                return False
+            try:
+                return os.readlink(name, dir_fd=dfd) == e.target
+            except OSError:
+                return False
+        if e.kind == K_FIFO:
+            return statmod.S_ISFIFO(st.st_mode)
+        if e.kind in (K_CHAR, K_BLOCK):
+            want = statmod.S_ISCHR if e.kind == K_CHAR else statmod.S_ISBLK
+            return want(st.st_mode) and st.st_rdev == e.rdev
+        return False
+
+    def _place_file(self, parent: safefs.DirHandle, name: bytes, comps: tuple, e: Entry, fetcher: BlobFetcher,
+                    existing) -> tuple | None:
+        """A file where DEST may have one already: kept when it is the
+        snapshot's (its metadata set again), else written."""
+        if existing is not None:
+            st, verdict = existing
+            if self._reuse(parent, name, comps, e, fetcher, st, compare=verdict == "compare"):
+                self._count(e, unchanged=True)
+                return comps
+        return self._restore_file(parent, name, comps, e, fetcher)
+
+    def _reuse(self, parent: safefs.DirHandle, name: bytes, comps: tuple, e: Entry, fetcher: BlobFetcher, st, *,
+               compare: bool) -> bool:
+        """Whether the file DEST has under ``name`` is the snapshot's file
+        (``compare``: read it and check; else size and mtime said so), and if
+        so set its metadata.  Only a regular file with one link is ever
+        reused: one with more may share its inode with a file outside DEST,
+        whose mode or owner must never change.  It is opened without
+        following a symlink and must be the very inode that was looked at."""
+        if not statmod.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size != e.size \
+                or sum(x.length for x in e.extents) != e.size:
+            return False
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent.fd)
+        except OSError:
+            return False
+        try:
+            fst = os.fstat(fd)
+            if (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino) or not statmod.S_ISREG(fst.st_mode) \
+                    or fst.st_nlink != 1 or fst.st_size != e.size:
+                return False
+            if compare and not self._same_content(fd, e, fetcher):
+                return False
+            self._meta_fd(fd, comps, e, parent, existing=fst)
+            os.utime(fd, ns=(e.atime_ns or e.mtime_ns, e.mtime_ns))
+            return True
+        except OSError:
+            return False  # unreadable, or its metadata cannot be set: written anew
+        finally:
+            os.close(fd)
+
+    def _same_content(self, fd: int, e: Entry, fetcher: BlobFetcher) -> bool:
+        """Whether the open file holds exactly ``e``'s content.  Each extent
+        is hashed with the blob id key: a whole blob (every chunk of a large
+        file) is settled by its plaintext id without a download; a range of
+        a pack (small files) by fetching the pack, as a restore would."""
+        codec = self.repo.codec
+        whole = e.size >= self.repo.chunker_params.min_size  # cut into chunks: extents are whole blobs
+        pos = 0
+        for x in e.extents:
+            local = _pread_all(fd, x.length, pos)
+            pos += x.length
+            if len(local) != x.length:
+                return False
+            pid = x.key if codec.convergent else x.blob
+            if x.offset == 0 and pid and hmac.compare_digest(codec.plain_id(T_DATA, local), pid):
+                continue
+            if whole and x.offset == 0:
+                return False
+            try:
+                blob = fetcher.get(x.blob, x.key).result()
+            except (IntegrityError, StorageError):
+                return False  # written anew: the restore then names the damage
+            if blob[x.offset:x.offset + x.length] != local:
+                return False
+        return True
 
     # ---- files -----------------------------------------------------------------
 
@@ -726,6 +959,7 @@ class Restorer:
                     self.warn(spath, f"DAMAGED, and cannot rename into place: {err.strerror}", damaged=True)
                     return None
                 self.warn(spath, f"DAMAGED (kept, with holes where data is missing): {damaged}", damaged=True)
+                self._count(e, restored=True)
                 return comps
             safefs.unlink(dfd, tmp)
             self.warn(spath, f"DAMAGED, not restored: {damaged}", damaged=True)
@@ -736,6 +970,7 @@ class Restorer:
             safefs.unlink(dfd, tmp)
             self.warn(spath, f"cannot rename into place: {err.strerror}")
             return None
+        self._count(e, restored=True)
         if self.opts.verify:
             self._verify(dfd, name, comps, e, fetcher)
         return comps
@@ -770,15 +1005,16 @@ class Restorer:
             mode &= ~0o6000
         return mode
 
-    def _meta_fd(self, fd: int, comps: tuple, e: Entry, parent: safefs.DirHandle | None = None):
+    def _meta_fd(self, fd: int, comps: tuple, e: Entry, parent: safefs.DirHandle | None = None, existing=None):
         """Owner, mode and xattrs through an open descriptor (times are the
-        caller's: they must come after the last write)."""
+        caller's: they must come after the last write).  ``existing``: the
+        fstat of a file DEST had (its owner is its own, not ours)."""
         spath = self._show(comps)
-        owned = (e.uid, e.gid) == self._creator
+        owned = (e.uid, e.gid) == ((existing.st_uid, existing.st_gid) if existing is not None else self._creator)
         if self.owner:
             # A file we create belongs to us, unless its directory (one we did
             # not make) passes its group down with the setgid bit: then always chown.
-            if not owned or parent is None or not parent.made:
+            if not owned or parent is None or not parent.made or existing is not None:
                 try:
                     os.fchown(fd, e.uid, e.gid)
                     owned = True
@@ -827,12 +1063,19 @@ class Restorer:
         try:
             src_fd = safefs.open_path(root, first[:-1])
             dst_fd = safefs.open_path(root, comps[:-1])
-            if not self.opts.overwrite and safefs.lstat(dst_fd, comps[-1]) is not None:
-                self._skip(comps)
-                return
+            st = safefs.lstat(dst_fd, comps[-1])
+            if st is not None:
+                verdict = self._verdict(st, e)
+                src = safefs.lstat(src_fd, first[-1])
+                same = src is not None and (src.st_dev, src.st_ino) == (st.st_dev, st.st_ino)
+                if verdict == "keep" or same:  # (already this link: nothing to do)
+                    self.stats.files += 1
+                    self._count(e, unchanged=verdict != "keep", kept=verdict == "keep", link=True)
+                    return
             safefs.link(src_fd, first[-1], dst_fd, tmp)
             safefs.rename(dst_fd, tmp, comps[-1])
             self.stats.files += 1
+            self._count(e, restored=True, link=True)
         except OSError as err:
             if dst_fd is not None:
                 safefs.unlink(dst_fd, tmp)
@@ -889,6 +1132,7 @@ class Restorer:
                         self._xattrs(path, spath, e)
                     os.utime(path, ns=times)
             safefs.rename(dfd, tmp, name)
+            self._count(e, restored=True)
         except OSError as err:
             safefs.unlink(dfd, tmp)
             self.warn(spath, f"cannot restore {e.kind_name}: {err.strerror}")
@@ -932,6 +1176,18 @@ def _write_sparse(fd: int, data: bytes, pos: int) -> int:
         _pwrite_all(fd, mv[start:], pos + start)
         return pos + n
     return pos  # ends in a hole: the caller's ftruncate sets the size
+
+
+def _pread_all(fd: int, n: int, off: int) -> bytes:
+    parts = []
+    while n > 0:
+        b = os.pread(fd, min(n, 8 << 20), off)
+        if not b:
+            break
+        parts.append(b)
+        n -= len(b)
+        off += len(b)
+    return b"".join(parts)
 
 
 def _pwrite_all(fd: int, mv: memoryview, off: int) -> None:

@@ -203,6 +203,24 @@ class Attacker:
         self.storage.write(f"snapshots/{sid}", header + crypto.aead_encrypt(key, nonce, plaintext,
                                                                             header + sid.encode()), exclusive=False)
 
+    def annotation(self, sid: str, *, aid: str | None = None, name: str | None = None, **change) -> str:
+        """A tag annotation (``add``/``remove`` or ``set``) for snapshot
+        ``sid``, sealed to the public log key with this key's psk mix and
+        signed by this key; stored under ``name`` (default: its own)."""
+        aid = aid or os.urandom(16).hex()
+        body = json.dumps({"v": 1, "id": aid, "repo": self.config["repo"], "kid": self.kid, "snapshot": sid,
+                           "time_ns": 2_000_000_000 * 10**9, **change}, sort_keys=True, separators=(",", ":")).encode()
+        sig = crypto.sign(self.sign_seed, b"rekkord annotation v1\0" + aid.encode() + b"\0" + body)
+        plaintext = struct.pack("<I", len(body)) + body + sig
+        eph_sk, eph_pk = crypto.new_ephemeral()
+        key = crypto.session_key(self.log_mix, crypto.x25519(eph_sk, self.log_pk), eph_pk, self.log_pk)
+        nonce = os.urandom(24)
+        header = b"RKA1" + eph_pk + nonce
+        name = name or f"annotations/{aid}"
+        self.storage.write(name, header + crypto.aead_encrypt(key, nonce, plaintext, header + aid.encode()),
+                           exclusive=False)
+        return name
+
     def snapshot(self, entries: list[Entry], channel: str = "nightly", *, pieces: int = 1, **kw) -> str:
         """A whole snapshot: index, reference list and record."""
         ids = [x.blob for e in entries for x in e.extents]

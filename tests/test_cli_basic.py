@@ -181,14 +181,19 @@ def test_restore_forms(cli, tree, saved, tmp_path):
     # A single file lands at DEST/<name> (by id prefix).
     cli("full", "restore", f"{saved[:8]}:{tree}/hello.txt", tmp_path / "one", check=0)
     assert os.listdir(tmp_path / "one") == ["hello.txt"]
-    # --dry-run writes nothing; existing files need --overwrite.
+    # --dry-run writes nothing; --overwrite never keeps what DEST has, quietly;
+    # the default (always, also plain --overwrite before SNAPSHOT, as scripts
+    # wrote it) replaces what differs.
     cli("read", "restore", "--dry-run", saved, tmp_path / "dry", check=0)
     assert not (tmp_path / "dry").exists()
     (tmp_path / "one" / "hello.txt").write_text("changed")
-    p = cli("read", "restore", f"{saved}:{tree}/hello.txt", tmp_path / "one")
-    assert p.returncode == 3 and b"not overwritten" in p.stderr and b"Traceback" not in p.stderr
+    p = cli("read", "restore", "--overwrite", "never", f"{saved}:{tree}/hello.txt", tmp_path / "one", check=0)
+    assert b"kept by --overwrite never" in p.stdout and p.stderr == b""
     assert (tmp_path / "one" / "hello.txt").read_text() == "changed"
     cli("read", "restore", "--overwrite", f"{saved}:{tree}/hello.txt", tmp_path / "one", check=0)
+    assert (tmp_path / "one" / "hello.txt").read_text() == "hello\n"
+    (tmp_path / "one" / "hello.txt").write_text("changed")
+    cli("read", "restore", f"{saved}:{tree}/hello.txt", tmp_path / "one", check=0)
     assert (tmp_path / "one" / "hello.txt").read_text() == "hello\n"
 
 

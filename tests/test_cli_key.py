@@ -114,6 +114,33 @@ def test_key_info_shows_a_protected_keys_facts_without_the_passphrase(local_repo
     assert info["role"] == "write" and info["protection"] == "passphrase (old format)"
 
 
+HOSTILE_LABEL = "web\x1b]0;owned\x07\x1b[2J\nrole        admin\r\u202e"
+
+
+def test_key_info_and_list_print_a_hostile_label_escaped(local_repo, run_cli, tmp_path):
+    """A key file's label is whatever its writer chose (and, for a protected
+    file, read before any passphrase): terminal escapes, a newline that
+    would forge a 'role admin' line, a bidi override -- all shown escaped,
+    one line per fact; --json stays exact."""
+    k = local_repo.master.derive("write", HOSTILE_LABEL)
+    path = tmp_path / "hostile.key"
+    k.save(str(path), "pw")
+    for extra in ((), ("--verify",)):
+        out = run_cli("key", "info", *extra, path, env={"REKKORD_PASSPHRASE": "pw"}, check=0).stdout.decode()
+        lines = out.splitlines()
+        assert "\x1b" not in out and "\r" not in out and "\u202e" not in out, out
+        assert [ln.split()[0] for ln in lines] == ["file", "kid", "role", "label", "repository", "created",
+                                                    "protection", "verified", "can"], lines
+        assert "role        write" in lines and not any(ln.startswith("role        admin") for ln in lines)
+        assert "label       web\\x1b]0;owned\\x07\\x1b[2J\\nrole        admin\\r\\u202e" in lines
+    info = json.loads(run_cli("key", "info", "--json", path, check=0).stdout)
+    assert info["label"] == HOSTILE_LABEL
+    local_repo.repo().publish_cert(k.cert)
+    out = run_cli("-r", local_repo.url, "-k", local_repo.key_files["admin"], "key", "list", check=0).stdout.decode()
+    assert "\x1b" not in out and "\r" not in out and len(out.splitlines()) == 2 + 5  # 4 test keys and this one
+    assert any(ln.startswith(k.kid) and "web\\x1b]0;owned" in ln for ln in out.splitlines())
+
+
 def test_a_key_file_others_can_read_gives_a_warning(local_repo, run_cli, tmp_path):
     path = tmp_path / "loose.key"
     local_repo.keys["read"].save(str(path))

@@ -203,3 +203,126 @@ def test_owner_restored_as_root_unless_no_owner(run_cli, local_repo, env, tmp_pa
     run_cli("restore", f"c:{src}", tmp_path / "o2", "--no-owner", env=env, check=0)
     st = os.stat(tmp_path / "o2" / "theirs")
     assert (st.st_uid, st.st_gid) == (0, 0)
+
+
+def tmp_leftovers(root) -> list[str]:
+    import re
+
+    rx = re.compile(r"\.rekkord-tmp-[0-9a-f]{12}-[0-9]+\Z")
+    return [os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs if rx.match(f)]
+
+
+def test_a_killed_restore_resumes_where_it_stopped(run_cli, local_repo, env, tmp_path):
+    """kill -9 a real `rekkord restore` half-way (downloads throttled so
+    that it is mid-way for sure), run the same command again: the files the
+    first run finished are skipped without a download, its temporary files
+    are removed, and DEST ends byte for byte and in every metadata equal to
+    the source."""
+    import signal
+    import time
+
+    src = tmp_path / "src"
+    for d in range(4):
+        (src / f"d{d}").mkdir(parents=True)
+        for i in range(6):
+            p = src / f"d{d}" / f"f{i}.bin"
+            p.write_bytes(os.urandom(300_000 + 1000 * i))  # chunked: one blob each
+            os.chmod(p, 0o640 + (i % 2) * 0o100)
+            os.utime(p, ns=(1_500_000_000_000_000_000 + i, 1_600_000_000_123_456_789 + i))
+        (src / f"d{d}" / "small.txt").write_text(f"small {d}")
+        os.symlink(f"f{d}.bin", src / f"d{d}" / "link")
+    run_cli("save", "c", src, env={**env, "REKKORD_KEY_FILE": local_repo.key_files["write"]}, check=0)
+    out = tmp_path / "out"
+    e = {k: v for k, v in os.environ.items() if not k.startswith("REKKORD_")}
+    e.update(env, REKKORD_CACHE_DIR=str(tmp_path / "cc"))
+    cmd = [sys.executable, "-m", "rekkord", "--limit-download", "512", "restore", f"c:{src}", str(out)]
+    proc = subprocess.Popen(cmd, env=e, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    done = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = [f for f in (out.glob("d*/f*.bin") if out.exists() else []) if not f.name.startswith(".")]
+        if len(done) >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the restore ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = sorted(str(f.relative_to(out)) for f in out.glob("d*/f*.bin"))
+    assert 5 <= len(finished) < 24, finished
+    left = tmp_leftovers(out)
+    assert left, "no temporary file was in flight when the restore was killed"
+    # Again, the same command (quiet, as a script would run it): a summary in JSON.
+    p = run_cli("-q", "restore", f"c:{src}", out, "--json", env=env, check=0)
+    summary = json.loads(p.stdout)
+    assert p.stderr == b""
+    assert summary["message_type"] == "summary" and summary["total_files"] == 4 * 8
+    assert summary["files_skipped"] >= len(finished) and summary["unchanged"] == summary["files_skipped"]
+    assert summary["files_restored"] + summary["files_skipped"] == summary["total_files"]
+    assert summary["bytes_restored"] + summary["bytes_skipped"] == summary["total_bytes"]
+    assert summary["temporaries_removed"] == len(left)
+    assert tmp_leftovers(out) == []
+    assert_same_tree(src, out)
+    # A third run has nothing left to do, and -q prints nothing at all.
+    p = run_cli("-q", "restore", f"c:{src}", out, env=env, check=0)
+    assert p.stdout == p.stderr == b""
+    p = run_cli("restore", f"c:{src}", out, env=env, check=0)
+    assert b"restored 0 files" in p.stdout and b"skipped 32 " in p.stdout and b"32 unchanged" in p.stdout
+
+
+def test_overwrite_modes_and_restics_json_summary(run_cli, env, saved, tmp_path):
+    src, sid = saved
+    out = tmp_path / "out"
+    p = run_cli("restore", f"{sid}:{src}", out, "--json", env=env, check=0)
+    assert p.stdout.count(b"\n") == 1 and p.stdout.startswith(b'{"message_type":"summary",')  # one JSON line
+    first = json.loads(p.stdout)
+    assert first["files_deleted"] == 0 and isinstance(first["seconds_elapsed"], int)
+    assert (first["files_restored"], first["files_skipped"], first["total_files"]) == (8, 0, 8)
+    assert first["bytes_restored"] == first["total_bytes"] == first["bytes"] and first["bytes_skipped"] == 0
+    # (rekkord's own names stay, for the scripts that read them)
+    assert {"snapshot", "files", "dirs", "others", "bytes", "skipped", "damaged", "warnings", "deleted",
+            "verified", "problems"} <= set(first)
+    hosts = out / "etc" / "hosts"
+
+    def run(*args, code=0):
+        p = run_cli("restore", f"{sid}:{src}", out, "--json", *args, env=env)
+        assert p.returncode == code, p.stderr
+        return json.loads(p.stdout)
+
+    hosts.write_text("mine\n")
+    assert run("--overwrite", "never")["kept"] == 8 and hosts.read_text() == "mine\n"
+    os.utime(hosts, ns=(4_000_000_000 * 10**9, 4_000_000_000 * 10**9))  # newer than the snapshot's
+    assert run("--overwrite=if-newer")["files_restored"] == 0 and hosts.read_text() == "mine\n"
+    os.utime(hosts, ns=(10**9, 10**9))
+    d = run("--overwrite", "if-newer")
+    assert (d["files_restored"], d["kept"]) == (1, 7) and hosts.read_text() == "hosts\n"
+    hosts.write_text("HOSTS\n")
+    os.utime(hosts, ns=(os.stat(src / "etc" / "hosts").st_mtime_ns,) * 2)
+    assert run("--overwrite", "if-changed")["unchanged"] == 8 and hosts.read_text() == "HOSTS\n"
+    d = run()  # the default: always, the content decides
+    assert (d["files_restored"], d["unchanged"]) == (1, 7) and hosts.read_text() == "hosts\n"
+    p = run_cli("restore", "--overwrite", "if-chnaged", f"{sid}:{src}", out, env=env)
+    assert p.returncode == 2 and b"'if-chnaged' is not one of" in p.stderr
+    p = run_cli("restore", f"{sid}:{src}", out, "--delete", "--overwrite", "never", env=env)
+    assert p.returncode == 2 and p.stderr.decode().startswith("rekkord: error: --delete")
+
+
+def test_an_include_that_matches_nothing_is_a_warning_and_exit_6(run_cli, env, saved, tmp_path):
+    src, sid = saved
+    p = run_cli("restore", f"{sid}:{src}", tmp_path / "o1", "--include", "*.cnof", env=env)
+    assert p.returncode == 6, p.stderr
+    want = f"rekkord: warning: --include *.cnof: matches nothing in snapshot {sid[:8]} below the path given"
+    assert p.stderr.decode().splitlines() == [want]
+    assert not (tmp_path / "o1").exists() or restored(tmp_path / "o1") == []
+    # One of two patterns matches: that one restores, the other is named.
+    p = run_cli("restore", sid, tmp_path / "o2", "--include", "hosts", "--include", "/nowhere/**", "--json", env=env)
+    assert p.returncode == 6
+    assert json.loads(p.stdout)["unmatched"] == ["/nowhere/**"] and b"--include /nowhere/**" in p.stderr
+    assert (tmp_path / "o2" / str(src).lstrip("/") / "etc" / "hosts").read_text() == "hosts\n"
+    # An include matching only what an exclude removes matches nothing either.
+    p = run_cli("restore", f"{sid}:{src}", tmp_path / "o3", "--include", "hosts", "--exclude", "etc", env=env)
+    assert p.returncode == 6 and b"--include hosts" in p.stderr
+    # An exclude that matches nothing is only a note: everything asked for is restored, exit 0.
+    p = run_cli("restore", f"{sid}:{src}", tmp_path / "o4", "--exclude", "*.tpm", env=env)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.decode() == f"rekkord: note: --exclude *.tpm: matches nothing in snapshot {sid[:8]}\n"
+    assert (tmp_path / "o4" / "etc" / "hosts").read_text() == "hosts\n"

@@ -70,3 +70,29 @@ def test_json_uses_restics_names_where_they_exist(world):
     assert read["summary"]["total_files_processed"] == 1 and read["summary"]["data_added"] > 0
     audit = json.loads(world.snaps("audit", "--json").stdout)[3]
     assert "paths" not in audit and audit["summary"] == read["summary"]
+
+
+def test_hostile_paths_and_tags_reach_the_terminal_escaped(local_repo, run_cli, tmp_path):
+    """A saved path is any bytes a file name holds (terminal escapes, a
+    newline that would forge a row); tags are checked printable when a
+    record is read, and a record whose tags are not is refused. The table
+    shows every cell escaped, one row per snapshot; --json stays exact."""
+    from attacker import Attacker
+
+    evil = tmp_path / "x\x1b]0;owned\x07\x1b[2J\nfake1234  etc  2030-01-01"
+    evil.mkdir()
+    (evil / "f").write_text("f")
+    env = {"REKKORD_REPOSITORY": local_repo.url, "REKKORD_KEY_FILE": local_repo.key_files["write"]}
+    sid = json.loads(run_cli("save", "etc", evil, "--tag", "back\\slash", "--json", env=env, check=0).stdout)["id"]
+    # A write key's record whose tag holds an escape: never listed, never printed.
+    Attacker(local_repo.url, local_repo.key_files["write"]).record("etc", tags=["ok", "\x1b[31mred"])
+    p = run_cli("-r", local_repo.url, "-k", local_repo.key_files["read"], "snapshots", check=0)
+    out, err = p.stdout.decode(), p.stderr.decode()
+    assert "\x1b" not in out + err and "\x07" not in out + err
+    head, sep, *rows = out.splitlines()
+    assert len(rows) == 1 and rows[0].startswith(sid[:8]), out
+    assert "x\\x1b]0;owned\\x07\\x1b[2J\\nfake1234" in rows[0] and "back\\\\slash" in rows[0]
+    assert "holds control characters" in err
+    snap = json.loads(run_cli("-r", local_repo.url, "-k", local_repo.key_files["read"], "snapshots", "--json",
+                              check=0).stdout)
+    assert [s["paths"] for s in snap] == [[str(evil)]] and snap[0]["tags"] == ["back\\slash"]

@@ -146,10 +146,12 @@ def test_the_first_of_two_entries_under_one_name_wins_and_the_repeat_is_refused(
     assert [p for p, m in problems if "out of order or repeated" in m] == [f"(snapshot {sid[:8]}) /a/x"]
 
 
-@pytest.mark.parametrize("mode", ["default", "overwrite", "delete", "salvage", "include", "subpath"])
+@pytest.mark.parametrize("mode", ["default", "if-changed", "if-newer", "never", "delete", "salvage", "include",
+                                  "subpath"])
 def test_symlinks_already_in_dest_are_never_followed(box, mode):
     """DEST holds symlinks to the outside where the snapshot has a
-    directory and a file, in every restore mode."""
+    directory and a file, in every restore mode (the default --overwrite
+    always, and the other three)."""
     good = [d(b"home"), d(b"home/user"), f(b"home/user/file.txt", EVIL, box.w), d(b"top"),
             f(b"top/victim.txt", EVIL, box.w)]
     good += [f(b"top/pad-%04d" % i, b"%d" % i * 200, box.w) for i in range(400)]  # several index blobs
@@ -158,7 +160,8 @@ def test_symlinks_already_in_dest_are_never_followed(box, mode):
     os.symlink(box.outside, box.dest / "home")  # where a directory goes
     (box.dest / "top").mkdir()
     os.symlink(box.outside / "victim.txt", box.dest / "top" / "victim.txt")  # where a file goes
-    opts = {"default": {}, "overwrite": {"overwrite": True}, "delete": {"delete": True}, "salvage": {},
+    opts = {"default": {}, "if-changed": {"overwrite": "if-changed"}, "if-newer": {"overwrite": "if-newer"},
+            "never": {"overwrite": "never"}, "delete": {"delete": True}, "salvage": {},
             "include": {"includes": ["*.txt"]}, "subpath": {}}[mode]
     if mode == "salvage":  # lose the records of 'home' and 'home/user': they come back as implicit directories
         repo = box.repo.repo("read")
@@ -171,9 +174,11 @@ def test_symlinks_already_in_dest_are_never_followed(box, mode):
         st, problems = restore(box, sid, **opts)
     assert box.unchanged(), (mode, problems)
     assert os.listdir(box.outside / "dir") == ["inner.txt"]
-    if mode in ("overwrite", "delete"):
+    if mode in ("default", "if-changed", "delete"):
         assert not os.path.islink(box.dest / "home") and not os.path.islink(box.dest / "top" / "victim.txt")
         assert (box.dest / "home" / "user" / "file.txt").read_bytes() == EVIL  # in DEST: the snapshot's data
+    if mode == "never":  # left as they are, not followed
+        assert os.path.islink(box.dest / "home") and os.path.islink(box.dest / "top" / "victim.txt")
 
 
 def test_a_directory_swapped_for_a_symlink_during_the_restore_is_not_followed(box, monkeypatch):

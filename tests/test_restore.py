@@ -19,6 +19,7 @@ from rekkord.cache import Cache
 from rekkord.errors import NoSpace, PathNotFound
 from rekkord.restore import RestoreOptions, Restorer
 from rekkord.save import Saver
+from rekkord.snapshot import iter_entries
 from treeutil import assert_same_tree, make_awkward_tree
 
 
@@ -211,38 +212,162 @@ def test_path_not_in_snapshot(local_repo, small, tmp_path):
     assert not (tmp_path / "o").exists()
 
 
-def test_existing_files_are_kept_unless_overwrite(local_repo, small, tmp_path):
+def test_patterns_that_match_nothing_are_named(local_repo, small, tmp_path):
+    """An --include that selects no entry of the snapshot is a warning
+    naming it (stats.unmatched), also when DEST has a path it matches (what
+    --delete looks at is not the snapshot) or when an exclude removes all it
+    matches; an --exclude that removes nothing is recorded, not a warning."""
     src, sid = small
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "top.txt").write_text("mine")
-    r = restorer(local_repo, sid)
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "stray.md").write_text("stray")
+    (out / "sub" / "notes.log").write_text("mine")
+    st_, problems, _ = run_restore(local_repo, sid, src, out, includes=["*.txt", "*.md", "b.*"],
+                                   excludes=["*.tmp", "deeper"], delete=True)
+    assert st_.unmatched == ["*.md", "b.*"] and st_.unmatched_excludes == ["*.tmp"]
+    assert problems == [(f"--include {p}", f"matches nothing in snapshot {sid[:8]} below the path given")
+                        for p in ("*.md", "b.*")]
+    # (--delete removes what an include matches and the snapshot has not; keeps the rest)
+    assert sorted(os.listdir(out / "sub")) == ["a.txt", "notes.log"]
+    assert (out / "top.txt").read_text() == "top" and not (out / "sub" / "deeper").exists()
+    st_, problems, _ = run_restore(local_repo, sid, src, tmp_path / "o2", includes=["*.txt"], excludes=["sub2"])
+    assert (st_.unmatched, st_.unmatched_excludes, problems) == ([], [], [])
+
+
+def counting_reads(repo):
+    """Count the blobs a restore reads from the storage."""
+    seen = []
+    read = repo.storage.read
+
+    def counted(name, *a, **kw):
+        if name.startswith("blobs/"):
+            seen.append(name)
+        return read(name, *a, **kw)
+
+    repo.storage.read = counted
+    return seen
+
+
+def run_restore(local_repo, sid, src, out, **opts):
+    repo = local_repo.repo("read")
+    reads = counting_reads(repo)
+    r = Restorer(repo, repo.load_snapshot(sid), RestoreOptions(**opts))
     st_ = r.restore(str(src), str(out))
-    assert (out / "top.txt").read_text() == "mine" and st_.skipped == 1
-    assert any("not overwritten" in m for _, m in r.problems)
-    assert (out / "sub" / "a.txt").read_text() == "a"
-    restorer(local_repo, sid, overwrite=True).restore(str(src), str(out))
-    assert (out / "top.txt").read_text() == "top"
+    return st_, r.problems, reads
+
+
+def test_overwrite_modes(local_repo, tmp_path):
+    """restic's --overwrite choices on what DEST already has: always (the
+    default) compares the content and rewrites what differs, if-changed
+    trusts size and mtime, if-newer keeps what is newer, never keeps
+    everything; identical files are skipped quietly and get their metadata
+    back; the summary counts what was restored, unchanged and kept."""
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "small.txt").write_text("small")
+    (src / "sub" / "other.txt").write_text("other")
+    big = os.urandom(1_500_000)  # chunked: its extents are whole blobs
+    (src / "big.bin").write_bytes(big)
+    os.symlink("small.txt", src / "link")
+    for p in ("small.txt", "sub/other.txt", "big.bin"):
+        os.utime(src / p, ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+    sid = save(local_repo, [src]).snapshot_id
+    out = tmp_path / "out"
+    st_, problems, reads = run_restore(local_repo, sid, src, out)
+    assert (st_.restored, st_.skipped, problems) == (4, 0, [])
+    repo = local_repo.repo("read")
+    chunks = {fmt.blob_name(x.blob) for e in iter_entries(repo, repo.load_snapshot(sid))
+              if e.path.endswith(b"/big.bin") for x in e.extents}
+    assert chunks and chunks <= set(reads)
+    assert_same_tree(src, out)
+
+    # Again, always: nothing differs, nothing is written or downloaded for the
+    # large file (its chunks are settled by their ids); metadata comes back.
+    os.chmod(out / "big.bin", 0o600)
+    st_, problems, reads = run_restore(local_repo, sid, src, out)
+    assert (st_.restored, st_.skipped, st_.unchanged, st_.kept, problems) == (0, 4, 4, 0, [])
+    assert st_.bytes_skipped == st_.bytes == len(big) + 10 and st_.bytes_restored == 0
+    assert len(reads) == 2 and not chunks & set(reads)  # the index and the pack, to compare the small files
+    assert_same_tree(src, out)
+
+    # Same size and mtime, other content: if-changed believes it, always does not.
+    def tamper():
+        (out / "small.txt").write_text("SMALL")
+        os.utime(out / "small.txt", ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+        with open(out / "big.bin", "r+b") as f:
+            f.seek(1_000_000)
+            f.write(b"x")
+        os.utime(out / "big.bin", ns=(1_600_000_000 * 10**9, 1_600_000_000 * 10**9))
+
+    tamper()
+    st_, problems, reads = run_restore(local_repo, sid, src, out, overwrite="if-changed")
+    assert (st_.restored, st_.unchanged, problems) == (0, 4, []) and len(reads) == 1  # the index only
+    assert (out / "small.txt").read_text() == "SMALL"
+    st_, problems, _ = run_restore(local_repo, sid, src, out, overwrite="always")
+    assert (st_.restored, st_.unchanged, problems) == (2, 2, [])
+    assert_same_tree(src, out)
+
+    # if-newer: a newer file in DEST stays, an older one is replaced.
+    (out / "small.txt").write_text("newer")
+    (out / "sub" / "other.txt").write_text("older")
+    os.utime(out / "sub" / "other.txt", ns=(1_500_000_000 * 10**9, 1_500_000_000 * 10**9))
+    st_, problems, _ = run_restore(local_repo, sid, src, out, overwrite="if-newer")
+    assert (out / "small.txt").read_text() == "newer" and (out / "sub" / "other.txt").read_text() == "other"
+    assert (st_.restored, st_.kept, problems) == (1, 3, [])  # (the unchanged big file and link are older too)
+
+    # never: nothing in DEST is touched, not even its metadata; quietly.
+    os.chmod(out / "big.bin", 0o600)
+    (out / "sub" / "other.txt").unlink()
+    st_, problems, _ = run_restore(local_repo, sid, src, out, overwrite="never")
+    assert (st_.restored, st_.kept, problems) == (1, 3, [])
+    assert (out / "small.txt").read_text() == "newer" and stat.S_IMODE(os.stat(out / "big.bin").st_mode) == 0o600
     assert leftovers(out) == []
+    # The library's earlier boolean still means what it did with --overwrite.
+    assert RestoreOptions(overwrite=True).overwrite == "always" and RestoreOptions(overwrite=False).overwrite == "never"
+
+
+def test_a_file_sharing_its_inode_with_one_outside_dest_is_replaced_never_changed(local_repo, small, tmp_path):
+    """The content is the snapshot's, but DEST's file is a hard link to a
+    file outside DEST (planted by a local user): its metadata is never set
+    through that inode (that would chmod or chown the outside file), it is
+    replaced instead; a symlink where a file goes is replaced, not followed."""
+    src, sid = small
+    out = tmp_path / "out"
+    restorer(local_repo, sid).restore(str(src), str(out))
+    outside = tmp_path / "outside.txt"
+    outside.write_text("top")
+    os.chmod(outside, 0o640)
+    os.utime(outside, ns=(5 * 10**9, 5 * 10**9))
+    (out / "top.txt").unlink()
+    os.link(outside, out / "top.txt")
+    (out / "sub" / "a.txt").unlink()
+    os.symlink(outside, out / "sub" / "a.txt")
+    before = (os.stat(outside).st_mode, os.stat(outside).st_mtime_ns, outside.read_text())
+    st_, problems, _ = run_restore(local_repo, sid, src, out)
+    assert problems == [] and st_.restored == 2 and st_.unchanged == 1
+    assert (os.stat(outside).st_mode, os.stat(outside).st_mtime_ns, outside.read_text()) == before
+    assert os.stat(outside).st_nlink == 1 and not os.path.islink(out / "sub" / "a.txt")
+    assert_same_tree(src, out)
 
 
 def test_a_symlink_in_dest_is_never_followed(local_repo, small, tmp_path):
     """DEST/sub is a symlink to a directory outside DEST (planted, or left
     from an earlier restore): nothing is written through it, its target's
-    modes and times stay; --overwrite replaces the link with the directory."""
+    modes and times stay; with --overwrite never nothing is restored below
+    it, in every other mode (the default) the link is replaced with the directory."""
     src, sid = small
     out, outside = tmp_path / "out", tmp_path / "outside"
     out.mkdir()
     outside.mkdir(mode=0o700)
     os.utime(outside, ns=(1_000_000_000, 1_000_000_000))
     os.symlink(outside, out / "sub")
-    r = restorer(local_repo, sid)
+    r = restorer(local_repo, sid, overwrite="never")
     r.restore(str(src), str(out))
     assert os.listdir(outside) == [] and os.stat(outside).st_mtime_ns == 1_000_000_000
     assert stat.S_IMODE(os.stat(outside).st_mode) == 0o700
     assert [p for p, m in r.problems if "not a directory" in m] == [str(out / "sub")]
     assert (out / "top.txt").read_text() == "top"  # the rest is restored
-    r = restorer(local_repo, sid, overwrite=True)
+    r = restorer(local_repo, sid)
     r.restore(str(src), str(out))
     assert not os.path.islink(out / "sub") and (out / "sub" / "deeper" / "b.txt").read_text() == "b"
     assert os.listdir(outside) == []

@@ -9,7 +9,7 @@ import click
 from ..errors import UsageError
 from .context import Settings, echo_json, human_bytes, pass_settings
 from .progress import style
-from .text import path as text_path, safe
+from .text import path as text_path, safe, subject
 
 _COLOURS = {"added": "green", "removed": "red", "modified": "yellow", "metadata": "cyan"}
 
@@ -78,8 +78,8 @@ def find_cmd(s: Settings, pattern, channel, host, latest, as_json):
 
     repo = s.open_repo()
     repo.key.require("read", "search snapshot contents")
-    snaps = repo.snapshots(on_problem=lambda sid, msg: click.echo(f"rekkord: warning: snapshot {sid}: "
-                                                                   f"{safe(msg)}; not searched", err=True))
+    snaps = repo.snapshots(on_problem=lambda sid, msg: click.echo(
+        f"rekkord: warning: {subject(sid)}: {safe(msg)}" + ("" if "/" in sid else "; not searched"), err=True))
     snaps = [x for x in snaps if x.signature_ok]
     if channel:
         snaps = [x for x in snaps if x.channel in channel]

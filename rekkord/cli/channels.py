@@ -55,7 +55,9 @@ def channels_cmd(s: Settings, stale, expect, as_json):
     limit = parse_duration(stale) if stale else None
     repo = s.open_repo()
     warnings = []
-    snaps = repo.snapshots(on_problem=lambda sid, msg: warnings.append(f"snapshot {sid}: {msg}"))
+    from .text import subject
+
+    snaps = repo.snapshots(on_problem=lambda sid, msg: warnings.append(f"{subject(sid)}: {msg}"))
     for w in warnings:
         click.echo(f"rekkord: warning: {w}", err=True)
     now = time.time()

@@ -288,8 +288,12 @@ def _passphrase_text(data: bytes, what: str) -> str:
     return text
 
 
-def echo_json(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+def echo_json(obj, *, line: bool = False) -> None:
+    """``line``: on one line (restic's JSON lines messages, such as a summary)."""
+    if line:
+        click.echo(json.dumps(obj, separators=(",", ":"), default=str))
+    else:
+        click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
 
 
 def human_bytes(n: float) -> str:

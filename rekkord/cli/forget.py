@@ -111,8 +111,10 @@ def forget_cmd(s: Settings, snapshot_ids, keep_last, keep_hourly, keep_daily, ke
     report = forget(repo, policy, ids=ids, channels=tuple(channel) + tuple(channel_args), hosts=host,
                     keys=key_ids, group_by=parse_group_by(group_by), dry_run=dry_run,
                     on_problem=lambda sid, msg: problems.append((sid, msg)))
+    from .text import subject
+
     for sid, msg in problems:
-        click.echo(f"rekkord: warning: snapshot {sid}: {msg}", err=True)
+        click.echo(f"rekkord: warning: {subject(sid)}: {msg}", err=True)
     pruned = None
     if then_prune:
         from ..forget import without_snapshots

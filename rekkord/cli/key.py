@@ -7,6 +7,7 @@ import time
 import click
 
 from .context import Settings, echo_json, pass_settings, table, warn_line
+from .text import safe
 
 
 @click.group("key")
@@ -85,7 +86,9 @@ def list_cmd(s: Settings, as_json):
     if as_json:
         echo_json(rows)
         return
-    click.echo(table([[r["kid"], r["role"], r["label"], r["created"], "revoked" if r["revoked"] else ""]
+    # Labels are the admin's words, but a certificate is read from the
+    # storage: printed escaped, like every string from the repository.
+    click.echo(table([[r["kid"], r["role"], safe(str(r["label"])), r["created"], "revoked" if r["revoked"] else ""]
                       for r in rows], ["KEY", "ROLE", "LABEL", "CREATED", "STATUS"]))
 
 
@@ -125,7 +128,9 @@ def info_cmd(s: Settings, file, verify, as_json):
     for name, v in info.items():
         if name == "verified":
             v = "yes" if v else "no: shown without the passphrase (--verify authenticates them)"
-        click.echo(f"{name:11} {', '.join(v) if isinstance(v, list) else v}")
+        # The label (and, unverified, every fact) comes from the file, which
+        # anyone may have written: escaped, one line per fact whatever it holds.
+        click.echo(f"{name:11} {', '.join(v) if isinstance(v, list) else safe(str(v))}")
 
 
 @key_group.command("passwd")

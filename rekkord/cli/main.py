@@ -34,6 +34,7 @@ COMMAND_MODULES = {
     "channels": "channels", "mount": "mount", "setup": "setup", "forget": "forget", "prune": "prune",
     "reports": "reports", "monitor": "monitor",
     "stats": "stats", "dump": "dump", "version": "meta", "completion": "meta", "man": "meta", "copy": "copy",
+    "tag": "tag",
 }
 
 

@@ -7,6 +7,7 @@ import time
 import click
 
 from .context import Settings, echo_json, human_bytes, pass_settings, table
+from .text import safe, subject
 
 
 def snapshot_json(x, paths: list[str] | None, readable: bool) -> dict:
@@ -53,7 +54,7 @@ def snapshots_cmd(s: Settings, selectors, channel, host, tag, paths, latest, as_
 
     repo = s.open_repo()
     warnings = []
-    snaps = repo.snapshots(on_problem=lambda sid, msg: warnings.append(f"snapshot {sid}: {msg}"))
+    snaps = repo.snapshots(on_problem=lambda sid, msg: warnings.append(f"{subject(sid)}: {msg}"))
     for w in warnings:
         click.echo(f"rekkord: warning: {w}", err=True)
     if selectors:
@@ -74,11 +75,15 @@ def snapshots_cmd(s: Settings, selectors, channel, host, tag, paths, latest, as_
     rows = []
     for x in snaps:
         st = x.stats if isinstance(x.stats, dict) else {}
-        row = [x.id[:8], x.channel, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(x.time)), x.host,
-               ",".join(map(str, x.tags)) if isinstance(x.tags, list) else ""]
+        # Channel, host and tags are checked printable when a record is
+        # read, saved paths are any bytes a file name may hold: every cell
+        # that comes from the repository reaches the terminal escaped, so a
+        # name with escapes or a newline cannot forge a row.
+        row = [x.id[:8], safe(x.channel), time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(x.time)),
+               safe(x.host), ",".join(safe(str(t)) for t in x.tags) if isinstance(x.tags, list) else ""]
         if readable:
             p = paths_of.get(x.id)
-            row.append("?" if p is None else ",".join(p))
+            row.append("?" if p is None else ",".join(safe(str(q)) for q in p))
         row += [str(st.get("files", "")), human_bytes(st.get("bytes_total", 0) or 0),
                 human_bytes(st.get("bytes_stored", 0) or 0), "" if x.signature_ok else "UNTRUSTED"]
         rows.append(row)

@@ -40,7 +40,9 @@ def stats_cmd(s: Settings, selectors, mode, host, tag, as_json):
     from ..stats import compute
 
     repo = s.open_repo()
-    snaps = repo.snapshots(on_problem=lambda sid, msg: click.echo(f"rekkord: warning: snapshot {sid}: {msg}",
+    from .text import subject
+
+    snaps = repo.snapshots(on_problem=lambda sid, msg: click.echo(f"rekkord: warning: {subject(sid)}: {msg}",
                                                                    err=True))
     wanted: set[str] = set()
     if selectors:

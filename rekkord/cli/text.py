@@ -15,6 +15,12 @@ from __future__ import annotations
 _NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
 
 
+def subject(name: str) -> str:
+    """What a problem of ``Repository.snapshots(on_problem=...)`` is about:
+    a snapshot id, or an object's name (``annotations/<aid>``)."""
+    return name if "/" in name else f"snapshot {name}"
+
+
 def safe(s: str) -> str:
     """``s`` with every non-printable character escaped (surrogate escapes
     of undecodable bytes become ``\\xNN`` of the byte)."""
