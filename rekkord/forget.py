@@ -422,10 +422,15 @@ def _log_forgotten(repo, sids: list[str]) -> str:
 
 
 def forgotten_snapshots(repo, on_problem=None) -> dict[str, dict]:
-    """Snapshot id -> {kid, time_ns} from valid forget log entries, signed
-    by the master key or a certified key whose role may forget."""
+    """Snapshot id -> {kid, time_ns, entry, mtime} from valid forget log
+    entries, signed by the master key or a certified key whose role may
+    forget.  ``mtime``: when the entry was written, by the storage's clock
+    (None where the storage cannot tell); ``time_ns`` is the forgetting
+    machine's clock."""
+    from .gc import StorageClock
+
     out: dict[str, dict] = {}
-    for name, _ in repo.storage.list(FORGOTTEN):
+    for name, _, mtime in StorageClock(repo.storage).list_times(FORGOTTEN):
         try:
             d = json.loads(repo.storage.read(name))
             body, sig = d["body"], bytes.fromhex(d["sig"])
@@ -437,7 +442,7 @@ def forgotten_snapshots(repo, on_problem=None) -> dict[str, dict]:
                     or not crypto.verify(pk, b"rekkord forgotten v1\0" + keymod.canonical(body), sig)):
                 raise ValueError("bad signature")
             for sid in body["snapshots"]:
-                out[sid] = {"kid": kid, "time_ns": body["time_ns"], "entry": name}
+                out[sid] = {"kid": kid, "time_ns": body["time_ns"], "entry": name, "mtime": mtime}
         except ObjectNotFound:
             continue
         except (ValueError, KeyError, TypeError, AttributeError, IntegrityError):
