@@ -1094,3 +1094,14 @@ def test_skewed_clocks_never_withdraw_a_save_s3(tmp_path, s3_server, writer_skew
     storage = open_storage(url, s3_server.options())
     storage.create()
     skewed_clocks(SkewedHosts(tmp_path, url, storage, s3_server.env()), writer_skew, prune_skew)
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime (apt-get install faketime)")
+@pytest.mark.parametrize("writer_skew,prune_skew", SKEWS)
+def test_skewed_clocks_never_withdraw_a_save_sftp(tmp_path, sftp_server, writer_skew, prune_skew):
+    from rekkord.storage import open_storage
+
+    url = sftp_server.url()
+    storage = open_storage(url, sftp_server.options())
+    storage.create()
+    skewed_clocks(SkewedHosts(tmp_path, url, storage, sftp_server.env()), writer_skew, prune_skew)
