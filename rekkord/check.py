@@ -823,17 +823,27 @@ class Checker:
         a forget log entry was deleted by someone else; a forgotten record
         that is back was replayed."""
         from .forget import forgotten_snapshots
-        from .gc import FORGET_LOG_KEEP
+        from .gc import FORGET_LOG_KEEP, StorageClock
 
         r = self.report
         now = time.time()
+        storage_now = None
         present_set = set(by_id) | {p.object.split("/", 1)[1] for p in r.problems
                                                if p.what == "snapshot record" and p.object.startswith("snapshots/")
                                                and p.kind != MISSING}
         forgotten = forgotten_snapshots(self.repo)  # (read again: a forget may have run meanwhile)
         for sid in sorted(present_set & forgotten.keys()):
+            # How long ago the entry was written, by the storage's clock (the
+            # body's time is the forgetting machine's, which may be days off).
             when = forgotten[sid]["time_ns"] / 1e9
-            if now - when > 3600:
+            written = forgotten[sid].get("mtime")
+            if written is not None:
+                if storage_now is None:
+                    storage_now = StorageClock(self.repo.storage, fallback=time.time).now()
+                age = storage_now - written
+            else:
+                age = now - when
+            if age > 3600:
                 self.problem(f"snapshots/{sid}", "snapshot record", REPLAYED,
                              f"was forgotten on {_when(when)} (forget log {forgotten[sid]['entry']}) but is back "
                              "(replayed by someone with storage access?)", [sid])
@@ -900,8 +910,9 @@ class Checker:
         the data can store it under its name again, even on storage that
         only lets them create; a copy in quarantine/ that verifies (set aside
         by a prune that could not tell two valid MACs apart) comes back."""
-        from .gc import QUARANTINE
+        from .gc import QUARANTINE, StorageClock, quarantine_name
 
+        clock = StorageClock(self.repo.storage)
         spare: dict[bytes, list[str]] = {}
         if self.can_read:  # (only a decrypting key can tell a good copy from a forgery with a valid MAC)
             for name, _ in self.repo.storage.list(QUARANTINE):
@@ -922,7 +933,7 @@ class Checker:
                     break
             if bid not in self.spoiled and good is None:
                 continue  # (a missing or MAC-damaged blob: savers replace it by its name)
-            where = f"{QUARANTINE}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(4).hex()}/{name}"
+            where = quarantine_name(name, clock.now())  # (by the storage's clock, as prune judges it)
             try:
                 if self.repo.storage.exists(name):
                     self.repo.storage.rename(name, where)

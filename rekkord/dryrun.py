@@ -101,6 +101,31 @@ class DryRunStorage(Storage):
             self._written.pop(name, None)
             self._deleted.add(name)
 
+    # The storage's clock (a save session reads it); what this dry run wrote
+    # was written "now".
+    def now(self) -> float:
+        return self.inner.now()
+
+    def mtime(self, name: str) -> float | None:
+        with self._lock:
+            if name in self._deleted:
+                return None
+            written = name in self._written
+        return self.inner.now() if written else self.inner.mtime(name)
+
+    def list_times(self, prefix: str = "") -> Iterator[tuple[str, int, float]]:
+        with self._lock:
+            written = {n: (v if isinstance(v, int) else len(v)) for n, v in self._written.items()
+                       if n.startswith(prefix)}
+            deleted = set(self._deleted)
+        for name, size, t in self.inner.list_times(prefix):
+            if name not in deleted and name not in written:
+                yield name, size, t
+        if written:
+            now = self.inner.now()
+            for name, size in written.items():
+                yield name, size, now
+
     def flush(self) -> None:
         pass
 

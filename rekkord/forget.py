@@ -1,8 +1,9 @@
 """Retention policies: which snapshots ``forget`` removes.
 
 The rules follow restic's documented semantics (``restic forget``, 0.17):
-snapshots are grouped (here by channel by default), each group is sorted
-newest first, and a snapshot is kept when any rule keeps it:
+snapshots are grouped (by default by host, channel and saved paths, as
+restic groups by host and paths), each group is sorted newest first, and a
+snapshot is kept when any rule keeps it:
 
 * ``last`` n: the n newest; ``hourly/daily/weekly/monthly/yearly`` n: the
   newest snapshot of each of the n most recent hours/days/ISO weeks/months/
@@ -16,8 +17,10 @@ newest first, and a snapshot is kept when any rule keeps it:
 * ``keep_tags``: snapshots carrying every tag of one of the tag lists
   (``""`` matches untagged snapshots).
 
-Differences from restic (docs/maintenance.md): groups default to the channel
-(restic: host and paths; paths are secret here); calendar buckets use the
+Differences from restic (docs/maintenance.md): groups default to host,
+channel and paths, and paths are sealed with the data key: a key that cannot
+read them (audit) groups by host and channel, unless it is asked for paths
+by name (then it is refused); calendar buckets use the
 time zone of the machine running forget (restic: the zone recorded in each
 snapshot); snapshots whose signature or key is not trusted are never counted
 nor removed by a policy (only by id); explicit ids and a policy cannot be
@@ -34,9 +37,12 @@ import time
 from dataclasses import dataclass, field
 
 from . import crypto, keys as keymod
-from .errors import IntegrityError, ObjectNotFound, SnapshotNotFound, UsageError
+from .errors import IntegrityError, ObjectNotFound, PermissionDenied, SnapshotNotFound, UsageError
 
-GROUP_FIELDS = ("channel", "host", "key", "tags")
+GROUP_FIELDS = ("host", "channel", "paths", "key", "tags")
+#: restic's default (host, paths) with rekkord's channel: one machine's
+#: snapshots, skewed or flooded, never push out another machine's.
+DEFAULT_GROUP_BY = ("host", "channel", "paths")
 #: The signed log of forgotten snapshots (kept 90 days; removed by prune).
 FORGOTTEN = "gc/forgotten/"
 
@@ -244,13 +250,20 @@ def apply_policy(snapshots: list, policy: Policy, *, now_ns: int | None = None,
 # ---- forget ------------------------------------------------------------------------------
 
 
-def group_key(snap, group_by: tuple[str, ...]) -> tuple:
+def group_key(snap, group_by: tuple[str, ...], paths=None) -> tuple:
+    """The group of ``snap``: ``((field, value), ...)`` in ``group_by``
+    order.  ``paths(snap)`` gives the saved paths for the ``paths`` field (a
+    sorted tuple; None when the record's private part does not open: such
+    snapshots form a group of their own)."""
     key = []
     for f in group_by:
         if f == "channel":
             key.append(("channel", snap.channel))
         elif f == "host":
             key.append(("host", snap.host))
+        elif f == "paths":
+            p = paths(snap) if paths is not None else None
+            key.append(("paths", None if p is None else tuple(sorted(p))))
         elif f == "key":
             key.append(("key", snap.kid))
         elif f == "tags":
@@ -258,10 +271,26 @@ def group_key(snap, group_by: tuple[str, ...]) -> tuple:
     return tuple(key)
 
 
+def _group_order(key: tuple) -> str:
+    return json.dumps([[k, list(v) if isinstance(v, tuple) else v] for k, v in key])
+
+
+def describe_group(key: tuple) -> str:
+    """``host web01, channel etc, paths /etc /srv`` (``all snapshots`` for
+    one group; ``paths ?``: the saved paths could not be read)."""
+    parts = []
+    for k, v in key:
+        if k == "paths":
+            v = "?" if v is None else " ".join(v)
+        parts.append(f"{k} {v}")
+    return ", ".join(parts) or "all snapshots"
+
+
 def parse_group_by(text: str | None) -> tuple[str, ...]:
+    """``host,channel,paths`` -> a tuple of fields; None: the default."""
     if text is None:
-        return ("channel",)
-    fields = tuple(f.strip() for f in text.split(",") if f.strip())
+        return DEFAULT_GROUP_BY
+    fields = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
     for f in fields:
         if f not in GROUP_FIELDS:
             raise UsageError(f"cannot group by {f!r} (choose from {', '.join(GROUP_FIELDS)}, or '' for one group)")
@@ -273,8 +302,12 @@ class ForgetGroup:
     key: tuple
     decisions: list[Decision]
 
+    def describe(self) -> str:
+        return describe_group(self.key)
+
     def to_json(self, fmt_snap) -> dict:
-        return {"group": dict(self.key), "snapshots": [
+        group = {k: list(v) if isinstance(v, tuple) else v for k, v in self.key}
+        return {"group": group, "group_title": self.describe(), "snapshots": [
             {**fmt_snap(d.snapshot), "action": "keep" if d.keep else "remove", "reasons": d.reasons}
             for d in self.decisions]}
 
@@ -287,13 +320,16 @@ class ForgetReport:
     untrusted: list = field(default_factory=list)  # snapshots not evaluated (signature or key not trusted)
     removed: list[str] = field(default_factory=list)  # removed (or, in a dry run, to remove)
     explicit: bool = False
+    group_by: tuple[str, ...] = ()  # the fields the groups were made by
+    paths_unread: bool = False  # paths were left out of the default grouping (the key cannot read them)
 
     def to_json(self) -> dict:
         def snap(s):
             j = s.to_json()
             return {k: j[k] for k in ("id", "short_id", "channel", "time", "host", "key", "tags") if k in j}
 
-        return {"dry_run": self.dry_run, "policy": self.policy,
+        return {"dry_run": self.dry_run, "policy": self.policy, "group_by": list(self.group_by),
+                "paths_unread": self.paths_unread,
                 "groups": [g.to_json(snap) for g in self.groups],
                 "untrusted": [{**snap(s), "problems": s.problems} for s in self.untrusted],
                 "removed": self.removed}
@@ -365,16 +401,32 @@ def without_snapshots(repo, sids):
 
 
 def forget(repo, policy: Policy | None = None, *, ids: list[str] | tuple = (), channels=(), hosts=(),
-           keys=(), group_by: tuple[str, ...] = ("channel",), dry_run: bool = False,
+           keys=(), group_by: tuple[str, ...] | None = None, dry_run: bool = False,
            now_ns: int | None = None, tz: dt.tzinfo | None = None, on_problem=None) -> ForgetReport:
     """Remove snapshots by id, or by ``policy`` within each group of the
     selected snapshots.  Works with an audit, full or admin key (records are
-    opened with the log key; nothing is decrypted with the data key)."""
+    opened with the log key; only grouping by ``paths`` decrypts, the
+    records' private parts, with the data key).
+
+    ``group_by`` None: :data:`DEFAULT_GROUP_BY` (host, channel, paths), where
+    a key that cannot read saved paths (audit) leaves paths out; ``paths``
+    asked for by name with such a key raises PermissionDenied."""
     repo.key.require("forget", "forget snapshots")
+    paths_unread = False
+    if group_by is None:
+        group_by = DEFAULT_GROUP_BY
+        if not repo.key.can("read"):
+            group_by = tuple(f for f in group_by if f != "paths")
+            paths_unread = True
+    group_by = tuple(group_by)
+    if "paths" in group_by and not ids and not repo.key.can("read"):
+        raise PermissionDenied(f"{repo.key.role} keys cannot group by paths (saved paths are sealed with the "
+                               "data key; use a full or admin key, or group by host,channel)")
     if ids and policy is not None and not policy.empty():
         raise UsageError("give snapshot ids or a retention policy, not both")
     report = ForgetReport(dry_run=dry_run, policy="explicit ids" if ids else
-                          (policy.describe() if policy else "remove"), explicit=bool(ids))
+                          (policy.describe() if policy else "remove"), explicit=bool(ids),
+                          group_by=() if ids else group_by, paths_unread=paths_unread and not ids)
     if ids:
         report.removed = _resolve_ids(list(ids), repo.snapshot_ids())
     else:
@@ -389,13 +441,20 @@ def forget(repo, policy: Policy | None = None, *, ids: list[str] | tuple = (), c
             snaps = [s for s in snaps if any(s.kid.startswith(k) for k in keys)]
         report.untrusted = [s for s in snaps if not s.signature_ok]
         groups: dict[tuple, list] = {}
+        paths = None
+        if "paths" in group_by:
+            from .selection import saved_paths
+
+            def paths(snap):
+                return saved_paths(repo, snap)
+
         for s in snaps:
             if s.signature_ok:
-                groups.setdefault(group_key(s, group_by), []).append(s)
-        for key in sorted(groups):
+                groups.setdefault(group_key(s, group_by, paths), []).append(s)
+        for key in sorted(groups, key=_group_order):
             decisions = apply_policy(groups[key], policy, now_ns=now_ns, tz=tz)
             if policy.only_tags() and not any(d.keep for d in decisions):
-                what = ", ".join(f"{k} {v}" for k, v in key) or "all snapshots"
+                what = describe_group(key)
                 raise UsageError(f"refusing to remove every snapshot of group {what}: none has the tags "
                                  f"given with --keep-tag")
             report.groups.append(ForgetGroup(key, decisions))
@@ -422,10 +481,15 @@ def _log_forgotten(repo, sids: list[str]) -> str:
 
 
 def forgotten_snapshots(repo, on_problem=None) -> dict[str, dict]:
-    """Snapshot id -> {kid, time_ns} from valid forget log entries, signed
-    by the master key or a certified key whose role may forget."""
+    """Snapshot id -> {kid, time_ns, entry, mtime} from valid forget log
+    entries, signed by the master key or a certified key whose role may
+    forget.  ``mtime``: when the entry was written, by the storage's clock
+    (None where the storage cannot tell); ``time_ns`` is the forgetting
+    machine's clock."""
+    from .gc import StorageClock
+
     out: dict[str, dict] = {}
-    for name, _ in repo.storage.list(FORGOTTEN):
+    for name, _, mtime in StorageClock(repo.storage).list_times(FORGOTTEN):
         try:
             d = json.loads(repo.storage.read(name))
             body, sig = d["body"], bytes.fromhex(d["sig"])
@@ -437,7 +501,7 @@ def forgotten_snapshots(repo, on_problem=None) -> dict[str, dict]:
                     or not crypto.verify(pk, b"rekkord forgotten v1\0" + keymod.canonical(body), sig)):
                 raise ValueError("bad signature")
             for sid in body["snapshots"]:
-                out[sid] = {"kid": kid, "time_ns": body["time_ns"], "entry": name}
+                out[sid] = {"kid": kid, "time_ns": body["time_ns"], "entry": name, "mtime": mtime}
         except ObjectNotFound:
             continue
         except (ValueError, KeyError, TypeError, AttributeError, IntegrityError):

@@ -29,6 +29,13 @@ and re-lists the blobs after the moves.  A save declared dead that was only
 slow finds its ``.dead`` marker after writing its record and verifies every
 blob it references (resurrecting fossils; if one is gone it deletes its own
 record and fails).  Deletion never waits on a clock unless a saver died.
+
+Time is the storage's (:class:`StorageClock`): whether a session is alive is
+decided by its marker's modification time on the storage against the
+storage's current time, as are the ages of tombstones, collections, the forget
+log, quarantine and failure reports -- never this machine's clock, nor a time
+a writer put into an object, so a writer or a pruner days off cannot make a
+running save look dead (docs/maintenance.md, "Clocks").
 """
 
 from __future__ import annotations
@@ -64,6 +71,9 @@ GENERATIONS_KEPT = 16
 #: Temporary objects of interrupted writes older than this are removed by prune
 #: (a write takes seconds; the margin covers frozen writers and skewed clocks).
 TEMP_KEEP = 86400.0
+#: A reading of the storage's clock is advanced by this process's monotonic
+#: clock for this long before the storage is asked again (seconds).
+CLOCK_REREAD = 60.0
 
 SESSIONS = "sessions/"
 FOSSILS = "fossils/"
@@ -106,16 +116,104 @@ def _collection_files(storage) -> tuple[set[str], set[str]]:
     return intents, done
 
 
+def _name_time(stamp: str) -> float:
+    """The UTC time a name begins with (``20261201T101500Z-...``): when a
+    collection started, or an object was quarantined; 0.0 (as old as can be)
+    for a name that is not one of ours."""
+    try:
+        return float(calendar.timegm(time.strptime(stamp.split("-")[0], "%Y%m%dT%H%M%SZ")))
+    except ValueError:
+        return 0.0
+
+
 def _collection_time(cid: str) -> float:
     """When collection ``cid`` started (its id begins with the UTC time)."""
-    try:
-        return float(calendar.timegm(time.strptime(cid.split("-")[0], "%Y%m%dT%H%M%SZ")))
-    except ValueError:
-        return 0.0  # not one of ours: as old as can be
+    return _name_time(cid)
 
 
-def new_collection_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + crypto.random_bytes(4).hex()
+def time_stamp(t: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t))
+
+
+def new_collection_id(now: float | None = None) -> str:
+    return time_stamp(time.time() if now is None else now) + "-" + crypto.random_bytes(4).hex()
+
+
+def quarantine_name(name: str, now: float) -> str:
+    """Where ``name`` is set aside (``now``: the storage's time, which decides
+    when the quarantined copy goes)."""
+    return f"{QUARANTINE}{time_stamp(now)}-{crypto.random_bytes(4).hex()}/{name}"
+
+
+# ---- time, by the storage's clock ---------------------------------------------------
+
+
+class StorageClock:
+    """The garbage collector's time: the storage's own (``Storage.now`` and
+    object modification times), never this machine's wall clock nor a time a
+    writer put into an object.  A save whose machine is days behind keeps its
+    marker fresh by rewriting it (the storage stamps every write), and a prune
+    days ahead measures ages against the storage's present.
+
+    ``now()`` asks the storage once, then advances that reading with this
+    process's monotonic clock, asking again after :data:`CLOCK_REREAD`
+    seconds.  ``age(name)`` is the time since ``name`` was last written.
+
+    A backend that cannot tell time (``NotImplementedError``; every backend
+    of rekkord can) makes ``exact`` False: then ``now()`` is this machine's
+    clock and ages come from the times written into the objects, which
+    requires the clocks of every saving and pruning machine to agree within
+    the session timeout (docs/maintenance.md, "Clocks")."""
+
+    def __init__(self, storage, *, fallback: Callable[[], float] = time.time):
+        self.storage = storage
+        self.fallback = fallback
+        self.exact = True
+        self._base: tuple[float, float] | None = None  # (storage time, monotonic time) of the last reading
+        self._lock = threading.Lock()
+
+    def now(self) -> float:
+        if not self.exact:
+            return self.fallback()
+        mono = time.monotonic()
+        with self._lock:
+            base = self._base
+        if base is not None and mono - base[1] <= CLOCK_REREAD:
+            return base[0] + (mono - base[1])
+        try:
+            t = float(self.storage.now())
+        except NotImplementedError:
+            self.exact = False
+            return self.fallback()
+        with self._lock:
+            self._base = (t, time.monotonic())
+        return t
+
+    def mtime(self, name: str, written: float | None = None) -> float | None:
+        """When ``name`` was last written, by the storage's clock (None when
+        it is gone); without storage times, ``written`` (what the object says)."""
+        if self.exact:
+            try:
+                return self.storage.mtime(name)
+            except NotImplementedError:
+                self.exact = False
+        return written
+
+    def age(self, name: str, written: float | None = None) -> float | None:
+        """Seconds since ``name`` was last written (None: it is gone, or,
+        without storage times, ``written`` is None)."""
+        m = self.mtime(name, written)
+        return None if m is None else self.now() - m
+
+    def list_times(self, prefix: str) -> list[tuple[str, int, float | None]]:
+        """``(name, size, mtime)`` of every object under ``prefix``; mtime
+        None without storage times."""
+        if self.exact:
+            try:
+                return list(self.storage.list_times(prefix))
+            except NotImplementedError:
+                self.exact = False
+        return [(n, s, None) for n, s in self.storage.list(prefix)]
 
 
 # ---- generations ----------------------------------------------------------------
@@ -131,13 +229,14 @@ def generations(storage) -> list[int]:
     return sorted(out)
 
 
-def bump_generation(storage, cid: str) -> int:
+def bump_generation(storage, cid: str, now: float | None = None) -> int:
     """Write ``generations/<max+1>`` exclusively: a new generation is always
-    greater than every generation that existed when it was written."""
+    greater than every generation that existed when it was written.  (Its
+    ``time``, ``now`` or this machine's clock, is for people only.)"""
     for _ in range(1000):
         gens = generations(storage)
         n = (gens[-1] if gens else 0) + 1
-        body = json.dumps({"v": 1, "time": int(time.time()), "collection": cid}).encode()
+        body = json.dumps({"v": 1, "time": int(time.time() if now is None else now), "collection": cid}).encode()
         try:
             storage.write(f"{GENERATIONS}{n}", body, exclusive=True)
             return n
@@ -303,6 +402,9 @@ class SaveSession:
     call :meth:`refresh` themselves)."""
 
     def __init__(self, repo, *, refresh_interval: float | None = SESSION_REFRESH, clock=time.time):
+        """``clock`` gives the ``started`` and ``refreshed`` fields of the
+        marker, for people only: prune judges a marker by its modification
+        time on the storage (:class:`StorageClock`)."""
         self.repo = repo
         self.storage = repo.storage
         self.id = crypto.random_bytes(16).hex()
@@ -313,6 +415,8 @@ class SaveSession:
         self.key = _marker_key(repo.key.psk)
         self.started = clock()
         self.started_mono = time.monotonic()
+        self.times = StorageClock(self.storage, fallback=clock)
+        self.started_storage: float | None = None  # the storage's time of the first marker
         self.closed_at_start: set[str] = set()
         self.collections_at_start: set[str] = set()
         self.generation_at_start = 0
@@ -335,6 +439,7 @@ class SaveSession:
         self.storage.write(self.name, self._marker(), exclusive=True)
         self._active = True
         try:
+            self.started_storage = self.times.mtime(self.name)
             intents, self.closed_at_start = _collection_files(self.storage)
             self.collections_at_start = intents | self.closed_at_start
             gens = generations(self.storage)
@@ -448,7 +553,7 @@ class SaveSession:
                     pass  # an optimisation only: the next prune moves it back
 
         dead = (suspicious or self.declared_dead or storage.exists(self.dead_name)
-                or self.clock() - self.started > LONG_SAVE or time.monotonic() - self.started_mono > LONG_SAVE)
+                or self.elapsed() > LONG_SAVE or time.monotonic() - self.started_mono > LONG_SAVE)
         if dead:
             try:
                 lost = self._verify(ref_set())
@@ -471,6 +576,14 @@ class SaveSession:
                 raise StorageError(f"snapshot {sid} withdrawn: a prune presumed this save dead (no refresh of "
                                    f"{self.name} in time, or the marker was removed) and {why}; run the save again")
         return resurrected
+
+    def elapsed(self) -> float:
+        """How long this save has run, by the storage's clock (it counts a
+        suspended machine's sleep, which the monotonic clock does not); by
+        ``clock`` where the storage cannot tell time."""
+        if self.started_storage is not None and self.times.exact:
+            return self.times.now() - self.started_storage
+        return self.clock() - self.started
 
     def _verify(self, refs: set[bytes]) -> list[bytes]:
         present = set()
@@ -594,11 +707,13 @@ class Pruner:
     (a new collection), then step 2 for it at once if no save was running.
 
     ``progress(phase, done, total)`` reports long phases; ``threads=1`` runs
-    every storage operation in the calling thread."""
+    every storage operation in the calling thread.  Every age it judges
+    (sessions, tombstones, collections, the forget log, quarantine, failure
+    reports) is measured by the storage's clock (:class:`StorageClock`)."""
 
     def __init__(self, repo, *, dry_run: bool = False, session_timeout: float = SESSION_TIMEOUT,
                  threads: int | None = None, progress: Callable[[str, int, int], None] | None = None,
-                 clock=time.time, refresh_interval: float | None = SESSION_REFRESH):
+                 refresh_interval: float | None = SESSION_REFRESH):
         repo.key.require("prune", "prune the repository")
         self.repo = repo
         self.storage = repo.storage
@@ -606,7 +721,7 @@ class Pruner:
         self.timeout = session_timeout
         self.threads = threads or max(4, min(repo.storage.connections, 16))
         self.progress = progress
-        self.clock = clock
+        self.times = StorageClock(repo.storage)
         self.refresh_interval = refresh_interval  # of the marker announcing a collection being built
         self.key = _marker_key(repo.key.psk)
         self.report = PruneReport(dry_run=dry_run)
@@ -663,16 +778,22 @@ class Pruner:
                 state = "dead"
             else:
                 body = open_marker(raw, self.key, sid)
+                # Alive: the marker was written (refreshed) within the timeout,
+                # by the storage's clock -- not by the time the saver wrote into
+                # it, which is the saver's clock (or anything a key holder likes).
+                age = None if body is None else self.times.age(name, float(body.get("refreshed", 0)))
                 if body is not None and body.get("ended"):
                     state = "finished"  # (a save that could not delete its marker)
-                elif body is not None and self.clock() - float(body.get("refreshed", 0)) <= self.timeout:
+                elif body is not None and age is None:
+                    state = "finished"  # gone since it was read: the save ended
+                elif age is not None and age < self.timeout:
                     state = "running"
                 else:
                     state = "dead"
                     self.report.sessions_declared_dead += 1
                     if not self.dry_run:
                         tomb = name + DEAD_SUFFIX
-                        body = {"v": 1, "session": sid, "time": int(self.clock()), "by": self.repo.key.kid}
+                        body = {"v": 1, "session": sid, "time": int(self.times.now()), "by": self.repo.key.kid}
                         try:
                             self.storage.write(tomb, signed_object(self.repo.key, tomb, body), exclusive=True)
                         except ObjectExists:
@@ -767,8 +888,7 @@ class Pruner:
 
     def _quarantine(self, name: str) -> None:
         """Set an object aside (kept as evidence for a while, never read)."""
-        dst = f"{QUARANTINE}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(self.clock()))}-" \
-              f"{crypto.random_bytes(4).hex()}/{name}"
+        dst = quarantine_name(name, self.times.now())
         try:
             self.storage.rename(name, dst)
             self.report.quarantined.append(name)
@@ -825,7 +945,7 @@ class Pruner:
             spares = [(bid, n) for bid, (n, _) in fossils.get(cid, {}).items() if bid in in_blobs]
             # Spare copies go once the owner is known to be gone (without an
             # owner to ask: once the collection is clearly abandoned).
-            abandoned = isinstance(owner, str) or self.clock() - _collection_time(cid) > DEAD_KEEP
+            abandoned = isinstance(owner, str) or self._collection_age(cid) > DEAD_KEEP
             if self.dry_run or (spares and not abandoned):
                 continue
             storage.flush()
@@ -923,16 +1043,16 @@ class Pruner:
         # The collecting prune announces itself like a save: a prune finding
         # this collection unfinished leaves it alone while the owner runs,
         # and rolls it back completely once the owner is gone.
-        with SaveSession(self.repo, clock=self.clock, refresh_interval=self.refresh_interval) as owner:
+        with SaveSession(self.repo, refresh_interval=self.refresh_interval) as owner:
             return self._collect_as(owner, unused, listing)
 
     def _collect_as(self, owner: "SaveSession", unused: list[bytes], listing: dict[bytes, int]) -> str:
         storage = self.storage
         rep = self.report
         key = self.repo.key
-        cid = new_collection_id()
+        cid = new_collection_id(self.times.now())
         rep.collection = cid
-        body = {"v": 1, "collection": cid, "created": int(self.clock()), "owner": owner.id, "count": len(unused),
+        body = {"v": 1, "collection": cid, "created": int(self.times.now()), "owner": owner.id, "count": len(unused),
                 "bytes": rep.fossilised_bytes,
                 "fossils": base64.b64encode(fmt.pack_reflist([(b, listing[b]) for b in unused])).decode()}
         name = f"{GC}{cid}.fossils"
@@ -969,7 +1089,7 @@ class Pruner:
             self._map(lambda bid: storage.delete(fmt.blob_name(bid)),
                       [b for b, ok in zip(unused, copied) if ok], "fossilising")
         storage.flush()
-        gen = bump_generation(storage, cid)
+        gen = bump_generation(storage, cid, self.times.now())
         storage.flush()
         sessions = [sid for sid in self._list_sessions() if sid != owner.id]
         # Snapshots written while we moved may reference fossils: move those
@@ -982,7 +1102,7 @@ class Pruner:
             self.report.resurrected += n
             self.report.resurrected_bytes += size
             storage.flush()
-        done = {"v": 1, "collection": cid, "generation": gen, "closed": int(self.clock()),
+        done = {"v": 1, "collection": cid, "generation": gen, "closed": int(self.times.now()),
                 "sessions": sorted(sessions), "snapshots": sorted(self.walk.snap_refs)}
         name = f"{GC}{cid}.done"
         storage.write(name, signed_object(key, name, done), exclusive=False)
@@ -995,38 +1115,41 @@ class Pruner:
 
         self.report.temporaries_removed, self.report.temporaries_bytes = storage.remove_temporaries(TEMP_KEEP)
 
-        for name, _ in storage.list(FORGOTTEN):
-            try:
-                t = calendar.timegm(time.strptime(name[len(FORGOTTEN):].split("-")[0], "%Y%m%dT%H%M%SZ"))
-            except ValueError:
-                continue
-            if self.clock() - t > FORGET_LOG_KEEP:
+        times = self.times
+        # Ages by the storage's clock: an object's modification time against
+        # the storage's present (docs/maintenance.md, "Clocks").  Where the
+        # storage cannot tell, the time in the name (forget log, quarantine).
+        for name, _, mtime in times.list_times(FORGOTTEN):
+            stamp = _name_time(name[len(FORGOTTEN):])
+            if not stamp:
+                continue  # not one of ours
+            # (The name has the forgetting machine's time: for people only.)
+            if times.now() - (mtime if mtime is not None else stamp) > FORGET_LOG_KEEP:
                 storage.delete(name)
-        for name, _ in storage.list(QUARANTINE):
-            try:
-                t = calendar.timegm(time.strptime(name[len(QUARANTINE):].split("-")[0], "%Y%m%dT%H%M%SZ"))
-            except ValueError:
-                continue
-            if self.clock() - t > QUARANTINE_KEEP:
+        for name, _, mtime in times.list_times(QUARANTINE):
+            # Quarantined by a rename, which keeps the object's own (older)
+            # time: the name says when, by the storage's clock of the prune or
+            # check that set it aside.  The later of the two decides.
+            stamp = _name_time(name[len(QUARANTINE):])
+            if stamp and times.now() - max(stamp, mtime or 0.0) > QUARANTINE_KEEP:
                 storage.delete(name)
 
         from .report import prune_reports
 
-        self.report.reports_removed = prune_reports(self.repo, self.clock())
+        self.report.reports_removed = prune_reports(self.repo, times)
         gens = generations(storage)
         if len(gens) > GENERATIONS_KEPT:
             for n in gens[: len(gens) - GENERATIONS_KEPT]:
                 storage.delete(f"{GENERATIONS}{n}")
-        now = self.clock()
-        markers = set()
-        tombs = set()
-        for name, _ in storage.list(SESSIONS):
+        markers: dict[str, float | None] = {}
+        tombs: dict[str, float | None] = {}
+        for name, _, mtime in times.list_times(SESSIONS):
             rest = name[len(SESSIONS):]
             if rest.endswith(DEAD_SUFFIX):
-                tombs.add(rest[: -len(DEAD_SUFFIX)])
+                tombs[rest[: -len(DEAD_SUFFIX)]] = mtime
             else:
-                markers.add(rest)
-        for sid in markers:
+                markers[rest] = mtime
+        for sid in list(markers):
             try:
                 body = open_marker(storage.read(f"{SESSIONS}{sid}", 0, schema.MAX_SMALL_OBJECT + 1), self.key, sid)
             except ObjectNotFound:
@@ -1034,8 +1157,8 @@ class Pruner:
             if body is not None and body.get("ended"):
                 storage.delete(f"{SESSIONS}{sid}")
                 storage.delete(f"{SESSIONS}{sid}{DEAD_SUFFIX}")
-                tombs.discard(sid)
-        for sid in tombs:
+                tombs.pop(sid, None)
+        for sid, tomb_mtime in tombs.items():
             if sid not in markers:
                 # A marker goes only when its save ends (after its last look
                 # at the tombstone): a tombstone without one is useless.
@@ -1044,16 +1167,29 @@ class Pruner:
             d = read_signed(self.repo, f"{SESSIONS}{sid}{DEAD_SUFFIX}")
             if d is None:
                 continue  # not signed by a pruning key: ignored by prune (the save verifies and removes it)
-            if now - float(d.get("time", 0) if type(d.get("time")) in (int, float) else 0) < DEAD_KEEP:
+            written = float(d.get("time", 0) if type(d.get("time")) in (int, float) else 0)
+            if times.now() - (tomb_mtime if tomb_mtime is not None else written) < DEAD_KEEP:
                 continue
             try:
                 body = open_marker(storage.read(f"{SESSIONS}{sid}", 0, schema.MAX_SMALL_OBJECT + 1), self.key, sid)
             except ObjectNotFound:
                 body = None
-            if body is not None and now - float(body.get("refreshed", 0)) <= self.timeout:
-                continue  # still refreshed: the save lives and will need its tombstone
+            if body is not None:
+                age = times.age(f"{SESSIONS}{sid}", float(body.get("refreshed", 0)))
+                if age is not None and age < self.timeout:
+                    continue  # still refreshed: the save lives and will need its tombstone
             storage.delete(f"{SESSIONS}{sid}")
             storage.delete(f"{SESSIONS}{sid}{DEAD_SUFFIX}")
+
+    def _collection_age(self, cid: str) -> float:
+        """How long ago collection ``cid`` last wrote anything, by the
+        storage's clock: its newest bookkeeping object or fossil (a fossil
+        moved by a rename keeps its blob's older time, so the newest counts),
+        and never older than its id says."""
+        times = [t for _, _, t in self.times.list_times(f"{GC}{cid}.")]
+        times += [t for _, _, t in self.times.list_times(f"{FOSSILS}{cid}/")]
+        newest = max([_collection_time(cid)] + [t for t in times if t is not None])
+        return self.times.now() - newest
 
 
 def _base_rename():

@@ -389,12 +389,17 @@ def check_reports(repo, listing: dict[str, int], problem: Callable[[str, str, st
     return good
 
 
-def prune_reports(repo, now: float, *, keep: float = KEEP, dry_run: bool = False) -> int:
-    """Delete well-formed reports whose time is more than ``keep`` seconds
-    before ``now``; returns how many.  Objects that do not open are left for
-    check to report (prune never deletes on the strength of a name alone)."""
+def prune_reports(repo, times, *, keep: float = KEEP, dry_run: bool = False) -> int:
+    """Delete well-formed reports uploaded more than ``keep`` seconds ago;
+    returns how many.  ``times`` is the pruner's ``gc.StorageClock``: the age
+    is the object's modification time against the storage's present, never
+    the report's own ``time_ns`` (the writer's clock, which may be days off:
+    a report would go before anyone read it).  Without storage times, the
+    report's ``time_ns`` against ``times.now()``.  Objects that do not open
+    are left for check to report (prune never deletes on the strength of a
+    name alone)."""
     n = 0
-    for name, size in list(repo.storage.list(PREFIX)):
+    for name, size, mtime in times.list_times(PREFIX):
         rid = name[len(PREFIX):]
         if size > MAX_SIZE or not _RID.match(rid):
             continue
@@ -403,7 +408,7 @@ def prune_reports(repo, now: float, *, keep: float = KEEP, dry_run: bool = False
             rep = _validate(rid, body, repo.id)
         except (RekkordError, ValueError):
             continue
-        if now - rep.time > keep:
+        if times.now() - (mtime if mtime is not None else rep.time) > keep:
             if not dry_run:
                 repo.storage.delete(name)
             n += 1

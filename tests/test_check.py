@@ -6,6 +6,7 @@ errors, and the index reader that survives a damaged index blob."""
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -491,11 +492,34 @@ def test_a_forgotten_record_that_comes_back_is_a_replay(local_repo, tmp_path, mo
     open(rec, "wb").write(kept)  # the storage restores the record it was told to delete
     r = run_check(local_repo, "audit")
     assert r.ok and any("being forgotten" in n for n in r.notes)  # a forget may still be running
-    real = _time.time
-    monkeypatch.setattr("rekkord.check.time.time", lambda: real() + 7200)
+    # Two hours later by the storage's clock (the entry's modification time),
+    # whatever this machine's clock says.
+    [entry] = os.listdir(os.path.join(local_repo.url, "gc", "forgotten"))
+    t = _time.time() - 7200
+    os.utime(os.path.join(local_repo.url, "gc", "forgotten", entry), (t, t))
     r = run_check(local_repo, "audit")
     [p] = r.problems
     assert (p.object, p.kind) == (f"snapshots/{sid}", REPLAYED) and "forget log gc/forgotten/" in p.message
+
+
+def test_a_record_being_forgotten_by_a_machine_days_behind_is_no_replay(local_repo, tmp_path, monkeypatch):
+    """The forget log entry's own time is the forgetting machine's clock: 3
+    days behind, a check beside that forget would take the records not yet
+    deleted for replays.  The entry's time on the storage decides."""
+    import time as _time
+
+    from rekkord.forget import forget
+
+    src = make_tree(tmp_path / "src", files=2, big=1000)
+    sid = save_tree(local_repo, [src]).snapshot_id
+    rec = Path(local_repo.url) / "snapshots" / sid
+    kept = rec.read_bytes()
+    real = _time.time_ns
+    monkeypatch.setattr("rekkord.forget.time.time_ns", lambda: real() - 3 * 86400 * 10**9)
+    forget(local_repo.repo("audit"), ids=[sid])
+    rec.write_bytes(kept)  # (as if the forget had not deleted it yet)
+    r = run_check(local_repo, "audit")
+    assert r.ok and any("being forgotten" in n for n in r.notes), [str(p) for p in r.problems]
 
 
 def test_a_save_finishing_while_check_lists_is_not_damage(local_repo, tmp_path):

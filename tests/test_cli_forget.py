@@ -68,12 +68,49 @@ def test_explicit_ids_selection_and_keys(repo3, run_cli):
     ((), "no retention policy"),
     (("--keep-last", "-1"), "unlimited"),
     (("--keep-within", "1w"), "invalid duration"),
-    (("--keep-last", "1", "--group-by", "paths"), "cannot group by"),
+    (("--keep-last", "1", "--group-by", "path"), "cannot group by 'path'"),
 ])
 def test_usage_errors(repo3, run_cli, args, message):
     p = run_cli("-k", repo3.key_files["audit"], "forget", *args, env=repo3.env)
     assert p.returncode == 2 and message.encode() in p.stderr
     assert b"Traceback" not in p.stderr
+
+
+def test_groups_are_host_channel_paths_and_dry_run_names_them(local_repo, run_cli, tmp_path):
+    """Two machines (--host) in one channel, one of them days ahead: by
+    default each keeps its own --keep-last; --dry-run (text and JSON) shows
+    the group of every decision.  Paths split groups for a full key; an
+    audit key says it cannot read them, and is refused --group-by paths."""
+    env = {"REKKORD_REPOSITORY": local_repo.url}
+    src = tmp_path / "src"
+    src.mkdir()
+    ids = {"web1": [], "web2": []}
+    for i in range(3):
+        for host, saved in ids.items():
+            (src / "f").write_text(f"{host}{i}")
+            args = ["save", "www", src, "--host", host, "--json"]
+            p = run_cli("-k", local_repo.key_files["write"], *args, env=env, check=0)
+            saved.append(json.loads(p.stdout)["id"])
+    audit, full = local_repo.key_files["audit"], local_repo.key_files["full"]
+    out = run_cli("-k", audit, "forget", "--keep-last", "1", "--dry-run", env=env, check=0).stdout.decode()
+    assert "(grouped by host, channel: audit keys cannot read saved paths)" in out
+    assert "host web1, channel www:" in out and "host web2, channel www:" in out
+    blocks = out.split("host web2, channel www:")
+    assert ids["web2"][2][:8] in blocks[1] and ids["web1"][2][:8] not in blocks[1]
+    assert "would remove 4 snapshots, kept 2" in out
+    j = json.loads(run_cli("-k", full, "forget", "--keep-last", "1", "--dry-run", "--json", env=env,
+                           check=0).stdout)
+    assert j["group_by"] == ["host", "channel", "paths"] and not j["paths_unread"]
+    groups = {g["group"]["host"]: g for g in j["groups"]}
+    assert groups["web1"]["group"] == {"host": "web1", "channel": "www", "paths": [str(src)]}
+    assert groups["web2"]["group_title"] == f"host web2, channel www, paths {src}"
+    assert [s["id"] for s in groups["web2"]["snapshots"] if s["action"] == "keep"] == [ids["web2"][2]]
+    assert sorted(j["removed"]) == sorted(ids["web1"][:2] + ids["web2"][:2])
+    out = run_cli("-k", full, "forget", "--keep-last", "1", "--group-by", "channel", "-n", env=env,
+                  check=0).stdout.decode()
+    assert "channel www:" in out and "would remove 5 snapshots, kept 1" in out
+    p = run_cli("-k", audit, "forget", "--keep-last", "1", "--group-by", "host,paths", env=env)
+    assert p.returncode == 5 and b"cannot group by paths" in p.stderr
 
 
 def test_unlimited_within_and_tags(repo3, run_cli):

@@ -405,3 +405,62 @@ def test_dry_run_reports_and_writes_nothing(run_cli, env, local_repo, tmp_path, 
     assert len(snapshots(run_cli, local_repo)) == 1
     again = json.loads(run_cli("save", "etc", etc, "-n", "--json", env=env, check=0).stdout)
     assert again["files_unchanged"] == 2 and again["uploads"]["blobs"]["bytes"] < d["uploads"]["blobs"]["bytes"]
+
+
+# ---- healing across channels and `save --all` (issue 12 #2) ---------------------------------------
+
+
+@pytest.mark.parametrize("local_repo", [1, 2], indirect=True)
+def test_a_hint_heals_every_channel_and_no_new_snapshot_references_the_damaged_object(run_cli, local_repo, tmp_path):
+    """One machine, three channels; two of them hold the same large file
+    (deduplicated: one data blob).  A bit flip of unchanged size in that
+    blob; an audit check publishes a repair hint.  The first save after it
+    is of the channel that does not hold the file (it processes the hint
+    but cannot upload the data); a later save of a channel that holds it,
+    and `save --all`, must still upload it again: no new snapshot references
+    the damaged object, check is clean and reports the snapshots healed."""
+    from faulty_storage import blob_path, blob_roles, flip_bit
+
+    rng = random.Random(2)
+    shared = rng.randbytes(700_000)
+    dirs = {}
+    for ch in ("db", "www", "logs"):
+        d = dirs[ch] = tmp_path / ch
+        d.mkdir()
+        (d / f"{ch}.txt").write_text(f"only in {ch}\n")
+        if ch != "logs":
+            (d / "shared.bin").write_bytes(shared)
+    conf = write_config(tmp_path, local_repo, "".join(f'\n[channels.{ch}]\npaths = ["{d}"]\n'
+                                                      for ch, d in dirs.items()))
+    out = json.loads(run_cli("-c", conf, "save", "--all", "--json", env={}, check=0).stdout)
+    first = {o["channel"]: o["id"] for o in out}
+    roles = {ch: blob_roles(local_repo, first[ch]) for ch in ("db", "www")}
+    common = set(roles["db"]["files"][f"{dirs['db']}/shared.bin"]) & \
+        set(roles["www"]["files"][f"{dirs['www']}/shared.bin"])
+    victim = min(common)
+    size = os.path.getsize(blob_path(local_repo.url, victim))
+    flip_bit(blob_path(local_repo.url, victim))
+    assert os.path.getsize(blob_path(local_repo.url, victim)) == size
+    audit = {"REKKORD_REPOSITORY": local_repo.url, "REKKORD_KEY_FILE": local_repo.key_files["audit"]}
+    p = run_cli("check", env=audit, check=4)
+    assert b"published repair hint" in p.stderr
+    read = read_env(local_repo)
+
+    def restores(sid, ch):
+        return run_cli("cat", f"{sid}:{dirs[ch]}/shared.bin", env=read, check=0).stdout == shared
+
+    # The channel without the file saves first: it sees the hint, has nothing to upload.
+    run_cli("-c", conf, "save", "logs", "--json", env={}, check=0)
+    # Then one that holds the data: it uploads it again, over the damaged object.
+    www = json.loads(run_cli("-c", conf, "save", "www", "--json", env={}, check=0).stdout)
+    assert restores(www["id"], "www") and www["blobs_new"] >= 1
+    # And every channel at once: nothing born damaged.
+    out = json.loads(run_cli("-c", conf, "save", "--all", "--json", env={}, check=0).stdout)
+    assert [(o["channel"], o["status"]) for o in out] == [("db", "success"), ("www", "success"), ("logs", "success")]
+    for o in out:
+        if o["channel"] != "logs":
+            assert restores(o["id"], o["channel"])
+    p = run_cli("check", env=audit, check=0)
+    assert b"healed since the previous check: " in p.stdout and first["db"][:8].encode() in p.stdout
+    run_cli("check", "--read-data", env=read, check=0)
+    assert restores(first["db"], "db") and restores(first["www"], "www")  # the old snapshots heal too

@@ -262,3 +262,124 @@ def test_power_loss_before_the_flush_with_a_cache_that_already_recorded_the_blob
     assert r.ok and any("empty objects" in n for n in r.notes)
     res = after_crash(case, src, set())
     assert res.stats.blobs_repaired >= 1  # emptied blobs were replaced, not trusted
+
+
+# ---- several channels on one machine, and `save --all` (issue 12 #2) ----------------------------------
+
+
+CHANNELS = {"big": ["big0", "big1"], "small": ["small"], "everything": [""]}  # (everything overlaps both)
+
+
+class Channels(Case):
+    """One machine saving several channels of ``source`` from one config
+    file, with one write key and one cache."""
+
+    def __init__(self, template, tmp_path, src):
+        super().__init__(template, tmp_path)
+        self.src = src
+        self.conf = str(tmp_path / "rekkord.toml")
+        body = [f'repository = "{self.url}"\nkey_file = "{self.key_files["write"]}"\n']
+        for ch, parts in CHANNELS.items():
+            paths = ", ".join(json.dumps(str(src / p) if p else str(src)) for p in parts)
+            body.append(f"\n[channels.{ch}]\npaths = [{paths}]\n")
+        with open(self.conf, "w") as f:
+            f.write("".join(body))
+
+    def cmd(self, *args, spec=None):
+        base = [sys.executable, os.path.join(HERE, "faulty_storage.py"), json.dumps(spec)] if spec else \
+            [sys.executable, "-m", "rekkord"]
+        return base + ["-c", self.conf, *args]
+
+    def run(self, *args, spec=None):
+        return subprocess.run(self.cmd(*args, spec=spec), env=self.env, capture_output=True, timeout=300,
+                              check=False)
+
+    def start(self, *args, spec=None):
+        return subprocess.Popen(self.cmd(*args, spec=spec), env=self.env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE)
+
+    def snapshots(self) -> dict[str, list]:
+        out: dict[str, list] = {}
+        for s in sorted(self.repo("read").snapshots(), key=lambda s: s.time_ns):
+            out.setdefault(s.channel, []).append(s)
+        return out
+
+    def restores(self, snap):
+        repo = self.repo("read")
+        for p in CHANNELS[snap.channel]:
+            root = self.src / p if p else self.src
+            out = self.tmp / f"out-{snap.id[:8]}-{p or 'all'}"
+            r = Restorer(repo, repo.load_snapshot(snap.id))
+            r.restore(str(root), str(out))
+            assert r.stats.damaged == 0 and r.problems == [], r.problems
+            assert_same_tree(root, out)
+
+    def heals(self, before: dict[str, list]):
+        """After an interrupted save: the next `save --all` completes every
+        channel, check is clean, every snapshot restores, none was lost."""
+        self.check_clean()
+        present = self.blobs()
+        p = self.run("save", "--all", "--json")
+        assert p.returncode == 0, p.stderr.decode()
+        out = json.loads(p.stdout)
+        assert [(o["channel"], o["status"]) for o in out] == [(ch, "success") for ch in CHANNELS]
+        # Only what is missing is stored: what the killed save left intact is reused.
+        assert sum(o["blobs_new"] for o in out) == len(self.blobs() - present)
+        self.check_clean()
+        after = self.snapshots()
+        for ch, snaps in before.items():  # nothing lost
+            assert [s.id for s in snaps] == [s.id for s in after[ch][:len(snaps)]]
+        for ch in CHANNELS:
+            for snap in after[ch]:
+                self.restores(snap)
+        return out
+
+
+def test_save_all_killed_at_a_record_heals_with_the_next_save_all(template, tmp_path, source):
+    """`save --all` killed while it writes the second channel's record (the
+    first channel is saved, the second almost, the third not begun)."""
+    case = Channels(template, tmp_path / "a", source)
+    spec = {"faults": [{"op": "write", "match": "snapshots/", "action": "kill", "after": 1, "times": 1}]}
+    p = case.run("save", "--all", spec=spec)
+    assert p.returncode == -signal.SIGKILL, p.stderr.decode()
+    before = case.snapshots()
+    assert list(before) == ["big"] and len(before["big"]) == 1
+    case.heals(before)
+
+
+def test_save_all_killed_at_random_times_heals(template, tmp_path, source):
+    probe = Channels(template, tmp_path / "probe", source)
+    t = time.monotonic()
+    assert probe.run("save", "--all").returncode == 0
+    duration = time.monotonic() - t
+    killed = 0
+    for seed in range(3):
+        case = Channels(template, tmp_path / f"s{seed}", source)
+        proc = case.start("save", "--all")
+        try:
+            proc.wait(timeout=random.Random(seed).uniform(0.2, duration * 0.9))
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        killed += proc.returncode == -signal.SIGKILL
+        assert proc.returncode in (0, -signal.SIGKILL)
+        case.heals(case.snapshots())
+    assert killed >= 2
+
+
+def test_channels_saving_side_by_side_one_killed_the_others_complete_and_it_heals(template, tmp_path, source):
+    """Three saves of three channels at once on one machine (one key, one
+    cache); the one of `everything` is killed among its uploads.  The other
+    two complete; the next `save --all` heals."""
+    case = Channels(template, tmp_path / "c", source)
+    kill = {"faults": [{"op": "write", "match": "blobs/", "action": "kill", "after": 2, "times": 1}]}
+    procs = {ch: case.start("save", "--json", ch, spec=kill if ch == "everything" else None) for ch in CHANNELS}
+    results = {}
+    for ch, p in procs.items():
+        _, err = p.communicate(timeout=300)
+        results[ch] = (p.returncode, err.decode()[-500:])
+    assert results["big"][0] == 0 and results["small"][0] == 0, results
+    assert results["everything"][0] == -signal.SIGKILL, results
+    before = case.snapshots()
+    assert sorted(before) == ["big", "small"]
+    case.heals(before)

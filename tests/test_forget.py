@@ -11,7 +11,15 @@ import pytest
 
 from rekkord.cache import Cache
 from rekkord.errors import PermissionDenied, SnapshotNotFound, UsageError
-from rekkord.forget import Duration, Policy, apply_policy, forget, forgotten_snapshots, parse_group_by
+from rekkord.forget import (
+    DEFAULT_GROUP_BY,
+    Duration,
+    Policy,
+    apply_policy,
+    forget,
+    forgotten_snapshots,
+    parse_group_by,
+)
 from rekkord.save import SaveOptions, Saver
 
 UTC = dt.timezone.utc
@@ -193,8 +201,10 @@ def test_policy_validation_and_description():
     assert Policy(last=-1, within=Duration.parse("7d")).describe() == \
         "keep all latest snapshots and all snapshots within 7d of the newest"
     assert parse_group_by("") == () and parse_group_by("channel,key") == ("channel", "key")
-    with pytest.raises(UsageError):
-        parse_group_by("paths")
+    assert parse_group_by(None) == DEFAULT_GROUP_BY == ("host", "channel", "paths")
+    assert parse_group_by("host, paths,host") == ("host", "paths")
+    with pytest.raises(UsageError, match="cannot group by 'path'"):
+        parse_group_by("path")
 
 
 # ---- forget on a real repository ---------------------------------------------------------------
@@ -263,8 +273,10 @@ def test_forget_selection_and_keep_tag_refusal(local_repo, tree):
     assert rep.removed == [x1]
     rep = forget(admin, Policy(last=1), group_by=("channel", "host"), dry_run=True)
     assert sorted(rep.removed) == sorted([x1, y1])
-    rep = forget(admin, Policy(keep_tags=[["keep"]]), channels=["a"], dry_run=True)
+    rep = forget(admin, Policy(keep_tags=[["keep"]]), channels=["a"], group_by=("channel",), dry_run=True)
     assert sorted(rep.removed) == sorted([x1, x2, y2])
+    with pytest.raises(UsageError, match="refusing to remove every snapshot of group host x, channel a"):
+        forget(admin, Policy(keep_tags=[["keep"]]), channels=["a"], dry_run=True)  # (by host: x has none)
     with pytest.raises(UsageError, match="refusing"):
         forget(admin, Policy(keep_tags=[["keep"]]), hosts=["x"])
     assert len(admin.snapshot_ids()) == 4
@@ -299,3 +311,67 @@ def test_flood_from_a_stolen_write_key(local_repo, tree):
     after = forget(audit, Policy(last=3), group_by=("channel", "key"), dry_run=True)
     assert not set(good_ids) & set(after.removed) and len(after.untrusted) == 3
     assert not {s.id for s in after.untrusted} & set(after.removed)
+
+
+# ---- groups: host, channel and paths by default (issue 12 #5) -------------------------------------
+
+
+def test_a_host_days_ahead_cannot_push_out_another_hosts_snapshots(local_repo, tree):
+    """Two machines share channel db; one's clock is 3 days ahead, so its
+    snapshots are always the newest.  Grouped by channel only (the old
+    default), --keep-last 2 removes every snapshot of the correctly clocked
+    machine; by default (host, channel, paths) each machine keeps its own 2."""
+    w = local_repo.repo("write")
+    good = [save(w, "db", tree, f"2024-03-0{d} 02:00:00", host="good") for d in range(1, 6)]
+    ahead = [save(w, "db", tree, f"2024-03-0{d + 3} 02:30:00", host="ahead") for d in range(1, 6)]
+    audit = local_repo.repo("audit")
+    naive = forget(audit, Policy(last=2), group_by=("channel",), dry_run=True)
+    assert set(good) <= set(naive.removed)  # what the issue saw
+    for repo in (audit, local_repo.repo("full")):
+        rep = forget(repo, Policy(last=2), dry_run=True)
+        assert sorted(rep.removed) == sorted(good[:3] + ahead[:3])
+        by_host = {dict(g.key)["host"]: g for g in rep.groups}
+        assert set(by_host) == {"good", "ahead"}
+        assert [d.snapshot.id for d in by_host["good"].decisions if d.keep] == good[:2:-1]
+        assert all(dict(g.key)["channel"] == "db" for g in rep.groups)
+    # An audit key cannot read paths: its groups are host and channel, and it says so.
+    rep = forget(audit, Policy(last=2), dry_run=True)
+    assert rep.group_by == ("host", "channel") and rep.paths_unread
+    j = rep.to_json()
+    assert j["group_by"] == ["host", "channel"] and j["paths_unread"]
+    assert {g["group_title"] for g in j["groups"]} == {"host good, channel db", "host ahead, channel db"}
+    rep = forget(audit, Policy(within=Duration.parse("1d1h")))  # "newest" is per group too
+    assert sorted(rep.removed) == sorted(good[:3] + ahead[:3])
+    assert set(audit.snapshot_ids()) == set(good[3:] + ahead[3:])
+
+
+def test_paths_split_groups_for_keys_that_can_read_them(local_repo, tmp_path):
+    """One host and channel saving two different path sets: a full key keeps
+    the newest of each (restic's host,paths); an audit key cannot tell them
+    apart and is refused when it asks for paths by name."""
+    etc, srv = tmp_path / "etc", tmp_path / "srv"
+    for d in (etc, srv):
+        d.mkdir()
+        (d / "f").write_bytes(d.name.encode())
+    w = local_repo.repo("write")
+    e1 = save(w, "sys", etc, "2024-01-01")
+    s1 = save(w, "sys", srv, "2024-01-02")
+    e2 = save(w, "sys", etc, "2024-01-03")
+    s2 = save(w, "sys", srv, "2024-01-04")
+    full = local_repo.repo("full")
+    rep = forget(full, Policy(last=1), dry_run=True)
+    assert rep.group_by == DEFAULT_GROUP_BY and not rep.paths_unread
+    assert sorted(rep.removed) == sorted([e1, s1])
+    groups = {dict(g.key)["paths"]: [d.snapshot.id for d in g.decisions] for g in rep.groups}
+    assert groups == {(str(etc),): [e2, e1], (str(srv),): [s2, s1]}
+    j = rep.to_json()
+    assert sorted(g["group"]["paths"] for g in j["groups"]) == [[str(etc)], [str(srv)]]
+    assert {g["group_title"] for g in j["groups"]} == {f"host h1, channel sys, paths {etc}",
+                                                       f"host h1, channel sys, paths {srv}"}
+    audit = local_repo.repo("audit")
+    assert sorted(forget(audit, Policy(last=1), dry_run=True).removed) == sorted([e1, s1, e2])
+    with pytest.raises(PermissionDenied, match="cannot group by paths"):
+        forget(audit, Policy(last=1), group_by=("host", "paths"), dry_run=True)
+    assert forget(audit, ids=[e1]).removed == [e1]  # (ids need no grouping)
+    rep = forget(full, Policy(last=1), group_by=("channel",))
+    assert sorted(rep.removed) == sorted([e2, s1]) and full.snapshot_ids() == [s2]

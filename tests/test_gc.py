@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -959,3 +960,148 @@ def test_fuzz_markers_and_signed_bookkeeping(local_repo, raw, body):
                     exclusive=False)
     assert read_signed(local_repo.repo("audit"), "gc/collections/x.done") is None  # a write key may not prune
     w.storage.delete("gc/collections/x.done")
+
+
+# ---- clocks: garbage collection goes by the storage's time -------------------------------
+
+
+class SkewedHosts:
+    """The real CLI on machines whose clocks are off (faketime), against one
+    repository: a backup machine (write key, its own cache) and a
+    maintenance host (audit key); restores and checks with the master key on
+    a correctly clocked machine."""
+
+    def __init__(self, tmp_path, url, storage, env=None):
+        self.tmp = tmp_path
+        self.url = url
+        self.storage = storage
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("REKKORD_")}
+        self.env.update(env or {}, REKKORD_REPOSITORY=url)
+        master = Key.generate_master()
+        Repository.init(storage, master)
+        repo = Repository.open(storage, master)
+        self.keys = {"master": str(tmp_path / "master.key")}
+        master.save(self.keys["master"])
+        for role in ("write", "audit"):
+            k = master.derive(role, f"skewed-{role}")
+            repo.publish_cert(k.cert)
+            self.keys[role] = str(tmp_path / f"{role}.key")
+            k.save(self.keys[role])
+
+    def command(self, key, *args, skew=None):
+        cmd = [sys.executable, "-m", "rekkord", "-k", self.keys[key], *map(str, args)]
+        return (["faketime", "-f", skew] if skew else []) + cmd
+
+    def _env(self, key):
+        return dict(self.env, REKKORD_CACHE_DIR=str(self.tmp / f"cache-{key}"))
+
+    def run(self, key, *args, skew=None, input=None, check=0):
+        p = subprocess.run(self.command(key, *args, skew=skew), env=self._env(key), input=input,
+                           capture_output=True, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+        assert check is None or p.returncode == check, (args, p.returncode, p.stderr.decode())
+        return p
+
+    def json(self, key, *args, **kw):
+        return json.loads(self.run(key, *args, "--json", **kw).stdout)
+
+    def start_save(self, channel, data: bytes, skew):
+        """A save of ``data`` (as --stdin) that is past its start -- session
+        marker written, cache loaded, reading -- when this returns: the pipe
+        holds 64 KiB, so a write of 1 MiB returns only once the save read
+        most of it.  Returns (process, the rest of the data)."""
+        proc = subprocess.Popen(self.command("write", "save", "--json", "--stdin", "db.sql", channel, skew=skew),
+                                env=self._env("write"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(__file__)))
+        proc.stdin.write(data[: 1 << 20])
+        proc.stdin.flush()
+        return proc, data[1 << 20:]
+
+    def markers(self):
+        return [n for n in names(self.storage, "sessions/") if not n.endswith(DEAD_SUFFIX)]
+
+    def restores(self, sid, data: bytes):
+        out = self.tmp / f"out-{sid[:8]}-{os.urandom(2).hex()}"
+        self.run("master", "restore", sid, out)
+        assert (out / "db.sql").read_bytes() == data
+
+
+def skewed_clocks(hosts: SkewedHosts, writer_skew, prune_skew):
+    import servers
+
+    """A save running while a prune collects the blobs it is about to reuse
+    (its cache says they exist) is never withdrawn, whichever clock is off;
+    a save that was killed is still presumed dead once its marker is older
+    than the session timeout by the storage's clock, and what it held goes."""
+    h = hosts
+    rng = random.Random(12)
+    data = rng.randbytes(3 << 20)
+    s1 = h.json("write", "save", "--stdin", "db.sql", "db", skew=writer_skew, input=data)["id"]
+    h.run("audit", "forget", s1, skew=prune_skew)
+    # The save starts (and loads a cache that knows every blob of s1), then
+    # a prune collects those blobs while it runs.
+    proc, rest = h.start_save("db", data, writer_skew)
+    assert len(h.markers()) == 1
+    rep = h.json("audit", "prune", skew=prune_skew)
+    assert rep["fossilised"] > 0 and rep["sessions_declared_dead"] == 0, rep
+    assert rep["deleted"] == 0 and rep["waiting_for_sessions"] == 1, rep
+    out, err = proc.communicate(rest, timeout=300)
+    assert proc.returncode == 0, err.decode()  # not withdrawn
+    s2 = json.loads(out)["id"]
+    rep = h.json("audit", "prune", skew=prune_skew)
+    assert not rep["collections_pending"] and rep["sessions_declared_dead"] == 0, rep
+    assert names(h.storage, "fossils/") == [] and h.markers() == []
+    h.run("audit", "check", skew=prune_skew)
+    h.restores(s2, data)
+    # A save killed in the middle: its marker stays, never refreshed again.
+    other = rng.randbytes(2 << 20)
+    s3 = h.json("write", "save", "--stdin", "db.sql", "tmp", skew=writer_skew, input=other)["id"]
+    h.run("audit", "forget", s3, skew=prune_skew)
+    proc, _ = h.start_save("tmp", other + rng.randbytes(1 << 20), writer_skew)
+    servers.kill_tree(proc)  # (the save and, under faketime, its wrapper)
+    proc.communicate()
+    [marker] = h.markers()
+    rep = h.json("audit", "prune", skew=prune_skew)  # (default timeout: 30 minutes)
+    assert rep["fossilised"] > 0 and rep["deleted"] == 0 and rep["waiting_for_sessions"] == 1, rep
+    # Once the marker is older than the timeout by the storage's clock (S3:
+    # whole seconds), a prune presumes that save dead and deletes.
+    deadline = time.monotonic() + 120
+    while h.storage.now() - h.storage.mtime(marker) <= 3.0:
+        assert time.monotonic() < deadline, "the storage's clock does not advance"
+        time.sleep(0.2)
+    rep = h.json("audit", "prune", "--session-timeout", "2s", skew=prune_skew)
+    assert rep["sessions_declared_dead"] == 1 and rep["deleted"] > 0 and not rep["collections_pending"], rep
+    assert names(h.storage, "fossils/") == []
+    h.run("master", "check", "--read-data")
+    h.restores(s2, data)
+
+
+SKEWS = [("-3d", None), ("+3d", "-3d"), (None, "+3d")]  # (backup machine, maintenance host)
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime (apt-get install faketime)")
+@pytest.mark.parametrize("writer_skew,prune_skew", SKEWS)
+def test_skewed_clocks_never_withdraw_a_save_local(tmp_path, writer_skew, prune_skew):
+    url = str(tmp_path / "repo")
+    skewed_clocks(SkewedHosts(tmp_path, url, LocalStorage(url)), writer_skew, prune_skew)
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime (apt-get install faketime)")
+@pytest.mark.parametrize("writer_skew,prune_skew", SKEWS)
+def test_skewed_clocks_never_withdraw_a_save_s3(tmp_path, s3_server, writer_skew, prune_skew):
+    from rekkord.storage import open_storage
+
+    url = s3_server.url()
+    storage = open_storage(url, s3_server.options())
+    storage.create()
+    skewed_clocks(SkewedHosts(tmp_path, url, storage, s3_server.env()), writer_skew, prune_skew)
+
+
+@pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime (apt-get install faketime)")
+@pytest.mark.parametrize("writer_skew,prune_skew", SKEWS)
+def test_skewed_clocks_never_withdraw_a_save_sftp(tmp_path, sftp_server, writer_skew, prune_skew):
+    from rekkord.storage import open_storage
+
+    url = sftp_server.url()
+    storage = open_storage(url, sftp_server.options())
+    storage.create()
+    skewed_clocks(SkewedHosts(tmp_path, url, storage, sftp_server.env()), writer_skew, prune_skew)

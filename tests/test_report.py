@@ -266,14 +266,30 @@ def test_check_knows_reports_and_reports_forged_ones(local_repo):
     assert all(p.what == "failure report" for p in r.problems)
 
 
-def test_prune_removes_reports_older_than_30_days(local_repo):
+def test_prune_removes_reports_uploaded_more_than_30_days_ago(local_repo):
+    """Age is the storage's: when the report was uploaded, by the storage's
+    clock, not the time the writer put in it.  A writer whose clock is 40 days
+    behind has its fresh report kept; one uploaded 31 days ago by a writer
+    40 days ahead goes."""
     writer = local_repo.repo("write")
-    old = write(writer, time_ns=time.time_ns() - 31 * 86400 * 10**9)
-    new = write(writer, time_ns=time.time_ns() - 29 * 86400 * 10**9)
+    day = 86400 * 10**9
+
+    def aged(name, days):  # the storage wrote it this many days ago
+        path = os.path.join(local_repo.url, *name.split("/"))
+        t = time.time() - days * 86400
+        os.utime(path, (t, t))
+
+    behind = write(writer, time_ns=time.time_ns() - 40 * day)
+    ahead_old = write(writer, time_ns=time.time_ns() + 40 * day)
+    aged(ahead_old, 31)
+    old = write(writer, time_ns=time.time_ns() - 31 * day)
+    aged(old, 31)
+    new = write(writer, time_ns=time.time_ns() - 29 * day)
+    aged(new, 29)
     junk = f"{rp.PREFIX}{'cd' * 16}"
     writer.storage.write(junk, b"not a report")
+    aged(junk, 100)
     rep = Pruner(local_repo.repo("audit")).run()
-    assert rep.reports_removed == 1
+    assert rep.reports_removed == 2
     names = {n for n, _ in writer.storage.list(rp.PREFIX)}
-    assert names == {new, junk}  # what does not open is left for check to report
-    assert old not in names
+    assert names == {new, behind, junk}  # what does not open is left for check to report

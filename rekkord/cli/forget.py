@@ -70,8 +70,9 @@ def _when(time_ns: int) -> str:
 @click.option("--channel", multiple=True, help="Only snapshots of these channels")
 @click.option("--host", multiple=True, help="Only snapshots from these hosts")
 @click.option("--key", "key_ids", multiple=True, metavar="KID", help="Only snapshots signed by these keys")
-@click.option("--group-by", default="channel", show_default=True, metavar="FIELDS",
-              help="Apply the policy per group of channel,host,key,tags ('' for one group)")
+@click.option("--group-by", default=None, metavar="FIELDS",
+              help="Apply the policy per group of these fields: any of host,channel,paths,key,tags ('' for one "
+                   "group)  [default: host,channel,paths; paths only with a key that can read them]")
 @click.option("--dry-run", "-n", is_flag=True, help="Show what would be kept and removed, and why")
 @click.option("--prune", "then_prune", is_flag=True, help="Then run prune, to reclaim the space (with --dry-run: "
               "what prune would do)")
@@ -88,11 +89,15 @@ def forget_cmd(s: Settings, snapshot_ids, keep_last, keep_hourly, keep_daily, ke
     Arguments are snapshot ids (or unique prefixes of 4+ characters), which
     are removed, or channel names, which select the snapshots a --keep-*
     policy applies to (like --channel). The policy (restic's rules) applies
-    to each channel separately; a snapshot is kept when any --keep-* rule
-    keeps it. Only snapshot records go: --prune (or `rekkord prune`)
-    reclaims the space. Works with an audit, full or admin key. Against a
+    to each group separately: by default the snapshots of one host, channel
+    and set of saved paths (restic's host,paths; an audit key cannot read
+    paths and groups by host and channel), so that one machine's snapshots,
+    however many or however dated, never push out another's; --dry-run
+    shows each group. A snapshot is kept when any --keep-* rule keeps it.
+    Only snapshot records go: --prune (or `rekkord prune`) reclaims the
+    space. Works with an audit, full or admin key. Against a
     flood of snapshots from a stolen write key, use --keep-within and
-    --group-by channel,key (docs/maintenance.md)."""
+    --group-by host,channel,key (docs/maintenance.md)."""
     from ..errors import UsageError
     from ..forget import Policy, forget, parse_group_by, split_ids_and_channels
 
@@ -109,7 +114,8 @@ def forget_cmd(s: Settings, snapshot_ids, keep_last, keep_hourly, keep_daily, ke
                          "name channels: they select the snapshots of a --keep-* policy)")
     problems = []
     report = forget(repo, policy, ids=ids, channels=tuple(channel) + tuple(channel_args), hosts=host,
-                    keys=key_ids, group_by=parse_group_by(group_by), dry_run=dry_run,
+                    keys=key_ids, group_by=None if group_by is None else parse_group_by(group_by),
+                    dry_run=dry_run,
                     on_problem=lambda sid, msg: problems.append((sid, msg)))
     from .text import subject
 
@@ -130,9 +136,11 @@ def forget_cmd(s: Settings, snapshot_ids, keep_last, keep_hourly, keep_daily, ke
         if report.explicit:
             for sid in report.removed:
                 click.echo(f"{'would remove' if dry_run else 'remove'}  {sid[:8]}  (named on the command line)")
+        if report.paths_unread and report.groups:
+            click.echo(f"(grouped by {', '.join(report.group_by) or 'nothing'}: {repo.key.role} keys cannot "
+                       "read saved paths)")
         for g in report.groups:
-            title = ", ".join(f"{k} {v}" for k, v in g.key) or "all snapshots"
-            click.echo(f"{title}:")
+            click.echo(f"{g.describe()}:")
             for d in sorted(g.decisions, key=lambda d: (d.snapshot.time_ns, d.snapshot.id)):
                 sn = d.snapshot
                 why = ", ".join(d.reasons) if d.keep else "no rule keeps it"

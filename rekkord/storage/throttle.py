@@ -102,6 +102,16 @@ class ThrottledStorage(Storage):
     def rename(self, src: str, dst: str) -> None:
         self.inner.rename(src, dst)  # a backend's own move: the bytes stay on the server
 
+    # (The storage's clock: garbage collection times everything by it.)
+    def now(self) -> float:
+        return self.inner.now()
+
+    def mtime(self, name: str) -> float | None:
+        return self.inner.mtime(name)
+
+    def list_times(self, prefix: str = "") -> Iterator[tuple[str, int, float]]:
+        return self.inner.list_times(prefix)
+
     def defer_sync(self) -> None:
         self.inner.defer_sync()
 
