@@ -52,6 +52,7 @@ from .errors import (
 )
 from .index import F_CHANGED, F_PARTIAL, F_UNREADABLE
 from .repository import Repository, Snapshot
+from .format_v2 import name_of
 from .snapshot import describe_loss, iter_entries
 
 #: Names the repository layout uses (docs/format.md); anything else is reported.
@@ -82,6 +83,9 @@ class Problem:
     message: str
     snapshots: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)  # only with a key that can read names
+    #: What its content can still be read from (an intact copy, a parity
+    #: group): the snapshots lost nothing, the repository lost redundancy.
+    recoverable_from: str | None = None
 
     @property
     def damage(self) -> bool:
@@ -89,7 +93,7 @@ class Problem:
 
     def to_json(self) -> dict:
         return {"object": self.object, "what": self.what, "kind": self.kind, "message": self.message,
-                "snapshots": self.snapshots, "paths": self.paths}
+                "snapshots": self.snapshots, "paths": self.paths, "recoverable_from": self.recoverable_from}
 
     def __str__(self) -> str:
         s = f"{self.what} {self.object}: {self.message}"
@@ -114,6 +118,10 @@ class CheckReport:
     orphans: int = 0  # blobs no snapshot references (leftovers of interrupted saves, forget)
     problems: list[Problem] = field(default_factory=list)
     damaged_snapshots: list[str] = field(default_factory=list)
+    #: Snapshots that lost nothing but redundancy: a copy of an index blob or
+    #: reference list, or a data blob parity rebuilds (check --repair writes them again).
+    degraded_snapshots: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # what check --repair wrote again, one line each
     healed_snapshots: list[str] = field(default_factory=list)  # damaged at the previous check, clean now
     vanished_snapshots: list[str] = field(default_factory=list)  # seen by the previous check, gone now
     snapshot_info: dict = field(default_factory=dict)  # id -> channel, time, host (damaged ones)
@@ -143,6 +151,8 @@ class CheckReport:
             "blobs_read": self.blobs_read, "blobs_decrypted": self.blobs_decrypted,
             "bytes_read": self.bytes_read, "orphans": self.orphans,
             "damaged_snapshots": [{"id": s, **self.snapshot_info.get(s, {})} for s in self.damaged_snapshots],
+            "degraded_snapshots": [{"id": s, **self.snapshot_info.get(s, {})} for s in self.degraded_snapshots],
+            "repaired": self.repaired,
             "healed_snapshots": self.healed_snapshots, "vanished_snapshots": self.vanished_snapshots,
             "repair_hint": self.repair_hint, "repairs_removed": self.repairs_removed,
             "problems": [p.to_json() for p in self.problems], "notes": self.notes, "duration": self.duration,
@@ -183,7 +193,8 @@ def parse_subset(spec: str | None) -> tuple[str, float] | None:
 
 class Checker:
     def __init__(self, repo: Repository, cache: Cache | None = None, *, read_data: bool = False,
-                 subset: str | None = None, threads: int | None = None, progress=None, heal: bool = True):
+                 subset: str | None = None, threads: int | None = None, progress=None, heal: bool = True,
+                 repair: bool = False):
         repo.key.require("check", "check the repository")
         if read_data and not repo.key.can("read"):
             raise PermissionDenied(f"{keymod.article(repo.key.role)} {repo.key.role} key cannot decrypt data (--read-data); check without it "
@@ -198,6 +209,10 @@ class Checker:
         self.threads = threads or max(4, min(repo.storage.connections, 16))
         self.progress = progress
         self.heal = heal
+        #: Write again what can be rebuilt exactly: a lost copy of an index
+        #: blob or reference list from another copy, a data blob from parity.
+        self.repair = repair
+        self.siblings: dict[bytes, list[bytes]] = {}  # a copy -> the copies stored with it (same group, in order)
         self.report = CheckReport(level="read-data" if self.read_data else "subset" if self.subset else "structure")
         self.lock = threading.Lock()
         self._last_progress = 0.0
@@ -336,6 +351,8 @@ class Checker:
         if self.empty_leftovers:
             r.notes.append(f"{len(self.empty_leftovers)} unreferenced empty objects, left by interrupted writes "
                            "(power loss), e.g. " + ", ".join(sorted(self.empty_leftovers)[:3]))
+        # A damaged copy whose sibling is intact lost nothing (check --repair writes it again).
+        self._copies(bad, verified, refs, kinds)
         # Which snapshots each problem affects.
         self._attribute(refs, kinds, direct, reflists)
         # Read keys: every index, in full, against the reference lists; files per damaged blob.
@@ -343,9 +360,11 @@ class Checker:
             self._read_indexes(snaps, by_id, bad, reflists, direct)
         self._drop_forgotten(by_id)
         self._remember(snaps, by_id)
-        damaged = sorted({s for p in r.problems if p.damage for s in p.snapshots})
+        damaged = sorted({s for p in r.problems if p.damage and not p.recoverable_from for s in p.snapshots})
         r.damaged_snapshots = damaged
-        for sid in damaged:
+        r.degraded_snapshots = sorted({s for p in r.problems if p.damage and p.recoverable_from
+                                       for s in p.snapshots} - set(damaged))
+        for sid in damaged + r.degraded_snapshots:
             s = by_id.get(sid)
             if s is not None:
                 r.snapshot_info[sid] = {"channel": s.channel, "time": s.to_json()["time"], "host": s.host}
@@ -484,10 +503,14 @@ class Checker:
 
         for snap in snaps:
             try:
-                for bid, size in snap.index:
-                    ref(bid, size, fmt.T_INDEX, snap.id)
-                for bid, size in snap.reflist:
-                    ref(bid, size, fmt.T_REFLIST, snap.id)
+                for what, btype in (("index", fmt.T_INDEX), ("reflist", fmt.T_REFLIST)):
+                    for copies in snap.copies_of(what):
+                        for bid, size in copies:
+                            ref(bid, size, btype, snap.id)
+                        if len(copies) > 1:
+                            group = [b for b, _ in copies]
+                            for b in group:
+                                self.siblings.setdefault(b, group)
             except (KeyError, ValueError, TypeError):
                 self.problem(f"snapshots/{snap.id}", "snapshot record", DAMAGED,
                              "names its blobs in a malformed way", [snap.id])
@@ -584,7 +607,7 @@ class Checker:
         again, with the files, by _read_indexes)."""
         for snap in snaps:
             try:
-                for e in iter_entries(self.repo, snap, on_damage=lambda *a: None):
+                for e in iter_entries(self.repo, snap, on_damage=lambda *a: None, on_copy=_ignore):
                     for x in e.extents:
                         self.keys[x.blob] = x.key
             except RekkordError:
@@ -679,6 +702,65 @@ class Checker:
 
         self._parallel(one, ids)
 
+    # ---- copies of index blobs and reference lists ----------------------------------------------
+
+    def _copies(self, bad: dict[bytes, Problem], verified: set[bytes], refs: dict[bytes, int],
+                kinds: dict[bytes, int]):
+        """A missing or damaged copy of an index blob or reference list whose
+        sibling is intact: nothing is lost (readers use the sibling).  With
+        ``repair``, its exact bytes are made again from the sibling (opened
+        with the key of its sealing: an index blob needs the data key, a
+        reference list only psk) and written under its name, once they hash
+        to it."""
+        codec = self.repo.codec
+        for bid in sorted(b for b in bad if b in self.siblings):
+            p = bad[bid]
+            if p.kind not in (MISSING, DAMAGED, WRONG_SIZE):
+                continue
+            group = self.siblings[bid]
+            good = next((s for s in group if s != bid and s not in bad and (s in verified or self._intact(s))), None)
+            if good is None:
+                continue
+            p.recoverable_from = fmt.blob_name(good)
+            p.message += f"; its copy {fmt.blob_name(good)} is intact, so nothing is lost"
+            btype = kinds.get(bid, fmt.T_INDEX)
+            if not self.repair:
+                p.message += " (check --repair writes it again)"
+                continue
+            if btype == fmt.T_INDEX and not self.can_read:
+                p.message += " (a check --repair with a read, full or master key writes it again)"
+                continue
+            try:
+                raw = self.repo.read_raw(self.blob_name(good), btype)
+                new = codec.rebuild_copy(good, raw, group.index(bid))
+                if name_of(new) != bid:
+                    p.message += ("; its bytes cannot be made again from that copy (the two were not sealed "
+                                  "together: a faulty or hostile writer)")
+                    continue
+                self.repo.storage.write(fmt.blob_name(bid), bytes(new), exclusive=False)
+            except (IntegrityError, UnsupportedFormat, StorageError) as e:
+                p.message += f"; check --repair could not write it again ({e})"
+                continue
+            self._repaired(p, bad, bid, f"{p.what} {p.object}: written again from its copy {fmt.blob_name(good)}")
+            verified.add(bid)
+
+    def _intact(self, bid: bytes) -> bool:
+        """Whether a blob not read yet (a subset check) verifies."""
+        try:
+            raw = self.repo.read_raw(self.blob_name(bid))
+        except (IntegrityError, StorageError):
+            return False
+        self._count(raw)
+        return self.repo.codec.verify(bid, raw) is None
+
+    def _repaired(self, p: Problem, bad: dict[bytes, Problem], bid: bytes, line: str) -> None:
+        """``p`` is fixed: it leaves the problems (and the repair hint) for the repaired list."""
+        with self.lock:
+            if p in self.report.problems:
+                self.report.problems.remove(p)
+            self.report.repaired.append(line)
+        bad.pop(bid, None)
+
     # ---- attribution -------------------------------------------------------------------------
 
     def _attribute(self, refs, kinds, direct, reflists: dict[bytes, bytes]):
@@ -723,8 +805,8 @@ class Checker:
             if self.read_data:
                 members = set()
                 complete = True
-                for rl, _ in snap.reflist:
-                    data = reflists.get(rl)
+                for copies in snap.copies_of("reflist"):
+                    data = next((reflists[c] for c, _ in copies if c in reflists), None)
                     if data is None:
                         complete = False
                         continue
@@ -751,7 +833,8 @@ class Checker:
 
             flagged: dict[str, list[str]] = {}
             try:
-                for e in iter_entries(self.repo, snap, on_damage=on_damage, on_refused=on_refused):
+                for e in iter_entries(self.repo, snap, on_damage=on_damage, on_refused=on_refused,
+                                      on_copy=_ignore):
                     if e.flags:
                         for bit, label in ((F_CHANGED, "changed while they were read"),
                                            (F_PARTIAL, "read only in part (I/O error)"),
@@ -931,6 +1014,10 @@ class Checker:
             except StorageError as e:
                 self.report.notes.append(f"could not set {name} aside ({e}); the next save that has the data "
                                          "replaces it")
+
+
+def _ignore(_message: str) -> None:
+    """(check reports damaged copies itself, as problems)"""
 
 
 def _good_copy_of(codec, bid: bytes, raw: bytes) -> bool:

@@ -536,9 +536,10 @@ class _Walk:
         self.reflists: dict[bytes, list[bytes]] = {}
         self.snap_refs: dict[str, list[bytes]] = {}
 
-    def _read_reflist(self, bid: bytes, sid: str) -> list[bytes]:
+    def _read_reflist(self, copies: list[tuple[bytes, int]], sid: str) -> list[bytes]:
+        bid = copies[0][0]
         try:
-            data = self.repo.read_blob(bid, fmt.T_REFLIST)
+            data = self.repo.read_copies(copies, fmt.T_REFLIST, what=f" of snapshot {sid[:8]}")
             return [c for c, _ in fmt.unpack_reflist(data)]
         except IntegrityError as e:
             raise IntegrityError(f"prune refused: reference list {bid.hex()} of snapshot {sid} is unreadable "
@@ -564,13 +565,13 @@ class _Walk:
                                      "garbage") from None
         todo = {}
         for s in snaps:
-            for bid, _ in s.reflist:
-                if bid not in self.reflists:
-                    todo[bid] = s.id
+            for copies in s.copies_of("reflist"):
+                if copies[0][0] not in self.reflists:
+                    todo[copies[0][0]] = (copies, s.id)
         if todo:
             def one(item):
-                bid, sid = item
-                return bid, self._read_reflist(bid, sid)
+                bid, (copies, sid) = item
+                return bid, self._read_reflist(copies, sid)
 
             if self.pool_size > 1 and len(todo) > 1:
                 with ThreadPoolExecutor(self.pool_size) as pool:
@@ -579,7 +580,7 @@ class _Walk:
                 results = [one(i) for i in todo.items()]
             self.reflists.update(results)
         for s in snaps:
-            refs = [b for b, _ in s.index] + [b for b, _ in s.reflist]
+            refs = [b for b, _ in s.all_blobs("index")] + [b for b, _ in s.all_blobs("reflist")]
             for bid, _ in s.reflist:
                 refs.extend(self.reflists[bid])
             self.snap_refs[s.id] = refs

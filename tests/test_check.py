@@ -75,7 +75,7 @@ def test_clean_repository_passes_at_every_level_with_every_checking_key(local_re
         assert r.blobs_read == total and r.orphans == 0 and r.blobs_decrypted == 0
     r = run_check(local_repo, "read", read_data=True)
     assert r.ok and r.level == "read-data"
-    reflists = len(blob_roles(local_repo, saved[1])["reflist"])
+    reflists = len(blob_roles(local_repo, saved[1])["reflist_all"])
     assert r.blobs_decrypted == total - reflists  # reference lists were opened by the walk
     r = run_check(local_repo, "audit", subset="100%")
     assert r.ok and r.level == "subset" and r.blobs_decrypted == 0  # an audit key only MACs
