@@ -58,7 +58,7 @@ from .snapshot import describe_loss, iter_entries
 #: Names the repository layout uses (docs/format.md); anything else is reported.
 KNOWN_NAMES = ("config",)
 KNOWN_PREFIXES = ("keys/", "revoked/", "snapshots/", "blobs/", "generations/", "repairs/", "sessions/",
-                  "fossils/", "gc/", "quarantine/", "reports/")
+                  "fossils/", "gc/", "quarantine/", "reports/", "parity/")
 
 # Problem kinds.  All but UNVERIFIED are damage (exit 4); UNVERIFIED means the
 # storage failed to answer, so the check is incomplete (exit 7).
@@ -122,6 +122,8 @@ class CheckReport:
     #: reference list, or a data blob parity rebuilds (check --repair writes them again).
     degraded_snapshots: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)  # what check --repair wrote again, one line each
+    parity_groups: int = 0  # parity groups found (repositories with parity)
+    parity_rebuilt: int = 0  # lost or damaged data blobs their parity group rebuilds
     healed_snapshots: list[str] = field(default_factory=list)  # damaged at the previous check, clean now
     vanished_snapshots: list[str] = field(default_factory=list)  # seen by the previous check, gone now
     snapshot_info: dict = field(default_factory=dict)  # id -> channel, time, host (damaged ones)
@@ -152,7 +154,7 @@ class CheckReport:
             "bytes_read": self.bytes_read, "orphans": self.orphans,
             "damaged_snapshots": [{"id": s, **self.snapshot_info.get(s, {})} for s in self.damaged_snapshots],
             "degraded_snapshots": [{"id": s, **self.snapshot_info.get(s, {})} for s in self.degraded_snapshots],
-            "repaired": self.repaired,
+            "repaired": self.repaired, "parity_groups": self.parity_groups, "parity_rebuilt": self.parity_rebuilt,
             "healed_snapshots": self.healed_snapshots, "vanished_snapshots": self.vanished_snapshots,
             "repair_hint": self.repair_hint, "repairs_removed": self.repairs_removed,
             "problems": [p.to_json() for p in self.problems], "notes": self.notes, "duration": self.duration,
@@ -353,6 +355,8 @@ class Checker:
                            "(power loss), e.g. " + ", ".join(sorted(self.empty_leftovers)[:3]))
         # A damaged copy whose sibling is intact lost nothing (check --repair writes it again).
         self._copies(bad, verified, refs, kinds)
+        # Parity groups (init --parity): verified, and a lost data blob rebuilt from them.
+        self._parity(listing, blobs, bad, verified, refs, kinds)
         # Which snapshots each problem affects.
         self._attribute(refs, kinds, direct, reflists)
         # Read keys: every index, in full, against the reference lists; files per damaged blob.
@@ -744,6 +748,116 @@ class Checker:
             self._repaired(p, bad, bid, f"{p.what} {p.object}: written again from its copy {fmt.blob_name(good)}")
             verified.add(bid)
 
+    # ---- parity groups (rekkord/parity.py) ---------------------------------------------------------
+
+    def _parity(self, listing: dict[str, int], blobs: dict[bytes, int], bad: dict[bytes, Problem],
+                verified: set[bytes], refs: dict[bytes, int], kinds: dict[bytes, int]):
+        """Verify the parity objects (each must hash to its name and hold a
+        well-formed manifest; a whole check reads them all), and rebuild from
+        them every missing or damaged data blob they cover: the rebuilt bytes
+        count only once they hash to the blob's name, so this needs no key
+        and trusts no parity object.  With ``repair``, rebuilt blobs are
+        written again, and data blobs without parity get some."""
+        from . import parity as par
+
+        names = {}
+        for obj, size in listing.items():
+            if not obj.startswith(par.PREFIX):
+                continue
+            name = par.name_from_object(obj)
+            if name is None:
+                self.problem(obj, "object", UNEXPECTED, "not a parity group name; not part of the repository format")
+            else:
+                names[name] = size
+        ratio = par.ratio_of(self.repo.config)
+        if not names and not ratio:
+            return
+        if (names or self.repair) and not par.available():
+            self.report.notes.append(f"{len(names)} parity groups not checked: {par.install_hint_text()}")
+            return
+        idx = par.ParityIndex(self.repo.storage, threads=self.threads)
+        groups = idx.groups(names)
+        for name, msg in sorted(idx.problems.items()):
+            self.problem(par.object_name(name), "parity group", DAMAGED, _strip_parity(msg, name))
+        if self.subset is None:
+            def whole(g):
+                obj = par.object_name(g.name)
+                try:
+                    raw = self.repo.storage.read(obj, 0, g.object_size + 1)
+                except ObjectNotFound:
+                    self.problem(obj, "parity group", MISSING, "missing (deleted during the check?)")
+                    return
+                except StorageError as e:
+                    self.problem(obj, "parity group", UNVERIFIED, f"could not be read: {e}")
+                    return
+                self._count(raw)
+                if len(raw) != g.object_size or par.blake3_name(raw) != g.name:
+                    with self.lock:
+                        idx.drop(g.name)
+                    self.problem(obj, "parity group", DAMAGED, "its bytes do not hash to its name (damaged or "
+                                 "forged); the data blobs it covers have less protection (check --repair gives "
+                                 "them parity again)")
+
+            self._parallel(whole, list(groups.values()))
+        covered = {m for g in idx.groups().values() for m, _ in g.members}
+        self.report.parity_groups = len(idx.groups())
+        # Rebuild what was lost.
+        lost = sorted(b for b, p in bad.items() if kinds.get(b, fmt.T_DATA) == fmt.T_DATA and b in refs
+                      and b in covered and p.kind in (MISSING, DAMAGED, WRONG_SIZE) and not p.recoverable_from)
+        for bid in lost:
+            p = bad[bid]
+            got = idx.rebuild(bid)
+            if got is None:
+                p.message += "; its parity group cannot rebuild it (too much of the group is lost too)"
+                continue
+            raw, g = got
+            with self.lock:
+                self.report.parity_rebuilt += 1
+            p.recoverable_from = par.object_name(g.name)
+            p.message += f"; parity group {par.object_name(g.name)} rebuilds it, so nothing is lost"
+            if not self.repair:
+                p.message += " (check --repair writes it again)"
+                continue
+            try:
+                self.repo.storage.write(self.blob_name(bid), raw, exclusive=False)
+            except StorageError as e:
+                p.message += f"; check --repair could not write it again ({e})"
+                continue
+            self._repaired(p, bad, bid, f"{p.what} {p.object}: rebuilt from parity group {par.object_name(g.name)}")
+            verified.add(bid)
+            blobs[bid] = len(raw)
+        if not ratio:
+            return
+        # Data blobs without parity (a save that could not write its group, a
+        # damaged group, blobs saved before parity was possible).
+        data = [b for b in refs if kinds.get(b, fmt.T_DATA) == fmt.T_DATA and b in blobs and b not in bad]
+        bare = sorted(b for b in data if b not in covered)
+        if not bare:
+            return
+        if not self.repair:
+            self.report.notes.append(f"{len(bare)} data blobs have no parity group (check --repair gives them "
+                                     "parity)")
+            return
+        errors = []
+        written = []
+        builder = par.GroupBuilder(self.repo.storage, ratio, self.repo.limits[fmt.T_DATA],
+                                   on_written=lambda obj, size: written.append(obj), on_error=errors.append)
+        try:
+            for bid in bare:
+                try:
+                    raw = self.repo.read_raw(self.blob_name(bid), fmt.T_DATA)
+                except (IntegrityError, StorageError):
+                    continue
+                if par.blake3_name(raw) == bid:  # (only intact bytes get parity)
+                    builder.add(bid, raw)
+            builder.finish()
+        finally:
+            builder.close()
+        self.report.notes.extend(errors)
+        if written:
+            self.report.repaired.append(f"parity for {len(bare)} data blobs that had none: "
+                                        f"{len(written)} new parity groups")
+
     def _intact(self, bid: bytes) -> bool:
         """Whether a blob not read yet (a subset check) verifies."""
         try:
@@ -1014,6 +1128,12 @@ class Checker:
             except StorageError as e:
                 self.report.notes.append(f"could not set {name} aside ({e}); the next save that has the data "
                                          "replaces it")
+
+
+def _strip_parity(msg: str, name: bytes) -> str:
+    from .parity import object_name
+
+    return msg.removeprefix(f"parity group {object_name(name)}: ")
 
 
 def _ignore(_message: str) -> None:

@@ -519,6 +519,8 @@ class PruneReport:
     temporaries_removed: int = 0  # leftovers of interrupted writes (killed saves)
     temporaries_bytes: int = 0
     reports_removed: int = 0  # failure reports older than 30 days (rekkord/report.py)
+    parity_deleted: int = 0  # parity groups none of whose members exists any more (or would be)
+    parity_deleted_bytes: int = 0
     generation: int = 0
     duration: float = 0.0
 
@@ -868,6 +870,7 @@ class Pruner:
             # Dry run: with no save running, a real run would delete them at once.
             rep.deleted += len(unused)
             rep.deleted_bytes += rep.fossilised_bytes
+        self._prune_parity()
         if not self.dry_run:
             self._housekeeping()
         gens = generations(storage)
@@ -989,6 +992,33 @@ class Pruner:
         storage.write(name, signed_object(key, name, done), exclusive=False)
         storage.flush()
         return cid
+
+    def _prune_parity(self):
+        """Delete the parity groups (rekkord/parity.py) none of whose members
+        is in ``blobs/`` or among the fossils any more.  The groups are listed
+        before the blobs: a save writes a group only after its members, so a
+        group listed here whose members the later listing lacks lost them to
+        a prune, never to a save still running.  Only a group whose manifest
+        reads is judged (a damaged one is left to check)."""
+        from . import parity as par
+
+        storage = self.storage
+        groups = {}
+        for obj, size in storage.list(par.PREFIX):
+            name = par.name_from_object(obj)
+            if name is not None:
+                groups[name] = size
+        if not groups:
+            return
+        present = {fmt.blob_id_from_name(n) for n, _ in storage.list("blobs/")}
+        present |= {p[1] for p in (parse_fossil_name(n) for n, _ in storage.list(FOSSILS)) if p is not None}
+        idx = par.ParityIndex(storage, threads=self.threads)
+        doomed = [(par.object_name(name), groups[name]) for name, g in idx.groups(groups).items()
+                  if not any(m in present for m, _ in g.members)]
+        self.report.parity_deleted = len(doomed)
+        self.report.parity_deleted_bytes = sum(s for _, s in doomed)
+        if doomed and not self.dry_run:
+            self._map(lambda it: storage.delete(it[0]), doomed, "deleting parity groups")
 
     def _housekeeping(self):
         storage = self.storage

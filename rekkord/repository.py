@@ -468,6 +468,34 @@ class Repository:
                 raise IntegrityError(f"blob {blob_id.hex()}: too large for a blob")
         return self.codec.open(blob_id, raw, expected_type, key=key)
 
+    def rebuild_data(self, blob_id: bytes, key: bytes, error: Exception) -> bytes:
+        """The plaintext of data blob ``blob_id``, which could not be read
+        (``error``), rebuilt from its parity group when the repository has
+        parity (rekkord/parity.py) and the rebuilt bytes hash to its name;
+        else ``error`` is raised.  A rebuild is said once (:meth:`say`), and
+        the blob joins :attr:`degraded` (a restore names it in a repair hint)."""
+        from . import parity as par
+
+        if self.version < 2 or not par.ratio_of(self.config) or not par.available():
+            raise error
+        with self._notice_lock:
+            if self._parity is None:
+                self._parity = par.ParityIndex(self.storage, threads=4)
+            idx = self._parity
+        try:
+            got = idx.rebuild(blob_id)
+        except (IntegrityError, StorageError):
+            got = None
+        if got is None:
+            raise error
+        raw, g = got
+        data = self.codec.open(blob_id, raw, fmt.T_DATA, key=key)
+        with self._notice_lock:
+            self.degraded.add(blob_id)
+        self.say(f"data blob {blob_id.hex()}: {_strip_blob(error, blob_id)}; rebuilt it from parity group "
+                 f"{par.object_name(g.name)}, nothing is lost (rekkord check --repair writes it again)")
+        return data
+
     def _read_fossil(self, blob_id: bytes) -> bytes | None:
         """A blob a prune collected while a save was using it is a fossil until
         the next prune moves it back (rekkord/gc.py): still readable."""
@@ -658,6 +686,17 @@ def validate_config(config: dict) -> None:
         g(config, k, what, schema.hexstr(32))
     g(config, "compression", what, schema.integer(0, 22), optional=True)
     g(config, "index_copies", what, schema.integer(1, 2), optional=True)
+    parity = g(config, "parity", what, schema.mapping(8), optional=True)
+    if parity is not None:
+        from .parity import MAX_PERCENT, MIN_PERCENT, SCHEME
+
+        if config.get("format", 1) < 2:
+            raise IntegrityError("config: parity needs format 2")
+        if g(parity, "scheme", "config parity", schema.text(64)) != SCHEME:
+            raise UnsupportedFormat(f"config: unknown parity scheme {parity['scheme']!r}")
+        pct = parity.get("percent")
+        if type(pct) not in (int, float) or not MIN_PERCENT <= pct <= MAX_PERCENT:
+            raise IntegrityError(f"config parity: percent must be a number from {MIN_PERCENT} to {MAX_PERCENT}")
     ch = g(config, "chunker", what, schema.mapping(16))
     g(ch, "algorithm", "config chunker", schema.text(64), optional=True)
     g(ch, "shared", "config chunker", schema.hexstr(max_bytes=512), optional=True)

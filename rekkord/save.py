@@ -79,6 +79,8 @@ class SaveStats:
     blobs_known: int = 0
     blobs_repaired: int = 0  # found missing or damaged (repair hint, crash) and uploaded again
     blobs_proven: int = 0  # format v2: found under their name, read back and proven (another save stored them)
+    parity_groups: int = 0  # parity groups written over the new data blobs (repositories with parity)
+    parity_bytes: int = 0
     warnings: int = 0
     duration: float = 0.0
 
@@ -363,6 +365,16 @@ class Saver:
         self.repaired: set[bytes] = set()  # hinted blobs this save uploaded again
         self._hints: dict[str, list[bytes]] = {}
         self._last_progress = 0.0
+        # Parity groups over the data blobs this save stores (rekkord/parity.py).
+        self.parity = None
+        from .parity import ratio_of
+
+        ratio = ratio_of(repo.config) if self.codec.convergent else None
+        if ratio:
+            from .parity import GroupBuilder
+
+            self.parity = GroupBuilder(repo.storage, ratio, repo.limits[fmt.T_DATA], on_written=self._parity_written,
+                                       on_error=lambda m: self.warn(b"(parity)", m))
 
     # ---- warnings / progress ---------------------------------------------------
 
@@ -447,6 +459,8 @@ class Saver:
                 self.repaired.add(ref)
         if new:
             self.cache.add_pending(ref)
+            if self.parity is not None and btype == fmt.T_DATA:
+                self.parity.add(ref, raw)
         self.cache.add_blob(ref, size)
         self.cache.add_plain(pid, ref, size)
         with self.stats_lock:
@@ -495,6 +509,11 @@ class Saver:
             self.stats.bytes_new += len(data)
             self.stats.bytes_stored += sum(s for _, s in written)
         return Stored(written[0], b"", written[1:])
+
+    def _parity_written(self, name: str, size: int) -> None:
+        with self.stats_lock:
+            self.stats.parity_groups += 1
+            self.stats.parity_bytes += size
 
     def _proven(self, name: str, ref: bytes) -> bool:
         """Whether the object under ``name`` hashes to it (read back)."""
@@ -887,6 +906,8 @@ class Saver:
                 index_ids, reflist_ids = self._run(roots)
         except BaseException:
             self._shutdown(cancel=True)
+            if self.parity is not None:
+                self.parity.close()
             try:
                 self.repo.storage.flush()  # what was written is then durable: no need to re-verify it
                 self.cache.close_session()
@@ -895,6 +916,12 @@ class Saver:
             self.cache.commit()
             raise
         self._shutdown()
+        if self.parity is not None:
+            try:
+                self.parity.finish()  # the last group, before the flush that precedes the record
+            except BaseException:
+                self.parity.close()
+                raise
         self.refs += b"".join(i for i, _ in index_ids + reflist_ids)
         copied = self.repo.copies > 1 and all(getattr(x, "copies", None) for x in index_ids + reflist_ids)
         if copied:

@@ -391,10 +391,10 @@ class BlobFetcher:
     def _fetch(self, blob_id: bytes, key: bytes = b"") -> bytes:
         try:
             data = self.repo.read_blob(blob_id, fmt.T_DATA, key)
-        except IntegrityError:
+        except IntegrityError as e:
             with self.lock:
                 self.damaged.add(blob_id)
-            raise
+            data = self.repo.rebuild_data(blob_id, key, e)  # (parity, rekkord/parity.py; else raises e)
         with self.lock:
             self.bytes += len(data)
             self.fetched += 1

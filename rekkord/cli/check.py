@@ -54,7 +54,9 @@ def check_cmd(s: Settings, read_data, read_data_subset, no_heal, repair, as_json
                                               else "")
         click.echo(f"checked ({report.level}) {report.snapshots} snapshots, {report.blobs_checked} of "
                    f"{report.blobs_referenced} blobs present ({read}, {human_bytes(report.bytes_read)}), "
-                   f"{report.orphans} unreferenced in {report.duration:.1f}s: {status}", err=not report.ok)
+                   f"{report.orphans} unreferenced"
+                   + (f", {report.parity_groups} parity groups" if report.parity_groups else "")
+                   + f" in {report.duration:.1f}s: {status}", err=not report.ok)
     if report.damaged_snapshots:
         click.echo("damaged snapshots:", err=True)
         for sid in report.damaged_snapshots:
