@@ -88,6 +88,14 @@ def install_hint_text() -> str:
     return f"parity needs the zfec package: {install_hint('parity')}"
 
 
+#: How much of a parity object check reads at once while hashing it.
+READ_PIECE = 8 << 20
+
+
+def hasher():
+    return blake3.blake3()
+
+
 def blake3_name(raw) -> bytes:
     """The name of a parity object or a v2 blob: the plain hash of its bytes."""
     return blake3.blake3(raw).digest()
