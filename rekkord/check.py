@@ -52,13 +52,14 @@ from .errors import (
 )
 from .index import F_CHANGED, F_PARTIAL, F_UNREADABLE
 from .repository import Repository, Snapshot
+from .format_v2 import name_of
 from .snapshot import describe_loss, iter_entries
 
 #: Names the repository layout uses (docs/format.md); anything else is reported.
 KNOWN_NAMES = ("config",)
 KNOWN_PREFIXES = ("keys/", "revoked/", "snapshots/", "blobs/", "generations/", "repairs/", "sessions/",
                   "fossils/", "gc/", "quarantine/", "reports/",
-                  "annotations/")
+                  "annotations/", "parity/")
 
 # Problem kinds.  All but UNVERIFIED are damage (exit 4); UNVERIFIED means the
 # storage failed to answer, so the check is incomplete (exit 7).
@@ -83,6 +84,9 @@ class Problem:
     message: str
     snapshots: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)  # only with a key that can read names
+    #: What its content can still be read from (an intact copy, a parity
+    #: group): the snapshots lost nothing, the repository lost redundancy.
+    recoverable_from: str | None = None
 
     @property
     def damage(self) -> bool:
@@ -90,7 +94,7 @@ class Problem:
 
     def to_json(self) -> dict:
         return {"object": self.object, "what": self.what, "kind": self.kind, "message": self.message,
-                "snapshots": self.snapshots, "paths": self.paths}
+                "snapshots": self.snapshots, "paths": self.paths, "recoverable_from": self.recoverable_from}
 
     def __str__(self) -> str:
         s = f"{self.what} {self.object}: {self.message}"
@@ -115,6 +119,12 @@ class CheckReport:
     orphans: int = 0  # blobs no snapshot references (leftovers of interrupted saves, forget)
     problems: list[Problem] = field(default_factory=list)
     damaged_snapshots: list[str] = field(default_factory=list)
+    #: Snapshots that lost nothing but redundancy: a copy of an index blob or
+    #: reference list, or a data blob parity rebuilds (check --repair writes them again).
+    degraded_snapshots: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # what check --repair wrote again, one line each
+    parity_groups: int = 0  # parity groups found (repositories with parity)
+    parity_rebuilt: int = 0  # lost or damaged data blobs their parity group rebuilds
     healed_snapshots: list[str] = field(default_factory=list)  # damaged at the previous check, clean now
     vanished_snapshots: list[str] = field(default_factory=list)  # seen by the previous check, gone now
     snapshot_info: dict = field(default_factory=dict)  # id -> channel, time, host (damaged ones)
@@ -144,6 +154,8 @@ class CheckReport:
             "blobs_read": self.blobs_read, "blobs_decrypted": self.blobs_decrypted,
             "bytes_read": self.bytes_read, "orphans": self.orphans,
             "damaged_snapshots": [{"id": s, **self.snapshot_info.get(s, {})} for s in self.damaged_snapshots],
+            "degraded_snapshots": [{"id": s, **self.snapshot_info.get(s, {})} for s in self.degraded_snapshots],
+            "repaired": self.repaired, "parity_groups": self.parity_groups, "parity_rebuilt": self.parity_rebuilt,
             "healed_snapshots": self.healed_snapshots, "vanished_snapshots": self.vanished_snapshots,
             "repair_hint": self.repair_hint, "repairs_removed": self.repairs_removed,
             "problems": [p.to_json() for p in self.problems], "notes": self.notes, "duration": self.duration,
@@ -184,7 +196,8 @@ def parse_subset(spec: str | None) -> tuple[str, float] | None:
 
 class Checker:
     def __init__(self, repo: Repository, cache: Cache | None = None, *, read_data: bool = False,
-                 subset: str | None = None, threads: int | None = None, progress=None, heal: bool = True):
+                 subset: str | None = None, threads: int | None = None, progress=None, heal: bool = True,
+                 repair: bool = False):
         repo.key.require("check", "check the repository")
         if read_data and not repo.key.can("read"):
             raise PermissionDenied(f"{keymod.article(repo.key.role)} {repo.key.role} key cannot decrypt data (--read-data); check without it "
@@ -199,6 +212,10 @@ class Checker:
         self.threads = threads or max(4, min(repo.storage.connections, 16))
         self.progress = progress
         self.heal = heal
+        #: Write again what can be rebuilt exactly: a lost copy of an index
+        #: blob or reference list from another copy, a data blob from parity.
+        self.repair = repair
+        self.siblings: dict[bytes, list[bytes]] = {}  # a copy -> the copies stored with it (same group, in order)
         self.report = CheckReport(level="read-data" if self.read_data else "subset" if self.subset else "structure")
         self.lock = threading.Lock()
         self._last_progress = 0.0
@@ -340,6 +357,10 @@ class Checker:
         if self.empty_leftovers:
             r.notes.append(f"{len(self.empty_leftovers)} unreferenced empty objects, left by interrupted writes "
                            "(power loss), e.g. " + ", ".join(sorted(self.empty_leftovers)[:3]))
+        # A damaged copy whose sibling is intact lost nothing (check --repair writes it again).
+        self._copies(bad, verified, refs, kinds)
+        # Parity groups (init --parity): verified, and a lost data blob rebuilt from them.
+        self._parity(listing, blobs, bad, verified, refs, kinds)
         # Which snapshots each problem affects.
         self._attribute(refs, kinds, direct, reflists)
         # Read keys: every index, in full, against the reference lists; files per damaged blob.
@@ -347,9 +368,11 @@ class Checker:
             self._read_indexes(snaps, by_id, bad, reflists, direct)
         self._drop_forgotten(by_id)
         self._remember(snaps, by_id)
-        damaged = sorted({s for p in r.problems if p.damage for s in p.snapshots})
+        damaged = sorted({s for p in r.problems if p.damage and not p.recoverable_from for s in p.snapshots})
         r.damaged_snapshots = damaged
-        for sid in damaged:
+        r.degraded_snapshots = sorted({s for p in r.problems if p.damage and p.recoverable_from
+                                       for s in p.snapshots} - set(damaged))
+        for sid in damaged + r.degraded_snapshots:
             s = by_id.get(sid)
             if s is not None:
                 r.snapshot_info[sid] = {"channel": s.channel, "time": s.to_json()["time"], "host": s.host}
@@ -488,10 +511,14 @@ class Checker:
 
         for snap in snaps:
             try:
-                for bid, size in snap.index:
-                    ref(bid, size, fmt.T_INDEX, snap.id)
-                for bid, size in snap.reflist:
-                    ref(bid, size, fmt.T_REFLIST, snap.id)
+                for what, btype in (("index", fmt.T_INDEX), ("reflist", fmt.T_REFLIST)):
+                    for copies in snap.copies_of(what):
+                        for bid, size in copies:
+                            ref(bid, size, btype, snap.id)
+                        if len(copies) > 1:
+                            group = [b for b, _ in copies]
+                            for b in group:
+                                self.siblings.setdefault(b, group)
             except (KeyError, ValueError, TypeError):
                 self.problem(f"snapshots/{snap.id}", "snapshot record", DAMAGED,
                              "names its blobs in a malformed way", [snap.id])
@@ -588,7 +615,7 @@ class Checker:
         again, with the files, by _read_indexes)."""
         for snap in snaps:
             try:
-                for e in iter_entries(self.repo, snap, on_damage=lambda *a: None):
+                for e in iter_entries(self.repo, snap, on_damage=lambda *a: None, on_copy=_ignore):
                     for x in e.extents:
                         self.keys[x.blob] = x.key
             except RekkordError:
@@ -683,6 +710,183 @@ class Checker:
 
         self._parallel(one, ids)
 
+    # ---- copies of index blobs and reference lists ----------------------------------------------
+
+    def _copies(self, bad: dict[bytes, Problem], verified: set[bytes], refs: dict[bytes, int],
+                kinds: dict[bytes, int]):
+        """A missing or damaged copy of an index blob or reference list whose
+        sibling is intact: nothing is lost (readers use the sibling).  With
+        ``repair``, its exact bytes are made again from the sibling (opened
+        with the key of its sealing: an index blob needs the data key, a
+        reference list only psk) and written under its name, once they hash
+        to it."""
+        codec = self.repo.codec
+        for bid in sorted(b for b in bad if b in self.siblings):
+            p = bad[bid]
+            if p.kind not in (MISSING, DAMAGED, WRONG_SIZE):
+                continue
+            group = self.siblings[bid]
+            good = next((s for s in group if s != bid and s not in bad and (s in verified or self._intact(s))), None)
+            if good is None:
+                continue
+            p.recoverable_from = fmt.blob_name(good)
+            p.message += f"; its copy {fmt.blob_name(good)} is intact, so nothing is lost"
+            btype = kinds.get(bid, fmt.T_INDEX)
+            if not self.repair:
+                p.message += " (check --repair writes it again)"
+                continue
+            if btype == fmt.T_INDEX and not self.can_read:
+                p.message += " (a check --repair with a read, full or master key writes it again)"
+                continue
+            try:
+                raw = self.repo.read_raw(self.blob_name(good), btype)
+                new = codec.rebuild_copy(good, raw, group.index(bid))
+                if name_of(new) != bid:
+                    p.message += ("; its bytes cannot be made again from that copy (the two were not sealed "
+                                  "together: a faulty or hostile writer)")
+                    continue
+                self.repo.storage.write(fmt.blob_name(bid), bytes(new), exclusive=False)
+            except (IntegrityError, UnsupportedFormat, StorageError) as e:
+                p.message += f"; check --repair could not write it again ({e})"
+                continue
+            self._repaired(p, bad, bid, f"{p.what} {p.object}: written again from its copy {fmt.blob_name(good)}")
+            verified.add(bid)
+
+    # ---- parity groups (rekkord/parity.py) ---------------------------------------------------------
+
+    def _parity(self, listing: dict[str, int], blobs: dict[bytes, int], bad: dict[bytes, Problem],
+                verified: set[bytes], refs: dict[bytes, int], kinds: dict[bytes, int]):
+        """Verify the parity objects (each must hash to its name and hold a
+        well-formed manifest; a whole check reads them all), and rebuild from
+        them every missing or damaged data blob they cover: the rebuilt bytes
+        count only once they hash to the blob's name, so this needs no key
+        and trusts no parity object.  With ``repair``, rebuilt blobs are
+        written again, and data blobs without parity get some."""
+        from . import parity as par
+
+        names = {}
+        for obj, size in listing.items():
+            if not obj.startswith(par.PREFIX):
+                continue
+            name = par.name_from_object(obj)
+            if name is None:
+                self.problem(obj, "object", UNEXPECTED, "not a parity group name; not part of the repository format")
+            else:
+                names[name] = size
+        ratio = par.ratio_of(self.repo.config)
+        if not names and not ratio:
+            return
+        if (names or self.repair) and not par.available():
+            self.report.notes.append(f"{len(names)} parity groups not checked: {par.install_hint_text()}")
+            return
+        idx = par.ParityIndex(self.repo.storage, threads=self.threads)
+        groups = idx.groups(names)
+        for name, msg in sorted(idx.problems.items()):
+            self.problem(par.object_name(name), "parity group", DAMAGED, _strip_parity(msg, name))
+        if self.subset is None:
+            def whole(g):
+                obj = par.object_name(g.name)
+                h, got = par.hasher(), 0
+                try:  # (hashed in pieces: a hostile manifest may claim up to 256 MiB)
+                    while got <= g.object_size:
+                        piece = self.repo.storage.read(obj, got, min(par.READ_PIECE, g.object_size + 1 - got))
+                        h.update(piece)
+                        got += len(piece)
+                        if not piece or got == g.object_size:
+                            break
+                except ObjectNotFound:
+                    self.problem(obj, "parity group", MISSING, "missing (deleted during the check?)")
+                    return
+                except StorageError as e:
+                    self.problem(obj, "parity group", UNVERIFIED, f"could not be read: {e}")
+                    return
+                with self.lock:
+                    self.report.blobs_read += 1
+                    self.report.bytes_read += got
+                if got != g.object_size or h.digest() != g.name:
+                    with self.lock:
+                        idx.drop(g.name)
+                    self.problem(obj, "parity group", DAMAGED, "its bytes do not hash to its name (damaged or "
+                                 "forged); the data blobs it covers have less protection (check --repair gives "
+                                 "them parity again)")
+
+            self._parallel(whole, list(groups.values()))
+        covered = {m for g in idx.groups().values() for m, _ in g.members}
+        self.report.parity_groups = len(idx.groups())
+        # Rebuild what was lost.
+        lost = sorted(b for b, p in bad.items() if kinds.get(b, fmt.T_DATA) == fmt.T_DATA and b in refs
+                      and b in covered and p.kind in (MISSING, DAMAGED, WRONG_SIZE) and not p.recoverable_from)
+        for bid in lost:
+            p = bad[bid]
+            got = idx.rebuild(bid)
+            if got is None:
+                p.message += "; its parity group cannot rebuild it (too much of the group is lost too)"
+                continue
+            raw, g = got
+            with self.lock:
+                self.report.parity_rebuilt += 1
+            p.recoverable_from = par.object_name(g.name)
+            p.message += f"; parity group {par.object_name(g.name)} rebuilds it, so nothing is lost"
+            if not self.repair:
+                p.message += " (check --repair writes it again)"
+                continue
+            try:
+                self.repo.storage.write(self.blob_name(bid), raw, exclusive=False)
+            except StorageError as e:
+                p.message += f"; check --repair could not write it again ({e})"
+                continue
+            self._repaired(p, bad, bid, f"{p.what} {p.object}: rebuilt from parity group {par.object_name(g.name)}")
+            verified.add(bid)
+            blobs[bid] = len(raw)
+        if not ratio:
+            return
+        # Data blobs without parity (a save that could not write its group, a
+        # damaged group, blobs saved before parity was possible).
+        data = [b for b in refs if kinds.get(b, fmt.T_DATA) == fmt.T_DATA and b in blobs and b not in bad]
+        bare = sorted(b for b in data if b not in covered)
+        if not bare:
+            return
+        if not self.repair:
+            self.report.notes.append(f"{len(bare)} data blobs have no parity group (check --repair gives them "
+                                     "parity)")
+            return
+        errors = []
+        written = []
+        builder = par.GroupBuilder(self.repo.storage, ratio, self.repo.limits[fmt.T_DATA],
+                                   on_written=lambda obj, size: written.append(obj), on_error=errors.append)
+        try:
+            for bid in bare:
+                try:
+                    raw = self.repo.read_raw(self.blob_name(bid), fmt.T_DATA)
+                except (IntegrityError, StorageError):
+                    continue
+                if par.blake3_name(raw) == bid:  # (only intact bytes get parity)
+                    builder.add(bid, raw)
+            builder.finish()
+        finally:
+            builder.close()
+        self.report.notes.extend(errors)
+        if written:
+            self.report.repaired.append(f"parity for {len(bare)} data blobs that had none: "
+                                        f"{len(written)} new parity groups")
+
+    def _intact(self, bid: bytes) -> bool:
+        """Whether a blob not read yet (a subset check) verifies."""
+        try:
+            raw = self.repo.read_raw(self.blob_name(bid))
+        except (IntegrityError, StorageError):
+            return False
+        self._count(raw)
+        return self.repo.codec.verify(bid, raw) is None
+
+    def _repaired(self, p: Problem, bad: dict[bytes, Problem], bid: bytes, line: str) -> None:
+        """``p`` is fixed: it leaves the problems (and the repair hint) for the repaired list."""
+        with self.lock:
+            if p in self.report.problems:
+                self.report.problems.remove(p)
+            self.report.repaired.append(line)
+        bad.pop(bid, None)
+
     # ---- attribution -------------------------------------------------------------------------
 
     def _attribute(self, refs, kinds, direct, reflists: dict[bytes, bytes]):
@@ -727,8 +931,8 @@ class Checker:
             if self.read_data:
                 members = set()
                 complete = True
-                for rl, _ in snap.reflist:
-                    data = reflists.get(rl)
+                for copies in snap.copies_of("reflist"):
+                    data = next((reflists[c] for c, _ in copies if c in reflists), None)
                     if data is None:
                         complete = False
                         continue
@@ -755,7 +959,8 @@ class Checker:
 
             flagged: dict[str, list[str]] = {}
             try:
-                for e in iter_entries(self.repo, snap, on_damage=on_damage, on_refused=on_refused):
+                for e in iter_entries(self.repo, snap, on_damage=on_damage, on_refused=on_refused,
+                                      on_copy=_ignore):
                     if e.flags:
                         for bit, label in ((F_CHANGED, "changed while they were read"),
                                            (F_PARTIAL, "read only in part (I/O error)"),
@@ -946,6 +1151,16 @@ class Checker:
             except StorageError as e:
                 self.report.notes.append(f"could not set {name} aside ({e}); the next save that has the data "
                                          "replaces it")
+
+
+def _strip_parity(msg: str, name: bytes) -> str:
+    from .parity import object_name
+
+    return msg.removeprefix(f"parity group {object_name(name)}: ")
+
+
+def _ignore(_message: str) -> None:
+    """(check reports damaged copies itself, as problems)"""
 
 
 def _good_copy_of(codec, bid: bytes, raw: bytes) -> bool:

@@ -141,6 +141,57 @@ class StreamCutter:
         return out
 
 
+class RecordCutter:
+    """Cuts the index stream into index blobs that start and end at record
+    boundaries wherever it can, so that after a lost blob a reader takes up
+    the next one at its first byte (rekkord/snapshot.py): CDC picks a point
+    (the same as :class:`StreamCutter`'s first cut), and the cut moves to the
+    end of the record holding it, unless that passes the maximum; then it
+    goes to the last record end before the point (at least the minimum
+    size), else it stays where CDC put it (inside a record larger than a
+    blob).  The cuts depend only on the content, so unchanged parts of an
+    index make the same blobs in every save."""
+
+    def __init__(self, chunker: Chunker):
+        self.chunker = chunker
+        self.buf = bytearray()
+        self.ends: list[int] = []  # record ends in buf
+
+    def feed(self, record) -> list[bytes]:
+        self.buf += record
+        self.ends.append(len(self.buf))
+        out = []
+        while len(self.buf) >= 2 * self.chunker.params.max_size:
+            out.append(self._cut())
+        return out
+
+    def finish(self) -> list[bytes]:
+        out = []
+        while self.buf:
+            out.append(self._cut())
+        return out
+
+    def _cut(self) -> bytes:
+        p = self.chunker.params
+        window = bytes(self.buf[:p.max_size])
+        point = len(next(iter(self.chunker.cut(window))))
+        import bisect
+
+        ends = self.ends
+        i = bisect.bisect_left(ends, point)
+        if i < len(ends) and ends[i] <= p.max_size:
+            cut = ends[i]
+        elif i > 0 and ends[i - 1] >= p.min_size:
+            cut = ends[i - 1]
+        else:
+            cut = point
+        chunk = bytes(self.buf[:cut])
+        del self.buf[:cut]
+        j = bisect.bisect_right(ends, cut)
+        self.ends = [e - cut for e in ends[j:]]
+        return chunk
+
+
 class PackCutter:
     """Decides where pack chunks of small files end.
 

@@ -53,7 +53,7 @@ class DryRunStorage(Storage):
         with self._lock:
             if exclusive and self._exists_locked(name):
                 raise ObjectExists(f"{name} exists")
-            self._written[name] = len(data) if name.startswith("blobs/") else bytes(data)
+            self._written[name] = len(data) if name.startswith(("blobs/", "parity/")) else bytes(data)
             self._deleted.discard(name)
             kind = self.uploads.setdefault(name.split("/", 1)[0], [0, 0])
             kind[0] += 1

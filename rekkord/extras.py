@@ -7,7 +7,8 @@ from __future__ import annotations
 
 #: extra -> what it adds.  ``monitor`` comes with ``rekkord monitor``.
 EXTRAS = {"mount": "FUSE mounts (rekkord mount): the mfusepy package",
-          "monitor": "the monitoring service (rekkord monitor)"}
+          "monitor": "the monitoring service (rekkord monitor)",
+          "parity": "Reed-Solomon parity over data blobs (init --parity): the zfec package"}
 
 
 def install_hint(extra: str) -> str:

@@ -29,7 +29,9 @@ Layout (64-byte header, then the AEAD ciphertext; associated data: the header)::
     4   1  type      1 data, 2 index, 3 reference list
     5   1  sealing   1 session key (index), 2 list key (reference lists),
                      3 convergent (data)
-    6   2  reserved, zero
+    6   1  copy      0, or 1 for the second copy of an index blob or a
+                     reference list (docs/format.md §13.8)
+    7   1  reserved, zero
     8  32  the save session's ephemeral X25519 key (sealing 1), else zero
    40  24  nonce
    64   n  XChaCha20-Poly1305(INNER) || tag      (INNER as in version 1)
@@ -59,10 +61,22 @@ OVERHEAD_V2 = HEADER_SIZE + crypto.TAG_SIZE
 #: Name variants a writer tries (derived nonces) before a random nonce.
 VARIANTS = 4
 
+#: Copies of an index blob or reference list a record may name (the copy
+#: number is header byte 6; docs/format.md §13.8).
+MAX_COPIES = 2
+#: Copy ``k`` of a blob is sealed with nonce ``nonce_0 XOR COPY_MASKS[k]``
+#: (same key, same header otherwise): whoever can open one copy can make the
+#: exact bytes of the other again (check --repair), and nobody else can.
+COPY_MASKS = (bytes(24), blake3.blake3(b"rekkord v2 2027-01 second copy nonce mask").digest(24))
+
 CTX_CONVERGENT = "rekkord v2 2026-12 convergent blob key"
 CTX_NONCE = "rekkord v2 2026-12 convergent nonce key"
 
 _ZERO32 = bytes(32)
+
+
+def _xor(a: bytes, b: bytes) -> bytes:
+    return bytes(x ^ y for x, y in zip(a, b))
 
 
 def name_of(raw) -> bytes:
@@ -116,6 +130,59 @@ class CodecV2(BlobCodec):
         view.release()
         return name_of(out), out
 
+    def seal_copies(self, btype: int, plaintext, copies: int, *, inner=None) -> list[tuple[bytes, bytearray]]:
+        """``copies`` sealings of an index blob or reference list, [(name,
+        stored bytes)], copy ``k`` with header byte 6 = ``k`` and nonce
+        ``nonce_0 XOR COPY_MASKS[k]``: different bytes, so different names,
+        and each one can be made again from any other (:meth:`rebuild_copy`)."""
+        if btype == T_DATA or not 1 <= copies <= MAX_COPIES:
+            raise ValueError("only index blobs and reference lists have copies")
+        if inner is None:
+            inner = self._inner(plaintext)
+        if btype == T_REFLIST:
+            key, sealing, eph = self.keys.list_key, SEAL_LIST, _ZERO32
+        else:
+            key, sealing, eph = self._session_key, SEAL_SESSION, self._eph_pk
+        nonce0 = crypto.random_bytes(crypto.NONCE_SIZE)
+        return [self._seal_inner(btype, sealing, k, eph, _xor(nonce0, COPY_MASKS[k]), key, inner)
+                for k in range(copies)]
+
+    @staticmethod
+    def _seal_inner(btype, sealing, copy, eph, nonce, key, inner) -> tuple[bytes, bytearray]:
+        header = BLOB_MAGIC_V2 + bytes([btype, sealing, copy, 0]) + eph + nonce
+        out = bytearray(HEADER_SIZE + len(inner) + crypto.TAG_SIZE)
+        out[:HEADER_SIZE] = header
+        view = memoryview(out)
+        crypto.aead_encrypt_into(view[HEADER_SIZE:], key, nonce, inner, header)
+        view.release()
+        return name_of(out), out
+
+    def rebuild_copy(self, ref: bytes, raw, copy: int) -> bytearray:
+        """The exact bytes of copy ``copy`` of the blob whose (intact) copy
+        ``raw`` is named ``ref``: opened with the key of its sealing (an index
+        blob needs the data key, a reference list only psk), sealed again
+        with the other copy's header.  The caller checks the result against
+        the name the record gives it."""
+        name = ref.hex()
+        problem = self.verify(ref, raw)
+        if problem:
+            raise IntegrityError(f"blob {name}: {problem}")
+        btype, sealing, have = raw[4], raw[5], raw[6]
+        if btype == T_DATA or have >= MAX_COPIES or not 0 <= copy < MAX_COPIES or len(raw) > self.max_stored:
+            raise IntegrityError(f"blob {name}: not a copy of an index blob or a reference list")
+        header = bytes(raw[:HEADER_SIZE])
+        if sealing == SEAL_LIST and btype == T_REFLIST:
+            key = self.keys.list_key
+        elif sealing == SEAL_SESSION:
+            key = self._session_open_key(header[8:40], name)
+        else:
+            raise UnsupportedFormat(f"blob {name}: unknown sealing {sealing}")
+        inner = crypto.aead_decrypt(key, header[40:64], memoryview(raw)[HEADER_SIZE:], header)
+        if inner is None:
+            raise IntegrityError(f"blob {name}: decryption failed (damaged or forged)")
+        nonce = _xor(_xor(header[40:64], COPY_MASKS[have]), COPY_MASKS[copy])
+        return self._seal_inner(btype, sealing, copy, header[8:40], nonce, key, inner)[1]
+
     def seal(self, btype: int, blob_id: bytes, plaintext, *, pad: bool = True) -> bytes:
         """Version 1's signature, for callers that name blobs themselves
         (the name of a v2 blob is the hash of what this returns)."""
@@ -142,6 +209,8 @@ class CodecV2(BlobCodec):
         if problem:
             raise IntegrityError(f"blob {name}: {problem}")
         btype, sealing = raw[4], raw[5]
+        if raw[7] or raw[6] >= (1 if btype == T_DATA else MAX_COPIES):
+            raise UnsupportedFormat(f"blob {name}: unknown header flags {raw[6]}, {raw[7]}")
         if expected_type is not None and btype != expected_type:
             raise IntegrityError(f"blob {name}: is a {TYPE_NAMES.get(btype, btype)} blob, "
                                  f"expected {TYPE_NAMES.get(expected_type)}")

@@ -632,6 +632,8 @@ class PruneReport:
     temporaries_removed: int = 0  # leftovers of interrupted writes (killed saves)
     temporaries_bytes: int = 0
     reports_removed: int = 0  # failure reports older than 30 days (rekkord/report.py)
+    parity_deleted: int = 0  # parity groups none of whose members exists any more (or would be)
+    parity_deleted_bytes: int = 0
     generation: int = 0
     duration: float = 0.0
 
@@ -649,9 +651,10 @@ class _Walk:
         self.reflists: dict[bytes, list[bytes]] = {}
         self.snap_refs: dict[str, list[bytes]] = {}
 
-    def _read_reflist(self, bid: bytes, sid: str) -> list[bytes]:
+    def _read_reflist(self, copies: list[tuple[bytes, int]], sid: str) -> list[bytes]:
+        bid = copies[0][0]
         try:
-            data = self.repo.read_blob(bid, fmt.T_REFLIST)
+            data = self.repo.read_copies(copies, fmt.T_REFLIST, what=f" of snapshot {sid[:8]}")
             return [c for c, _ in fmt.unpack_reflist(data)]
         except IntegrityError as e:
             raise IntegrityError(f"prune refused: reference list {bid.hex()} of snapshot {sid} is unreadable "
@@ -677,13 +680,13 @@ class _Walk:
                                      "garbage") from None
         todo = {}
         for s in snaps:
-            for bid, _ in s.reflist:
-                if bid not in self.reflists:
-                    todo[bid] = s.id
+            for copies in s.copies_of("reflist"):
+                if copies[0][0] not in self.reflists:
+                    todo[copies[0][0]] = (copies, s.id)
         if todo:
             def one(item):
-                bid, sid = item
-                return bid, self._read_reflist(bid, sid)
+                bid, (copies, sid) = item
+                return bid, self._read_reflist(copies, sid)
 
             if self.pool_size > 1 and len(todo) > 1:
                 with ThreadPoolExecutor(self.pool_size) as pool:
@@ -692,7 +695,7 @@ class _Walk:
                 results = [one(i) for i in todo.items()]
             self.reflists.update(results)
         for s in snaps:
-            refs = [b for b, _ in s.index] + [b for b, _ in s.reflist]
+            refs = [b for b, _ in s.all_blobs("index")] + [b for b, _ in s.all_blobs("reflist")]
             for bid, _ in s.reflist:
                 refs.extend(self.reflists[bid])
             self.snap_refs[s.id] = refs
@@ -987,6 +990,7 @@ class Pruner:
             # Dry run: with no save running, a real run would delete them at once.
             rep.deleted += len(unused)
             rep.deleted_bytes += rep.fossilised_bytes
+        self._prune_parity()
         if not self.dry_run:
             self._housekeeping()
         gens = generations(storage)
@@ -1108,6 +1112,33 @@ class Pruner:
         storage.write(name, signed_object(key, name, done), exclusive=False)
         storage.flush()
         return cid
+
+    def _prune_parity(self):
+        """Delete the parity groups (rekkord/parity.py) none of whose members
+        is in ``blobs/`` or among the fossils any more.  The groups are listed
+        before the blobs: a save writes a group only after its members, so a
+        group listed here whose members the later listing lacks lost them to
+        a prune, never to a save still running.  Only a group whose manifest
+        reads is judged (a damaged one is left to check)."""
+        from . import parity as par
+
+        storage = self.storage
+        groups = {}
+        for obj, size in storage.list(par.PREFIX):
+            name = par.name_from_object(obj)
+            if name is not None:
+                groups[name] = size
+        if not groups:
+            return
+        present = {fmt.blob_id_from_name(n) for n, _ in storage.list("blobs/")}
+        present |= {p[1] for p in (parse_fossil_name(n) for n, _ in storage.list(FOSSILS)) if p is not None}
+        idx = par.ParityIndex(storage, threads=self.threads)
+        doomed = [(par.object_name(name), groups[name]) for name, g in idx.groups(groups).items()
+                  if not any(m in present for m, _ in g.members)]
+        self.report.parity_deleted = len(doomed)
+        self.report.parity_deleted_bytes = sum(s for _, s in doomed)
+        if doomed and not self.dry_run:
+            self._map(lambda it: storage.delete(it[0]), doomed, "deleting parity groups")
 
     def _housekeeping(self):
         storage = self.storage

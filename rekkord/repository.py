@@ -20,7 +20,9 @@ import hmac
 import json
 import os
 import socket
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import crypto, format as fmt, keys as keymod, schema, tags as tagmod
@@ -73,6 +75,21 @@ class Snapshot:
     @property
     def reflist(self) -> list[tuple[bytes, int]]:
         return [(bytes.fromhex(i), s) for i, s in self.record["reflist"]]
+
+    def copies_of(self, what: str) -> list[list[tuple[bytes, int]]]:
+        """For each blob of ``what`` ("index" or "reflist"), its copies in
+        order: [(name, stored size), ...], the first being the one the
+        record's own list names (format v2 records with ``copies``,
+        docs/format.md §13.8; one copy otherwise)."""
+        first = self.index if what == "index" else self.reflist
+        more = (self.record.get("copies") or {}).get(what)
+        if not more:
+            return [[x] for x in first]
+        return [[x, (bytes.fromhex(i), s)] for x, (i, s) in zip(first, more)]
+
+    def all_blobs(self, what: str) -> list[tuple[bytes, int]]:
+        """Every index blob (or reference list) the record names, copies included."""
+        return [x for group in self.copies_of(what) for x in group]
 
     @property
     def stats(self) -> dict:
@@ -159,17 +176,42 @@ class Repository:
         self._certs: dict[str, dict] | None = None
         self._revoked: dict[str, dict] | None = None
         self._remembered: dict[str, dict] = {}
+        #: Told (one line each, once) when a read succeeds only through a
+        #: copy or parity: the repository has lost redundancy (the CLI sets
+        #: it to print a warning; commands with their own warnings pass
+        #: callbacks instead).
+        self.notice: "Callable[[str], None] | None" = None
+        self._noticed: set[str] = set()
+        self._notice_lock = threading.Lock()
+        #: Blobs found missing or damaged whose content was read from a copy
+        #: or rebuilt from parity by this process (a restore names them in a
+        #: repair hint).
+        self.degraded: set[bytes] = set()
+        self._parity = None
 
     # ---- creation / opening ---------------------------------------------------
 
     @classmethod
     def init(cls, storage: Storage, master: Key, *, chunker: ChunkerParams | None = None,
-             compression: int = 3, version: int = FORMAT_VERSION, like: "Repository | None" = None) -> "Repository":
-        """``like``: another repository (opened with a key that chunks) whose
+             compression: int = 3, version: int = FORMAT_VERSION, like: "Repository | None" = None,
+             index_copies: int | None = None, parity: float | None = None) -> "Repository":
+        """``index_copies``: copies of each index blob and reference list
+        (format v2; default 2); ``parity``: the share of data blobs' size to
+        store as Reed-Solomon parity (format v2, e.g. 0.05; rekkord/parity.py).
+        ``like``: another repository (opened with a key that chunks) whose
         chunker parameters, seed and pack cut key the new one takes
         (``init --from-repo``), so that copies between them deduplicate."""
         if version not in SUPPORTED_FORMATS:
             raise UsageError(f"unknown format version {version} (this rekkord writes {SUPPORTED_FORMATS})")
+        if version < 2 and (index_copies not in (None, 1) or parity):
+            raise UsageError("copies of index blobs and parity need format 2 (format 1 names a blob by its "
+                             "plaintext, so a copy would share its name)")
+        if index_copies is not None and not 1 <= index_copies <= 2:
+            raise UsageError(f"--index-copies {index_copies}: give 1 or 2")
+        if parity:
+            from .parity import check_ratio
+
+            check_ratio(parity)
         storage.create()
         if storage.exists("config"):
             raise RepositoryExists(f"a repository already exists at {storage.url}")
@@ -185,6 +227,12 @@ class Repository:
             "chunker": (chunker or ChunkerParams()).to_json(),
             "compression": compression,
         }
+        if version >= 2:
+            config["index_copies"] = 2 if index_copies is None else index_copies
+        if parity:
+            from .parity import config_for
+
+            config["parity"] = config_for(parity)
         if like is not None:
             from .chunker import seal_chunker_secrets
 
@@ -338,6 +386,55 @@ class Repository:
 
         return index_format(self.version)
 
+    @property
+    def copies(self) -> int:
+        """How many copies of each index blob and reference list a save
+        writes: the config's ``index_copies``, else 2 in format v2 (v1 names
+        blobs by their plaintext, so two copies would share one name)."""
+        if self.version < 2:
+            return 1
+        return self.config.get("index_copies", 2)
+
+    def say(self, message: str, callback: "Callable[[str], None] | None" = None) -> None:
+        """Report lost redundancy once per message (``callback``, else
+        :attr:`notice`)."""
+        with self._notice_lock:
+            if message in self._noticed:
+                return
+            self._noticed.add(message)
+        cb = callback or self.notice
+        if cb is not None:
+            cb(message)
+
+    def read_copies(self, copies: list[tuple[bytes, int]], btype: int, *, what: str = "",
+                    on_copy: "Callable[[str], None] | None" = None) -> bytes:
+        """The plaintext of an index blob or reference list stored as
+        ``copies`` [(name, size)]: the first copy that reads and verifies.
+        Reading one after the first failed is said through ``on_copy`` (or
+        :attr:`notice`); when none reads, the error names every copy."""
+        errors: list[tuple[bytes, Exception]] = []
+        for bid, _ in copies:
+            try:
+                data = self.read_blob(bid, btype)
+            except (IntegrityError, StorageError, UnsupportedFormat) as e:
+                errors.append((bid, e))
+                continue
+            if errors:
+                first = errors[0][0]
+                label = fmt.TYPE_NAMES[btype] if btype == fmt.T_REFLIST else f"{fmt.TYPE_NAMES[btype]} blob"
+                with self._notice_lock:
+                    self.degraded.update(b for b, _ in errors)
+                self.say(f"{label} {first.hex()}{what}: {_strip_blob(errors[0][1], first)}; read its copy "
+                         f"{bid.hex()} instead, nothing is lost (rekkord check --repair writes it again)", on_copy)
+            return data
+        if len(errors) == 1:
+            raise errors[0][1]
+        msg = "; ".join(f"{'its copy ' if i else ''}{b.hex()}: {_strip_blob(e, b)}" for i, (b, e) in enumerate(errors))
+        first = errors[0][0]
+        if all(isinstance(e, (IntegrityError, UnsupportedFormat)) for _, e in errors):
+            raise IntegrityError(f"blob {first.hex()}: {msg.split(': ', 1)[1]}")
+        raise StorageError(f"blob {first.hex()}: {msg.split(': ', 1)[1]}")
+
     def chunker_secrets(self) -> tuple[int, bytes]:
         """(chunker seed, pack cut key): derived from ``id_key``, or another
         repository's, sealed in the config by ``init --from-repo`` so that
@@ -380,6 +477,34 @@ class Repository:
             if len(raw) > max(self.max_stored.values()):
                 raise IntegrityError(f"blob {blob_id.hex()}: too large for a blob")
         return self.codec.open(blob_id, raw, expected_type, key=key)
+
+    def rebuild_data(self, blob_id: bytes, key: bytes, error: Exception) -> bytes:
+        """The plaintext of data blob ``blob_id``, which could not be read
+        (``error``), rebuilt from its parity group when the repository has
+        parity (rekkord/parity.py) and the rebuilt bytes hash to its name;
+        else ``error`` is raised.  A rebuild is said once (:meth:`say`), and
+        the blob joins :attr:`degraded` (a restore names it in a repair hint)."""
+        from . import parity as par
+
+        if self.version < 2 or not par.ratio_of(self.config) or not par.available():
+            raise error
+        with self._notice_lock:
+            if self._parity is None:
+                self._parity = par.ParityIndex(self.storage, threads=4)
+            idx = self._parity
+        try:
+            got = idx.rebuild(blob_id)
+        except (IntegrityError, StorageError):
+            got = None
+        if got is None:
+            raise error
+        raw, g = got
+        data = self.codec.open(blob_id, raw, fmt.T_DATA, key=key)
+        with self._notice_lock:
+            self.degraded.add(blob_id)
+        self.say(f"data blob {blob_id.hex()}: {_strip_blob(error, blob_id)}; rebuilt it from parity group "
+                 f"{par.object_name(g.name)}, nothing is lost (rekkord check --repair writes it again)")
+        return data
 
     def _read_fossil(self, blob_id: bytes) -> bytes | None:
         """A blob a prune collected while a save was using it is a fossil until
@@ -575,6 +700,18 @@ def validate_config(config: dict) -> None:
     for k in ("master_sign_pk", "data_pk", "log_pk"):
         g(config, k, what, schema.hexstr(32))
     g(config, "compression", what, schema.integer(0, 22), optional=True)
+    g(config, "index_copies", what, schema.integer(1, 2), optional=True)
+    parity = g(config, "parity", what, schema.mapping(8), optional=True)
+    if parity is not None:
+        from .parity import MAX_PERCENT, MIN_PERCENT, SCHEME
+
+        if config.get("format", 1) < 2:
+            raise IntegrityError("config: parity needs format 2")
+        if g(parity, "scheme", "config parity", schema.text(64)) != SCHEME:
+            raise UnsupportedFormat(f"config: unknown parity scheme {parity['scheme']!r}")
+        pct = parity.get("percent")
+        if type(pct) not in (int, float) or not MIN_PERCENT <= pct <= MAX_PERCENT:
+            raise IntegrityError(f"config parity: percent must be a number from {MIN_PERCENT} to {MAX_PERCENT}")
     ch = g(config, "chunker", what, schema.mapping(16))
     g(ch, "algorithm", "config chunker", schema.text(64), optional=True)
     g(ch, "shared", "config chunker", schema.hexstr(max_bytes=512), optional=True)
@@ -600,6 +737,13 @@ def validate_record(record: dict, what: str, max_stored: dict[int, int]) -> None
                                           schema.MAX_TAGS), optional=True)
     g(record, "index", what, schema.listof(schema.blob_ref(max_stored[fmt.T_INDEX]), schema.MAX_RECORD_BLOBS))
     g(record, "reflist", what, schema.listof(schema.blob_ref(max_stored[fmt.T_REFLIST]), schema.MAX_RECORD_BLOBS))
+    copies = g(record, "copies", what, schema.mapping(8), optional=True)
+    if copies is not None:
+        for k, t in (("index", fmt.T_INDEX), ("reflist", fmt.T_REFLIST)):
+            more = g(copies, k, what + " copies", schema.listof(schema.blob_ref(max_stored[t]),
+                                                                 schema.MAX_RECORD_BLOBS))
+            if len(more) != len(record[k]):
+                raise schema.bad(what, "copies", f"names {len(more)} copies of {len(record[k])} {k} blobs")
     stats = g(record, "stats", what, schema.mapping(256), optional=True, default={})
     num = schema.number()
     for k, v in stats.items():
@@ -610,6 +754,14 @@ def validate_record(record: dict, what: str, max_stored: dict[int, int]) -> None
     if private:
         g(private, "id", what + " private part", schema.hexstr(32))
         g(private, "sealed", what + " private part", schema.hexstr(max_bytes=fmt.stored_size(schema.MAX_PRIVATE)))
+
+
+def _strip_blob(e: Exception, bid: bytes) -> str:
+    msg = str(e)
+    for prefix in (f"blob {bid.hex()}: ", f"blob {bid.hex()} "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg
 
 
 def _holds_objects(storage: Storage) -> bool:

@@ -279,7 +279,11 @@ class Restorer:
                       f"REFUSED: {why}; not restored, nor anything below it", damaged=True)
 
         self._check_reflists(whole=not sub)
-        entries = select(iter_entries(self.repo, self.snap, on_damage=index_damage, on_refused=refused), sub)
+        def index_copy(message: str):
+            self.warn(f"(snapshot {self.snap.id[:8]} index)", message)
+
+        entries = select(iter_entries(self.repo, self.snap, on_damage=index_damage, on_refused=refused,
+                                      on_copy=index_copy), sub)
         first = next(entries, None)
         if first is None:
             self._report_unmatched()
@@ -522,8 +526,10 @@ class Restorer:
                 self._delete_extra(self._delete_scopes(sub, entry0), expected)
             if not dry:
                 self._apply_dir_meta(dirs)
-            if fetcher.damaged and not dry:
-                self._publish_hint(fetcher.damaged)
+            if (fetcher.damaged or self.repo.degraded) and not dry:
+                # (also what was read from a copy or rebuilt from parity: the
+                # saves that have it store it again, check --repair rewrites it)
+                self._publish_hint(fetcher.damaged | self.repo.degraded)
             self._report_unmatched()
         finally:
             pool.shutdown(wait=True)
@@ -738,23 +744,32 @@ class Restorer:
     def _check_reflists(self, *, whole: bool):
         """Restore does not need the reference lists, but prune does: say so
         when one is damaged (read whole for a whole snapshot, else only
-        looked up)."""
+        looked up), and when only a copy of one is intact."""
         from . import format as fmt
 
-        for bid, size in self.snap.reflist:
+        where = f"(snapshot {self.snap.id[:8]} reference list)"
+        for copies in self.snap.copies_of("reflist"):
+            bid = copies[0][0]
             try:
                 if whole:
-                    self.repo.read_blob(bid, fmt.T_REFLIST)
+                    self.repo.read_copies(copies, fmt.T_REFLIST, on_copy=lambda m: self.warn(where, m))
                     continue
-                actual = self.repo.storage.stat(fmt.blob_name(bid))
-                if actual is None:
-                    raise IntegrityError("missing")
-                if actual != size:
-                    raise IntegrityError(f"has {actual} bytes where {size} were stored")
+                problems = []
+                for cid, size in copies:
+                    actual = self.repo.storage.stat(fmt.blob_name(cid))
+                    if actual is None:
+                        problems.append((cid, "missing"))
+                    elif actual != size:
+                        problems.append((cid, f"has {actual} bytes where {size} were stored"))
+                if len(problems) == len(copies):
+                    raise IntegrityError("; its copy ".join(f"{c.hex()}: {m}" if i else m
+                                                            for i, (c, m) in enumerate(problems)))
+                for cid, m in problems:
+                    self.warn(where, f"reference list {cid.hex()} is {m}; another copy is intact, nothing is lost "
+                              "(rekkord check --repair writes it again)")
             except (IntegrityError, StorageError) as err:
                 msg = str(err).replace(f"blob {bid.hex()}: ", "")
-                self.warn(f"(snapshot {self.snap.id[:8]} reference list)",
-                          f"reference list blob {bid.hex()} is damaged ({msg}); the files are not affected, "
+                self.warn(where, f"reference list blob {bid.hex()} is damaged ({msg}); the files are not affected, "
                           "but prune cannot see which blobs this snapshot uses: run rekkord check")
 
     def _report_unmatched(self):

@@ -40,7 +40,7 @@ from .index import (
     Extent,
     kind_from_mode,
 )
-from .chunker import INDEX_PARAMS, Chunker, StreamCutter
+from .chunker import INDEX_PARAMS, Chunker, RecordCutter
 from .format_v2 import VARIANTS
 from .repository import Repository, default_host, user_name
 
@@ -79,6 +79,8 @@ class SaveStats:
     blobs_known: int = 0
     blobs_repaired: int = 0  # found missing or damaged (repair hint, crash) and uploaded again
     blobs_proven: int = 0  # format v2: found under their name, read back and proven (another save stored them)
+    parity_groups: int = 0  # parity groups written over the new data blobs (repositories with parity)
+    parity_bytes: int = 0
     warnings: int = 0
     duration: float = 0.0
 
@@ -220,10 +222,19 @@ class Stored(tuple):
     """What storing a blob gave: ``(ref, stored size)``, and ``.key``: what an
     index extent holds beside the ref (format v2 data blobs: the plaintext id)."""
 
-    def __new__(cls, pair, key: bytes = b""):
+    def __new__(cls, pair, key: bytes = b"", copies: list | None = None):
         self = super().__new__(cls, pair)
         self.key = key
+        self.copies = copies or []  # index blobs, reference lists: the other copies, [(ref, size)]
         return self
+
+
+def copy_pid(pid: bytes, k: int) -> bytes:
+    """What a writer's cache knows copy ``k`` (>= 1) of an index blob or
+    reference list by (copy 0: the plaintext id itself)."""
+    from . import crypto
+
+    return crypto.keyed_hash(pid, b"rekkord v2 copy\0", bytes([k]))
 
 
 class _Extents:
@@ -354,6 +365,16 @@ class Saver:
         self.repaired: set[bytes] = set()  # hinted blobs this save uploaded again
         self._hints: dict[str, list[bytes]] = {}
         self._last_progress = 0.0
+        # Parity groups over the data blobs this save stores (rekkord/parity.py).
+        self.parity = None
+        from .parity import ratio_of
+
+        ratio = ratio_of(repo.config) if self.codec.convergent else None
+        if ratio:
+            from .parity import GroupBuilder
+
+            self.parity = GroupBuilder(repo.storage, ratio, repo.limits[fmt.T_DATA], on_written=self._parity_written,
+                                       on_error=lambda m: self.warn(b"(parity)", m))
 
     # ---- warnings / progress ---------------------------------------------------
 
@@ -377,6 +398,8 @@ class Saver:
 
     def store_blob(self, btype: int, data) -> "Stored":
         if self.codec.convergent:
+            if btype != fmt.T_DATA and self.repo.copies > 1:
+                return self._store_copies(btype, data)
             return self._store_v2(btype, data)
         return Stored(self._store_v1(btype, data))
 
@@ -436,6 +459,8 @@ class Saver:
                 self.repaired.add(ref)
         if new:
             self.cache.add_pending(ref)
+            if self.parity is not None and btype == fmt.T_DATA:
+                self.parity.add(ref, raw)
         self.cache.add_blob(ref, size)
         self.cache.add_plain(pid, ref, size)
         with self.stats_lock:
@@ -447,6 +472,48 @@ class Saver:
                 self.stats.blobs_known += 1
                 self.stats.blobs_proven += 1
         return Stored((ref, size), key)
+
+    def _store_copies(self, btype: int, data) -> "Stored":
+        """Format v2 index blobs and reference lists, stored as copies under
+        independent names (docs/format.md §13.8): reused only together, as
+        this cache stored them; else sealed together again."""
+        codec = self.codec
+        n = self.repo.copies
+        pid = codec.plain_id(btype, data)
+        pids = [pid] + [copy_pid(pid, k) for k in range(1, n)]
+        hits = [self.cache.plain_lookup(p) for p in pids]
+        if all(h is not None and h[0] not in self.suspects for h in hits):
+            with self.stats_lock:
+                self.stats.blobs_known += n
+            return Stored(hits[0], b"", [tuple(h) for h in hits[1:]])
+        inner = codec._inner(data)
+        storage = self.repo.storage
+        for _attempt in range(3):
+            sealed = codec.seal_copies(btype, data, n, inner=inner)
+            written = []
+            try:
+                for ref, raw in sealed:
+                    storage.write(fmt.blob_name(ref), raw, exclusive=True)
+                    written.append((ref, len(raw)))
+            except ObjectExists:  # (a random nonce met an existing name: seal them all again)
+                continue
+            break
+        else:
+            raise StorageError(f"cannot store {fmt.TYPE_NAMES[btype]} blob {pid.hex()[:16]}: its names are taken")
+        for p, (ref, size) in zip(pids, written):
+            self.cache.add_pending(ref)
+            self.cache.add_blob(ref, size)
+            self.cache.add_plain(p, ref, size)
+        with self.stats_lock:
+            self.stats.blobs_new += n
+            self.stats.bytes_new += len(data)
+            self.stats.bytes_stored += sum(s for _, s in written)
+        return Stored(written[0], b"", written[1:])
+
+    def _parity_written(self, name: str, size: int) -> None:
+        with self.stats_lock:
+            self.stats.parity_groups += 1
+            self.stats.parity_bytes += size
 
     def _proven(self, name: str, ref: bytes) -> bool:
         """Whether the object under ``name`` hashes to it (read back)."""
@@ -839,6 +906,8 @@ class Saver:
                 index_ids, reflist_ids = self._run(roots)
         except BaseException:
             self._shutdown(cancel=True)
+            if self.parity is not None:
+                self.parity.close()
             try:
                 self.repo.storage.flush()  # what was written is then durable: no need to re-verify it
                 self.cache.close_session()
@@ -847,7 +916,16 @@ class Saver:
             self.cache.commit()
             raise
         self._shutdown()
+        if self.parity is not None:
+            try:
+                self.parity.finish()  # the last group, before the flush that precedes the record
+            except BaseException:
+                self.parity.close()
+                raise
         self.refs += b"".join(i for i, _ in index_ids + reflist_ids)
+        copied = self.repo.copies > 1 and all(getattr(x, "copies", None) for x in index_ids + reflist_ids)
+        if copied:
+            self.refs += b"".join(c for x in index_ids + reflist_ids for c, _ in x.copies)
         self.stats.duration = round(time.monotonic() - started, 3)
         private = {"paths": [os.fsdecode(r) for r in roots]}
         if self._stream is not None:
@@ -870,6 +948,9 @@ class Saver:
             "stats": asdict(self.stats),
             "private": {"id": pid.hex(), "sealed": bytes(sealed).hex()},
         }
+        if copied:
+            record["copies"] = {"index": [[x.copies[0][0].hex(), x.copies[0][1]] for x in index_ids],
+                                "reflist": [[x.copies[0][0].hex(), x.copies[0][1]] for x in reflist_ids]}
         if self._copy is not None:
             record.update(self._copy_fields)
         # Every blob must be durable before the record that references them.
@@ -906,7 +987,7 @@ class Saver:
 
         source, snap = self._copy
         ix = self.ix
-        index_cutter = StreamCutter(Chunker(INDEX_PARAMS, self.chunker.seed))
+        index_cutter = RecordCutter(Chunker(INDEX_PARAMS, self.chunker.seed))
         index_futs: list[Future] = []
         reflist = _ReflistBuilder(self)
         fetcher = BlobFetcher(source, max(4, min(source.storage.connections, 16)))
@@ -952,7 +1033,8 @@ class Saver:
             return all(x.blob in mapping or x.blob in lost for x in e.extents)
 
         try:
-            for e in iter_entries(source, snap, on_refused=lambda p, why: self.warn(b"/" + p, f"REFUSED: {why}")):
+            for e in iter_entries(source, snap, on_refused=lambda p, why: self.warn(b"/" + p, f"REFUSED: {why}"),
+                                  on_copy=lambda m: self.warn(b"(source snapshot " + snap.id[:8].encode() + b")", m)):
                 for x in e.extents:
                     if x.blob not in mapping and x.blob not in waiting and x.blob not in lost:
                         waiting.add(x.blob)
@@ -1011,7 +1093,7 @@ class Saver:
         e = Entry(kind=K_FILE, path=name, mode=mode, uid=uid, gid=gid, mtime_ns=time_ns, size=total, user=u,
                   group=g, extents=extents.result())
         self.stats.files = 1
-        cutter = StreamCutter(Chunker(INDEX_PARAMS, self.chunker.seed))
+        cutter = RecordCutter(Chunker(INDEX_PARAMS, self.chunker.seed))
         index_ids = [self.store_blob(fmt.T_INDEX, ch) for ch in cutter.feed(self.ix.encode(e)) + cutter.finish()]
         reflist = _ReflistBuilder(self)
         for x in e.extents:
@@ -1116,7 +1198,7 @@ class Saver:
     def _run(self, roots: list[bytes]):
         stage1: collections.deque[_Item] = collections.deque()
         stage2: collections.deque[_Item] = collections.deque()
-        index_cutter = StreamCutter(Chunker(INDEX_PARAMS, self.chunker.seed))
+        index_cutter = RecordCutter(Chunker(INDEX_PARAMS, self.chunker.seed))
         index_futs: list[Future] = []
         reflist_futs: list[Future] = []
         reflist = _ReflistBuilder(self)

@@ -241,7 +241,8 @@ def describe_loss(blobs: list[tuple[bytes, str]], before: bytes | None, after: b
 
 def iter_entries(repo: Repository, snap: Snapshot, *, prefetch: int = 4,
                  on_damage: Callable[[list[tuple[bytes, str]], bytes | None, bytes | None], None] | None = None,
-                 on_refused: Callable[[bytes, str], None] | None = None) -> Iterator[Entry]:
+                 on_refused: Callable[[bytes, str], None] | None = None,
+                 on_copy: Callable[[str], None] | None = None) -> Iterator[Entry]:
     """All entries of a snapshot in depth-first order (parents first), each
     one checked by an :class:`EntryValidator`: what it refuses is reported
     through ``on_refused(path, reason)`` and skipped.
@@ -252,9 +253,16 @@ def iter_entries(repo: Repository, snap: Snapshot, *, prefetch: int = 4,
     blobs are lost, reading resumes at the first record recognisable after
     them, and ``on_damage(blobs, last_path_before, first_path_after)`` names
     each lost run (``blobs``: [(blob id, message)]; paths None at the start
-    or the end)."""
+    or the end).
+
+    An index blob stored as copies (format v2, docs/format.md §13.8) is read
+    from the first copy that verifies; reading a later one is said through
+    ``on_copy(message)`` (or the repository's ``notice``), and only when
+    every copy fails are its records lost."""
     repo.key.require("read", "read snapshot contents")
-    ids = [i for i, _ in snap.index]
+    groups = snap.copies_of("index")
+    ids = [g[0][0] for g in groups]
+    what = f" of snapshot {snap.id[:8]}"
     decode_one = repo.index.decode_one
     limit = repo.codec.limits.get(fmt.T_DATA) if repo.codec is not None else None
     v = EntryValidator(data_limit=limit) if limit else EntryValidator()
@@ -265,9 +273,9 @@ def iter_entries(repo: Repository, snap: Snapshot, *, prefetch: int = 4,
     scanned = 0  # offsets of pending already tried
     salvage = on_damage is not None
 
-    def fetch(bid: bytes):
+    def fetch(k: int):
         try:
-            return repo.read_blob(bid, fmt.T_INDEX)
+            return repo.read_copies(groups[k], fmt.T_INDEX, what=what, on_copy=on_copy)
         except (IntegrityError, StorageError, UnsupportedFormat) as e:
             if not salvage:
                 raise
@@ -278,12 +286,12 @@ def iter_entries(repo: Repository, snap: Snapshot, *, prefetch: int = 4,
         on_damage(run, before, after)
 
     with ThreadPoolExecutor(max(1, prefetch)) as pool:
-        futs = [pool.submit(fetch, b) for b in ids[:prefetch]]
+        futs = [pool.submit(fetch, k) for k in range(min(prefetch, len(ids)))]
         for k, bid in enumerate(ids):
             data = futs[k].result()
             futs[k] = None
             if k + prefetch < len(ids):
-                futs.append(pool.submit(fetch, ids[k + prefetch]))
+                futs.append(pool.submit(fetch, k + prefetch))
             final = k == len(ids) - 1
             if isinstance(data, Exception):
                 msg = str(data)
@@ -383,10 +391,10 @@ class BlobFetcher:
     def _fetch(self, blob_id: bytes, key: bytes = b"") -> bytes:
         try:
             data = self.repo.read_blob(blob_id, fmt.T_DATA, key)
-        except IntegrityError:
+        except IntegrityError as e:
             with self.lock:
                 self.damaged.add(blob_id)
-            raise
+            data = self.repo.rebuild_data(blob_id, key, e)  # (parity, rekkord/parity.py; else raises e)
         with self.lock:
             self.bytes += len(data)
             self.fetched += 1

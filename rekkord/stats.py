@@ -61,7 +61,7 @@ class Stats:
 
 def _blob_list(snap: Snapshot, what: str) -> list[tuple[bytes, int]]:
     try:
-        out = snap.index if what == "index" else snap.reflist
+        out = snap.all_blobs("index" if what == "index" else "reflist")
     except (KeyError, TypeError, ValueError, AttributeError):
         raise IntegrityError(f"snapshot {snap.id}: malformed {what} list in its record") from None
     for bid, size in out:
@@ -125,15 +125,16 @@ def _raw_data(repo: Repository, snaps: list[Snapshot], st: Stats, threads: int, 
             sizes[bid] = (fmt.T_INDEX, size)
         for bid, size in _blob_list(snap, "reference list"):
             sizes[bid] = (fmt.T_REFLIST, size)
-            reflists.setdefault(bid, snap)
+        for copies in snap.copies_of("reflist"):
+            reflists.setdefault(copies[0][0], (snap, copies))
         counters = snap.stats if isinstance(snap.stats, dict) else {}
         total = counters.get("bytes_total")
         logical += total if type(total) is int and total >= 0 else 0
 
     def read(item):
-        bid, snap = item
+        bid, (snap, copies) = item
         try:
-            return fmt.unpack_reflist(repo.read_blob(bid, fmt.T_REFLIST))
+            return fmt.unpack_reflist(repo.read_copies(copies, fmt.T_REFLIST, what=f" of snapshot {snap.id[:8]}"))
         except IntegrityError as e:
             raise IntegrityError(f"snapshot {snap.id}: reference list {bid.hex()}: {e}") from None
 

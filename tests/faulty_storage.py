@@ -248,16 +248,20 @@ def run_check(local_repo, role: str = "audit", *, cache_name: str | None = None,
 
 
 def blob_roles(local_repo, sid: str, storage: Storage | None = None) -> dict[str, list[bytes]]:
-    """The blobs of a snapshot by role: ``index``, ``reflist``, ``data`` (chunks
-    of large files), ``pack`` (blobs holding small files); and ``files``: path
-    -> blob ids; ``keys``: blob id -> the key its extents hold (format v2)."""
+    """The blobs of a snapshot by role: ``index``, ``reflist`` (the first copy
+    of each), ``index_all``, ``reflist_all`` (every copy, format v2),
+    ``copies``: the first copy -> all its copies, ``data`` (chunks of large
+    files), ``pack`` (blobs holding small files); and ``files``: path -> blob
+    ids; ``keys``: blob id -> the key its extents hold (format v2)."""
     from rekkord.repository import Repository
     from rekkord.snapshot import iter_entries
 
     repo = local_repo.repo("admin") if storage is None else Repository.open(storage, local_repo.master)
     snap = repo.load_snapshot(sid)
-    out = {"index": [b for b, _ in snap.index], "reflist": [b for b, _ in snap.reflist], "data": [],
-           "pack": [], "files": {}, "keys": {}}
+    out = {"index": [b for b, _ in snap.index], "reflist": [b for b, _ in snap.reflist],
+           "index_all": [b for b, _ in snap.all_blobs("index")], "reflist_all": [b for b, _ in snap.all_blobs("reflist")],
+           "copies": {g[0][0]: [b for b, _ in g] for w in ("index", "reflist") for g in snap.copies_of(w)},
+           "data": [], "pack": [], "files": {}, "keys": {}}
     for e in iter_entries(repo, snap):
         if not e.extents:
             continue

@@ -76,7 +76,7 @@ def test_clean_repository_passes_at_every_level_with_every_checking_key(local_re
         assert r.blobs_read == total and r.orphans == 0 and r.blobs_decrypted == 0
     r = run_check(local_repo, "read", read_data=True)
     assert r.ok and r.level == "read-data"
-    reflists = len(blob_roles(local_repo, saved[1])["reflist"])
+    reflists = len(blob_roles(local_repo, saved[1])["reflist_all"])
     assert r.blobs_decrypted == total - reflists  # reference lists were opened by the walk
     r = run_check(local_repo, "audit", subset="100%")
     assert r.ok and r.level == "subset" and r.blobs_decrypted == 0  # an audit key only MACs
@@ -554,3 +554,109 @@ def write_tree_for_check(src):
     src.mkdir()
     for i in range(20):
         (src / f"f{i}").write_bytes(os.urandom(2000 + i))
+
+
+# --- format v2: two copies of every index blob and reference list ---------------------------------
+
+
+def _read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _damage(url, bid, how):
+    if how == "delete":
+        os.unlink(blob_path(url, bid))
+    else:
+        flip_bit(blob_path(url, bid))
+
+
+@pytest.mark.parametrize("what", ["index", "reflist"])
+@pytest.mark.parametrize("how", ["delete", "flip"])
+@pytest.mark.parametrize("which", [0, 1])
+def test_one_damaged_copy_loses_nothing_and_check_repair_writes_it_again(local_repo, saved, tmp_path, what, how,
+                                                                           which):
+    """Issue 12 item 6: one bad index blob or reference list must not cost a
+    snapshot.  Either copy may be the damaged one; restore reads the other,
+    check names the damaged copy (and its intact sibling), counts the
+    snapshot degraded, not damaged, and check --repair makes the exact bytes
+    again (a reference list with an audit key, an index blob with a read key)."""
+    src, sid = saved
+    roles = blob_roles(local_repo, sid)
+    group = roles["copies"][roles[what][0]]
+    assert len(group) == 2 and group[0] != group[1]
+    bad, good = group[which], group[1 - which]
+    before = _read(blob_path(local_repo.url, bad))
+    _damage(local_repo.url, bad, how)
+
+    # restore with a read key: every file, the same tree, and a notice naming the copy.
+    repo = local_repo.repo("read")
+    restorer = Restorer(repo, repo.load_snapshot(sid))
+    st = restorer.restore(None, str(tmp_path / "out"))
+    assert st.damaged == 0
+    assert_same_tree(src, tmp_path / "out" / os.path.relpath(src, "/"))
+    notices = [m for _, m in restorer.problems]
+    if which == 0:  # (a damaged second copy is never read)
+        assert any(bad.hex() in n and good.hex() in n and "nothing is lost" in n for n in notices), notices
+    else:
+        assert not notices
+
+    # check (audit and read) names the damaged copy, its intact sibling, and no damaged snapshot.
+    for role in ("audit", "read"):
+        r = run_check(local_repo, role, heal=False)
+        [p] = r.problems
+        assert p.object == fmt.blob_name(bad) and p.kind in (MISSING, DAMAGED)
+        assert p.recoverable_from == fmt.blob_name(good) and "check --repair" in p.message
+        assert r.damaged_snapshots == [] and r.degraded_snapshots == [sid]
+
+    # check --repair: a reference list with an audit key; an index blob needs the data key.
+    if what == "index":
+        r = run_check(local_repo, "audit", repair=True, heal=False)
+        [p] = r.problems
+        assert "read, full or master key" in p.message and not r.repaired
+        assert not os.path.exists(blob_path(local_repo.url, bad)) or \
+            _read(blob_path(local_repo.url, bad)) != before
+    r = run_check(local_repo, "audit" if what == "reflist" else "read", repair=True, heal=False)
+    assert r.ok and r.degraded_snapshots == [] and len(r.repaired) == 1 and fmt.blob_name(bad) in r.repaired[0]
+    assert _read(blob_path(local_repo.url, bad)) == before  # the exact bytes, under their name
+    r = run_check(local_repo, "audit")
+    assert r.ok and r.status == "clean"
+
+
+def test_both_copies_damaged_is_damage_and_repair_cannot_help(local_repo, saved):
+    _src, sid = saved
+    roles = blob_roles(local_repo, sid)
+    a, b = roles["copies"][roles["reflist"][0]]
+    _damage(local_repo.url, a, "delete")
+    _damage(local_repo.url, b, "flip")
+    r = run_check(local_repo, "read", repair=True, heal=False)
+    assert {p.object for p in r.problems} == {fmt.blob_name(a), fmt.blob_name(b)}
+    assert all(p.recoverable_from is None for p in r.problems)
+    assert r.damaged_snapshots == [sid] and not r.repaired
+
+
+def test_a_copy_is_made_again_exactly_from_its_sibling_and_only_from_it(local_repo, saved):
+    """rebuild_copy gives the exact bytes of the other copy (either way
+    round) from an intact one, refuses a damaged one, and a separate sealing
+    of the same plaintext is no sibling (check --repair compares the result
+    with the name the record gives, so it never writes those)."""
+    from rekkord.errors import IntegrityError
+    from rekkord.format_v2 import name_of
+
+    _src, sid = saved
+    roles = blob_roles(local_repo, sid)
+    repo = local_repo.repo("full")
+    for what in ("index", "reflist"):
+        first, second = roles["copies"][roles[what][0]]
+        raw0 = _read(blob_path(local_repo.url, first))
+        raw1 = _read(blob_path(local_repo.url, second))
+        assert bytes(repo.codec.rebuild_copy(first, raw0, 1)) == raw1
+        assert bytes(repo.codec.rebuild_copy(second, raw1, 0)) == raw0
+        bad = bytearray(raw0)
+        bad[100] ^= 1
+        with pytest.raises(IntegrityError):
+            repo.codec.rebuild_copy(first, bytes(bad), 1)
+        btype = fmt.T_INDEX if what == "index" else fmt.T_REFLIST
+        [(n0, other0), (n1, _)] = repo.codec.seal_copies(btype, repo.read_blob(first, btype), 2)
+        assert {n0, n1}.isdisjoint({first, second})
+        assert name_of(repo.codec.rebuild_copy(n0, bytes(other0), 1)) == n1 != second

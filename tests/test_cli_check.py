@@ -77,8 +77,10 @@ def test_json_report(repo_with_snapshot, local_repo):
     [p] = d["problems"]
     assert p["object"] == f"blobs/{victim.hex()[:2]}/{victim.hex()}" and p["what"] == "index blob"
     assert p["kind"] == "wrong-size" and "truncated" in p["message"] and p["snapshots"] == [sid]
-    assert d["damaged_snapshots"] == [{"id": sid, "channel": "docs", "time": d["damaged_snapshots"][0]["time"],
-                                       "host": d["damaged_snapshots"][0]["host"]}]
+    # (format 2 keeps a second copy of every index blob: the snapshot lost redundancy, not data)
+    assert p["recoverable_from"] and d["damaged_snapshots"] == []
+    assert d["degraded_snapshots"] == [{"id": sid, "channel": "docs", "time": d["degraded_snapshots"][0]["time"],
+                                        "host": d["degraded_snapshots"][0]["host"]}]
 
 
 def test_subset_levels(repo_with_snapshot):

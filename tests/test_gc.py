@@ -389,14 +389,22 @@ def test_prune_refuses_when_references_are_unknown(local_repo, tmp_path):
     s1 = save(w, src).snapshot_id
     audit = local_repo.repo("audit")
     snap = audit.load_snapshot(s1)
-    rl = fmt.blob_name(snap.reflist[0][0])
-    good = audit.storage.read(rl)
-    audit.storage.write(rl, good[:-1] + bytes([good[-1] ^ 1]), exclusive=False)
+    # Format v2 keeps two copies of each reference list: with one damaged,
+    # prune reads the other and deletes nothing the snapshot uses; with
+    # every copy damaged it refuses.
+    rls = [fmt.blob_name(b) for b, _ in snap.copies_of("reflist")[0]]
+    goods = [audit.storage.read(rl) for rl in rls]
+    blobs = names(audit.storage, "blobs/")
+    for i, (rl, good) in enumerate(zip(rls, goods)):
+        audit.storage.write(rl, good[:-1] + bytes([good[-1] ^ 1]), exclusive=False)
+        if i + 1 < len(rls):
+            assert prune(audit).deleted == 0 and names(audit.storage, "blobs/") == blobs
     listing = names(audit.storage)
     with pytest.raises(IntegrityError, match="prune refused"):
         prune(audit)
     assert names(audit.storage) == listing
-    audit.storage.write(rl, good, exclusive=False)
+    for rl, good in zip(rls, goods):
+        audit.storage.write(rl, good, exclusive=False)
     audit.storage.write("snapshots/" + "ab" * 16, b"RKS1" + os.urandom(200))  # (all-zero: see report)
     with pytest.raises(IntegrityError, match="cannot be opened"):
         prune(audit)

@@ -293,3 +293,17 @@ def test_fuzz_certificates_revocations_and_hints(local_repo, raw):
     assert "repairs/" + "cd" * 12 not in repo.repairs(on_problem=lambda n, m: problems.append(n))
     for name in ("keys/" + "ab" * 12, "revoked/" + "ab" * 12, "repairs/" + "cd" * 12):
         repo.storage.delete(name)
+
+
+def test_index_copies_are_chosen_at_init_in_format_2_only(tmp_path):
+    for copies, want in ((None, 2), (1, 1), (2, 2)):
+        url = str(tmp_path / f"r{copies}")
+        master = Key.generate_master()
+        Repository.init(LocalStorage(url, sync=False), master, index_copies=copies)
+        assert Repository.open(LocalStorage(url, sync=False), master).copies == want
+    master = Key.generate_master()
+    Repository.init(LocalStorage(str(tmp_path / "v1"), sync=False), master, version=1)
+    assert Repository.open(LocalStorage(str(tmp_path / "v1"), sync=False), master).copies == 1
+    for bad in ({"version": 1, "index_copies": 2}, {"index_copies": 3}):
+        with pytest.raises(UsageError):
+            Repository.init(LocalStorage(str(tmp_path / "bad"), sync=False), Key.generate_master(), **bad)

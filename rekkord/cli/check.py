@@ -13,9 +13,12 @@ from .context import Settings, echo_json, human_bytes, pass_settings
               help="Read only a part of the blobs in full (e.g. 5% or 2G), least recently verified first; "
                    "with an audit key the part is MAC-verified")
 @click.option("--no-heal", is_flag=True, help="Do not publish a repair hint for missing or damaged blobs")
+@click.option("--repair", is_flag=True, help="Write again what can be rebuilt exactly: a lost copy of an index "
+              "blob (read, full or master key) or of a reference list, a data blob from parity, and parity for "
+              "data blobs that have none")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object")
 @pass_settings
-def check_cmd(s: Settings, read_data, read_data_subset, no_heal, as_json):
+def check_cmd(s: Settings, read_data, read_data_subset, no_heal, repair, as_json):
     """Verify the repository; an audit key verifies without decrypting anything.
 
     Exit codes: 0 no problem found, 4 damage found, 7 the storage failed
@@ -29,7 +32,7 @@ def check_cmd(s: Settings, read_data, read_data_subset, no_heal, as_json):
     cache = s.open_cache(repo)
     try:
         report = Checker(repo, cache, read_data=read_data, subset=read_data_subset, threads=s.threads,
-                         heal=not no_heal).run()
+                         heal=not no_heal, repair=repair).run()
     finally:
         cache.close()
     if as_json:
@@ -38,8 +41,10 @@ def check_cmd(s: Settings, read_data, read_data_subset, no_heal, as_json):
     from .text import safe
 
     for p in report.problems:
-        label = "damage" if p.damage else "could not verify"
+        label = ("damage (recoverable)" if p.recoverable_from else "damage") if p.damage else "could not verify"
         click.echo(f"rekkord: {label}: {safe(str(p))}", err=True)
+    for line in report.repaired:
+        click.echo(f"rekkord: repaired: {safe(line)}", err=True)
     for n in report.notes:
         click.echo(f"rekkord: note: {safe(n)}", err=True)
     status = {"clean": "no problems found", "damaged": f"{len(report.problems)} problems found",
@@ -49,10 +54,18 @@ def check_cmd(s: Settings, read_data, read_data_subset, no_heal, as_json):
                                               else "")
         click.echo(f"checked ({report.level}) {report.snapshots} snapshots, {report.blobs_checked} of "
                    f"{report.blobs_referenced} blobs present ({read}, {human_bytes(report.bytes_read)}), "
-                   f"{report.orphans} unreferenced in {report.duration:.1f}s: {status}", err=not report.ok)
+                   f"{report.orphans} unreferenced"
+                   + (f", {report.parity_groups} parity groups" if report.parity_groups else "")
+                   + f" in {report.duration:.1f}s: {status}", err=not report.ok)
     if report.damaged_snapshots:
         click.echo("damaged snapshots:", err=True)
         for sid in report.damaged_snapshots:
+            info = report.snapshot_info.get(sid, {})
+            click.echo(f"  {sid}  {info.get('channel', '?')}  {info.get('time', '')}  {info.get('host', '')}",
+                       err=True)
+    if report.degraded_snapshots:
+        click.echo("snapshots that lost redundancy but no data (rekkord check --repair restores it):", err=True)
+        for sid in report.degraded_snapshots:
             info = report.snapshot_info.get(sid, {})
             click.echo(f"  {sid}  {info.get('channel', '?')}  {info.get('time', '')}  {info.get('host', '')}",
                        err=True)

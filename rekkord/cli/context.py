@@ -195,7 +195,11 @@ class Settings:
         from ..repository import Repository
 
         key = key or self.load_key()
-        return Repository.open(self.open_storage(), key)
+        repo = Repository.open(self.open_storage(), key)
+        # A read that succeeds only through a copy or parity says so (the
+        # repository lost redundancy; check --repair restores it).
+        repo.notice = warn_line
+        return repo
 
     def cache_file(self, repo) -> str | None:
         """The cache's path for ``repo`` (None with --no-cache)."""

@@ -49,6 +49,7 @@ def copy_cmd(s: Settings, specs, from_repo, from_key, from_passphrase_file, as_j
                                       show_default=False) or None
     source = Repository.open(open_storage(from_repo, s.storage_options()), keys.loads(text, passphrase))
     source.key.require("read", "read the snapshots to copy")
+    source.notice = warn_line  # (a source blob read from a copy or rebuilt from parity)
     dest = s.open_repo()
     dest.key.require("save", "save copies")
     warn = warn_printer(s.quiet)

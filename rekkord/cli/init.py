@@ -20,8 +20,13 @@ from .context import Settings, pass_settings
                    "--copy-chunker-params), so that `rekkord copy` between the two deduplicates")
 @click.option("--from-key", "from_key", metavar="FILE", help="A key of --from-repo that chunks (write, read, "
               "full or master)")
+@click.option("--parity", "parity", metavar="PERCENT",
+              help="Store Reed-Solomon parity over the data (format 2, e.g. 5%: about that share of extra "
+                   "space), so that check --repair can rebuild a lost or damaged data blob (needs zfec)")
+@click.option("--index-copies", "index_copies", type=click.IntRange(1, 2), default=None,
+              help="Copies of every index blob and reference list (format 2; default 2)")
 @pass_settings
-def init_cmd(s: Settings, compression: int, version, from_repo, from_key):
+def init_cmd(s: Settings, compression: int, version, from_repo, from_key, parity, index_copies):
     """Create a repository and a new master key.
 
     The master key is written to the key file (-k / REKKORD_KEY_FILE), never
@@ -32,6 +37,11 @@ def init_cmd(s: Settings, compression: int, version, from_repo, from_key):
     from ..keys import Key
     from ..repository import FORMAT_VERSION, Repository
 
+    ratio = None
+    if parity is not None:
+        from ..parity import parse_percent
+
+        ratio = parse_percent(parity)
     like = None
     if from_repo:
         from .. import keys
@@ -55,12 +65,13 @@ def init_cmd(s: Settings, compression: int, version, from_repo, from_key):
     # Write the key first (exclusively): a repository without its key is useless.
     master.save(key_path, passphrase)
     try:
-        Repository.init(storage, master, compression=compression, version=version or FORMAT_VERSION, like=like)
+        Repository.init(storage, master, compression=compression, version=version or FORMAT_VERSION, like=like,
+                        index_copies=index_copies, parity=ratio)
     except BaseException:
         os.unlink(key_path)
         raise
     if not s.quiet:
-        click.echo(f"created repository {master.repo} at {url}")
+        click.echo(f"created repository {master.repo} at {url}" + (f" (parity {ratio * 100:g}%)" if ratio else ""))
         click.echo(f"master key written to {key_path}" + (" (passphrase-protected)" if passphrase else
                                                            " (not protected: keep it offline)"))
         click.echo("next: rekkord key derive --role write --label HOST --output HOST.key")

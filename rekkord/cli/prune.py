@@ -62,6 +62,9 @@ def print_report(s: Settings, report, dry_run: bool) -> None:
     if report.sessions_declared_dead:
         lines.append(f"  {report.sessions_declared_dead} save sessions {'are' if dry_run else 'declared'} dead "
                      "(no refresh within the session timeout)")
+    if report.parity_deleted:
+        lines.append(f"  {would}delete {report.parity_deleted} parity groups of deleted blobs "
+                     f"({human_bytes(report.parity_deleted_bytes)})")
     if report.temporaries_removed:
         lines.append(f"  removed {report.temporaries_removed} temporary files of interrupted writes "
                      f"({human_bytes(report.temporaries_bytes)})")

@@ -553,6 +553,8 @@ def _report(s: Settings, o: Outcome, as_json: bool, several: bool) -> None:
     click.echo(f"  bytes: {human_bytes(st.bytes_total)} total, {human_bytes(st.bytes_read)} read, "
                f"{human_bytes(st.bytes_new)} new, {human_bytes(st.bytes_stored)} stored "
                f"({st.blobs_new} new blobs)")
+    if st.parity_groups:
+        click.echo(f"  parity: {human_bytes(st.parity_bytes)} in {st.parity_groups} parity groups")
     click.echo(f"  time: {st.duration:.2f}s" + (f", warnings: {st.warnings}" if st.warnings else ""))
 
 
