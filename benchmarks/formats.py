@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 
 from remote import (S3, SFTP, Local, Runner, log, prepare_data, servers, tree_digest,  # noqa: E402
                     warm)
-from run import rmtree  # noqa: E402
+from run import Trash, rmtree  # noqa: E402
 
 OPS = ["first", "unchanged", "second", "restore", "check", "read-data"]
 LABEL = {"first": "first save", "unchanged": "unchanged save", "second": "second machine's save",
@@ -64,7 +64,10 @@ class Variant:
         self.name, self.runner, self.fmt = name, runner, fmt
 
 
-def one_round(v: Variant, backend, tree: Path, expect: str | None, rnd: int, ops: list[str]) -> dict:
+def one_round(v: Variant, backend, tree: Path, expect: str | None, rnd: int, ops: list[str],
+              trash: Trash) -> dict:
+    """One variant's operations on a fresh repository; what it deletes goes
+    to ``trash`` (emptied at the end: see run.Trash)."""
     work = v.runner.work
     url = backend.url()
     tag = f"{v.name}-{backend.name}-r{rnd}"
@@ -96,18 +99,18 @@ def one_round(v: Variant, backend, tree: Path, expect: str | None, rnd: int, ops
         timed("second", ["save", "other", str(tree), "--json"], as_("write2.key", "b"))
     if "restore" in ops:
         dest = work / "restore" / tag
-        rmtree(dest)
+        trash.discard(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         timed("restore", ["restore", f"{sid}:{tree}", str(dest)], master)
         if expect is not None and tree_digest(dest) != expect:
             raise RuntimeError(f"{tag}: the restored tree differs from the source ({dest})")
-        rmtree(dest)
+        trash.discard(dest)
     if "check" in ops:
         timed("check", ["check"], as_("audit.key", "audit"))
     if "read-data" in ops:
         timed("read-data", ["check", "--read-data"], master)
     if backend.name == "local":
-        rmtree(Path(url))
+        trash.discard(Path(url))
     return res
 
 
@@ -136,6 +139,8 @@ def main() -> int:
     wanted = [b.strip() for b in args.backends.split(",") if b.strip()]
     backends, stack = [], []
     results: list[dict] = []
+    trash = Trash(work / "trash")
+    trash.empty()
     try:
         srv_root = work / "servers"
         rmtree(srv_root)
@@ -155,13 +160,14 @@ def main() -> int:
                     if b.name != "local" and v.name == "old":
                         continue
                     ops = OPS if b.name == "local" else REMOTE_OPS
-                    r = one_round(v, b, tree, expect, rnd, ops)
+                    r = one_round(v, b, tree, expect, rnd, ops, trash)
                     results.append({"variant": v.name, "backend": b.name, "round": rnd, **r})
                     log(f"  r{rnd} {b.name:<5} {v.name:<3} " + "  ".join(
                         f"{op} {r[op]['wall']:.2f}s" for op in ops if op in r))
     finally:
         for cm in reversed(stack):
             cm.__exit__(None, None, None)
+        trash.empty()
 
     def med(variant, backend, op, key="wall"):
         xs = [r[op][key] for r in results if r["variant"] == variant and r["backend"] == backend and op in r]

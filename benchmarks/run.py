@@ -82,6 +82,33 @@ def rmtree(path: Path) -> None:
         shutil.rmtree(path, onerror=onerror)
 
 
+class Trash:
+    """Restored trees and repositories are set aside by a rename, and deleted
+    only at the end of the run (or when the space is needed).  Why: this
+    machine's ext4 has no journal, and then the kernel's inode allocator skips
+    every inode freed in the last 60-360 s (``recently_deleted()`` in
+    fs/ext4/ialloc.c), scanning inode tables to do so -- a restore right after
+    an ``rm -rf`` of the previous one spent 60 % of its time there (perf), and
+    whichever tool came after a deletion paid for it."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.n = 0
+
+    def discard(self, path: Path) -> None:
+        if not (path.exists() or path.is_symlink()):
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.n += 1
+        try:
+            path.rename(self.root / f"{os.getpid()}-{self.n}")
+        except OSError:  # (another file system)
+            rmtree(path)
+
+    def empty(self) -> None:
+        rmtree(self.root)
+
+
 def tree_stats(path: Path) -> dict:
     """Regular files, bytes (apparent) and bytes on disk of a tree."""
     files = dirs = links = 0
@@ -1326,6 +1353,8 @@ class Runner:
         self.results: list[Result] = []
         self.notes: list[str] = []
         self.skipped: dict[str, str] = {}
+        self.trash = Trash(self.work / "trash")
+        rmtree(self.trash.root)  # (what an interrupted run left)
         self.profiling = False  # --profile: the extra, untimed round under py-spy
         self.profiles: list[tuple[str, str, Path]] = []  # (data set, operation, raw py-spy profile)
 
@@ -1401,6 +1430,9 @@ class Runner:
             return
         runs = self.work / "runs"
         free = free_bytes(self.work)
+        if free < int(ds.data_bytes * (ds.repo_factor * len(order) + 1)) + GiB:
+            self.trash.empty()  # (the space is needed: the next restores may pay for it, see Trash)
+            free = free_bytes(self.work)
         margin = GiB
         need_all = int(ds.data_bytes * (ds.repo_factor * len(order) + 1)) + margin
         need_one = int(ds.data_bytes * (ds.repo_factor + 1)) + margin
@@ -1444,7 +1476,7 @@ class Runner:
                 if tool.verifies:
                     self.record_repo_size(rnd, ds, st)
                 dest = self.work / "restore"
-                rmtree(dest)
+                self.trash.discard(dest)
                 dest.mkdir(parents=True)
                 res, _ = self.measure(rnd, ds, tool, op, tool.restore(st, dest))
                 if res.ok and tool.verifies:
@@ -1453,11 +1485,11 @@ class Runner:
                         res.ok = False
                         res.error = f"restore differs: {problem}"
                         self.note(f"r{rnd} {ds.name}: {tool.name} restore is wrong: {problem}")
-                rmtree(dest)
+                self.trash.discard(dest)
                 problem = tool.check(st)
                 if problem:
                     self.note(f"r{rnd} {ds.name}: {tool.name}: {problem}")
-                rmtree(st.dir)
+                self.trash.discard(st.dir)
                 del states[tool.name]
             else:
                 st.source = ds.tree
@@ -1465,7 +1497,7 @@ class Runner:
                 if res.ok:
                     tool.saved(st, op, out)
         for st in states.values():  # only when a tool never reached its restore
-            rmtree(st.dir)
+            self.trash.discard(st.dir)
 
     def record_repo_size(self, rnd: int, ds: Dataset, st: ToolState) -> None:
         if self.profiling:
@@ -1887,6 +1919,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         log("interrupted; reporting what was measured")
         runner.notes.append("run interrupted")
+    finally:
+        runner.trash.empty()
     finished, load1 = dt.datetime.now(), " ".join(f"{x:.2f}" for x in os.getloadavg())
     ncpu = len(os.sched_getaffinity(0))
     peak_load = max([r.load1 for r in runner.results] + [os.getloadavg()[0]])
