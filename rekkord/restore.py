@@ -481,7 +481,9 @@ class Restorer:
                 if dry:
                     self._count(e, restored=True)
                     return
-                st = safefs.lstat(parent.fd, name)
+                # (a directory this restore made holds only what it wrote:
+                # nothing to compare, no lstat per file)
+                st = None if parent.made else safefs.lstat(parent.fd, name)
                 existing = None
                 if st is not None:
                     verdict = self._verdict(st, e)
@@ -498,7 +500,7 @@ class Restorer:
             if dry:
                 self._count(e, restored=True)
                 return
-            st = safefs.lstat(parent.fd, name)
+            st = None if parent.made else safefs.lstat(parent.fd, name)
             if st is not None:
                 verdict = self._verdict(st, e)
                 if verdict == "keep":
@@ -916,13 +918,12 @@ class Restorer:
         """Returns the file's DEST components once it is in place, else None."""
         dfd = parent.fd
         tmp = self._tmp_name()
-        spath = self._show(comps)
         try:
             fd = safefs.create(dfd, tmp)
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpace(f"no space left writing {spath}") from None
-            self.warn(spath, f"cannot create: {err.strerror}")
+                raise NoSpace(f"no space left writing {self._show(comps)}") from None
+            self.warn(self._show(comps), f"cannot create: {err.strerror}")
             return None
         damaged = None
         written_end = 0
@@ -959,8 +960,8 @@ class Restorer:
             os.close(fd)
             safefs.unlink(dfd, tmp)
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise NoSpace(f"no space left writing {spath}") from None
-            self.warn(spath, f"cannot write: {err.strerror}")
+                raise NoSpace(f"no space left writing {self._show(comps)}") from None
+            self.warn(self._show(comps), f"cannot write: {err.strerror}")
             return None
         os.close(fd)
         if damaged is not None:
@@ -971,19 +972,19 @@ class Restorer:
                     safefs.rename(dfd, tmp, name)
                 except OSError as err:
                     safefs.unlink(dfd, tmp)
-                    self.warn(spath, f"DAMAGED, and cannot rename into place: {err.strerror}", damaged=True)
+                    self.warn(self._show(comps), f"DAMAGED, and cannot rename into place: {err.strerror}", damaged=True)
                     return None
-                self.warn(spath, f"DAMAGED (kept, with holes where data is missing): {damaged}", damaged=True)
+                self.warn(self._show(comps), f"DAMAGED (kept, with holes where data is missing): {damaged}", damaged=True)
                 self._count(e, restored=True)
                 return comps
             safefs.unlink(dfd, tmp)
-            self.warn(spath, f"DAMAGED, not restored: {damaged}", damaged=True)
+            self.warn(self._show(comps), f"DAMAGED, not restored: {damaged}", damaged=True)
             return None
         try:
             safefs.rename(dfd, tmp, name)
         except OSError as err:
             safefs.unlink(dfd, tmp)
-            self.warn(spath, f"cannot rename into place: {err.strerror}")
+            self.warn(self._show(comps), f"cannot rename into place: {err.strerror}")
             return None
         self._count(e, restored=True)
         if self.opts.verify:
@@ -991,20 +992,19 @@ class Restorer:
         return comps
 
     def _verify(self, dfd: int, name: bytes, comps: tuple, e: Entry, fetcher: BlobFetcher):
-        spath = self._show(comps)
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
         except OSError as err:
-            self.warn(spath, f"verification failed: cannot open: {err.strerror}", damaged=True)
+            self.warn(self._show(comps), f"verification failed: cannot open: {err.strerror}", damaged=True)
             return
         with os.fdopen(fd, "rb") as f:
             for x in e.extents:
                 expect = fetcher.get(x.blob, x.key).result()[x.offset:x.offset + x.length]
                 if f.read(x.length) != expect:
-                    self.warn(spath, "verification failed: content differs after writing", damaged=True)
+                    self.warn(self._show(comps), "verification failed: content differs after writing", damaged=True)
                     return
             if f.read(1):
-                self.warn(spath, "verification failed: file is longer than saved", damaged=True)
+                self.warn(self._show(comps), "verification failed: file is longer than saved", damaged=True)
                 return
         with self.lock:
             self.stats.verified += 1
@@ -1024,7 +1024,6 @@ class Restorer:
         """Owner, mode and xattrs through an open descriptor (times are the
         caller's: they must come after the last write).  ``existing``: the
         fstat of a file DEST had (its owner is its own, not ours)."""
-        spath = self._show(comps)
         owned = (e.uid, e.gid) == ((existing.st_uid, existing.st_gid) if existing is not None else self._creator)
         if self.owner:
             # A file we create belongs to us, unless its directory (one we did
@@ -1034,16 +1033,16 @@ class Restorer:
                     os.fchown(fd, e.uid, e.gid)
                     owned = True
                 except OSError as err:
-                    self.warn(spath, f"cannot set owner: {err.strerror}")
+                    self.warn(self._show(comps), f"cannot set owner: {err.strerror}")
                     owned = False
             else:
                 owned = True
         elif parent is not None and not parent.made:
             owned = owned and os.fstat(fd).st_gid == e.gid
         os.fchmod(fd, self._mode(e, owned))
-        self._xattrs(fd, spath, e)
+        self._xattrs(fd, comps, e)
 
-    def _xattrs(self, target, spath: str, e: Entry, follow=True):
+    def _xattrs(self, target, comps: tuple, e: Entry, follow=True):
         for k, v in e.xattrs:
             name = k.decode(errors="surrogateescape")
             if not (name.startswith("user.") or self.owner):
@@ -1052,7 +1051,7 @@ class Restorer:
                 os.setxattr(target, name, v, follow_symlinks=follow)
             except OSError as err:
                 if name.startswith("user."):
-                    self.warn(spath, f"cannot set xattr {name}: {err.strerror}")
+                    self.warn(self._show(comps), f"cannot set xattr {name}: {err.strerror}")
 
     # ---- links and special files ------------------------------------------------------
 
@@ -1101,7 +1100,6 @@ class Restorer:
                     os.close(fd)
 
     def _restore_special(self, dfd: int, name: bytes, comps: tuple, e: Entry):
-        spath = self._show(comps)
         tmp = self._tmp_name()
         try:
             if e.kind == K_SYMLINK:
@@ -1113,13 +1111,13 @@ class Restorer:
                 try:
                     os.mknod(tmp, 0o600 | kind, e.rdev, dir_fd=dfd)
                 except PermissionError:
-                    self.warn(spath, "device node not recreated (needs root)")
+                    self.warn(self._show(comps), "device node not recreated (needs root)")
                     return
             else:
                 return
         except (OSError, OverflowError, ValueError) as err:
             safefs.unlink(dfd, tmp)
-            self.warn(spath, f"cannot create {e.kind_name}: {getattr(err, 'strerror', None) or err}")
+            self.warn(self._show(comps), f"cannot create {e.kind_name}: {getattr(err, 'strerror', None) or err}")
             return
         try:
             times = (e.atime_ns or e.mtime_ns, e.mtime_ns)
@@ -1127,7 +1125,7 @@ class Restorer:
                 if self.owner:
                     os.chown(tmp, e.uid, e.gid, dir_fd=dfd, follow_symlinks=False)
                 if e.xattrs:
-                    self._xattrs(safefs.proc_path(dfd, tmp), spath, e, follow=False)
+                    self._xattrs(safefs.proc_path(dfd, tmp), comps, e, follow=False)
                 os.utime(tmp, ns=times, dir_fd=dfd, follow_symlinks=False)
             else:
                 # A FIFO or a device node: opening it for real could block or
@@ -1140,17 +1138,17 @@ class Restorer:
                             os.chown(path, e.uid, e.gid)
                             owned = True
                         except OSError as err:
-                            self.warn(spath, f"cannot set owner: {err.strerror}")
+                            self.warn(self._show(comps), f"cannot set owner: {err.strerror}")
                             owned = False
                     os.chmod(path, self._mode(e, owned))
                     if e.xattrs:
-                        self._xattrs(path, spath, e)
+                        self._xattrs(path, comps, e)
                     os.utime(path, ns=times)
             safefs.rename(dfd, tmp, name)
             self._count(e, restored=True)
         except OSError as err:
             safefs.unlink(dfd, tmp)
-            self.warn(spath, f"cannot restore {e.kind_name}: {err.strerror}")
+            self.warn(self._show(comps), f"cannot restore {e.kind_name}: {err.strerror}")
 
 
 def _clear_conflict(parent_fd: int, name: bytes, *, want_dir: bool) -> None:
