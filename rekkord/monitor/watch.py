@@ -240,9 +240,13 @@ class Watcher:
             repo.storage.close()
         problems = [{"object": p.object[:300], "what": p.what, "kind": p.kind, "message": p.message[:1000],
                      "snapshots": p.snapshots[:100]} for p in r.problems[:1000]]
+        degraded = set(r.degraded_snapshots)
         damaged = [{"id": sid, "channel": _text(r.snapshot_info.get(sid, {}).get("channel")),
                     "host": _text(r.snapshot_info.get(sid, {}).get("host"), ""),
-                    "time": r.snapshot_info.get(sid, {}).get("time", "")} for sid in r.damaged_snapshots[:1000]]
+                    "time": r.snapshot_info.get(sid, {}).get("time", ""),
+                    # (degraded: a copy of an index blob or reference list is bad, the other one intact)
+                    **({"degraded": True} if sid in degraded else {})}
+                   for sid in (r.damaged_snapshots + [s for s in degraded if s not in r.damaged_snapshots])[:1000]]
         self.state.add_check(self.name, started, r.duration, r.status, snapshots=r.snapshots, blobs=r.blobs_checked,
                              bytes_read=r.bytes_read, problems=problems, damaged=damaged)
         log.info("repository %s: check %s: %d snapshots, %d blobs, %d problems, %.1fs", self.name, r.status,
@@ -385,7 +389,9 @@ def conditions(state, cfg: MonitorConfig, rc: RepoConfig, now: float) -> tuple[l
             hurt = {s for p in dmg for s in p["snapshots"]}
             info = {d["id"]: d for d in last["damaged"]}
             hl = [f"- {sid} channel {info.get(sid, {}).get('channel', '?')}, host {info.get(sid, {}).get('host', '?')}"
-                  f", {info.get(sid, {}).get('time', '')}" for sid in sorted(hurt)[:50]]
+                  f", {info.get(sid, {}).get('time', '')}"
+                  + (" (degraded: still restorable from the other copy; `rekkord check --repair` writes it again)"
+                     if info.get(sid, {}).get("degraded") else "") for sid in sorted(hurt)[:50]]
             hmore = f"\n... and {len(hurt) - 50} more" if len(hurt) > 50 else ""
             out.append(Condition(f"damage/{name}", "damage", f"{name}: check found damage",
                                  f"The audit check of repository {name} at {when(last['started'])} found "
