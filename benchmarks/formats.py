@@ -37,8 +37,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from remote import (S3, SFTP, Local, Runner, log, prepare_data, servers, tree_digest,  # noqa: E402
-                    warm)
+from remote import Runner, log, prepare_data, start_backends, tree_digest, warm  # noqa: E402
 from run import Trash, rmtree  # noqa: E402
 
 OPS = ["first", "unchanged", "second", "restore", "check", "read-data"]
@@ -142,17 +141,7 @@ def main() -> int:
     trash = Trash(work / "trash")
     trash.empty()
     try:
-        srv_root = work / "servers"
-        rmtree(srv_root)
-        backends.append(Local(work))
-        if "s3" in wanted:
-            cm = servers.seaweedfs_server(srv_root / "seaweedfs")
-            backends.append(S3(cm.__enter__()))
-            stack.append(cm)
-        if "sftp" in wanted:
-            cm = servers.sshd_server(srv_root / "sshd")
-            backends.append(SFTP(cm.__enter__()))
-            stack.append(cm)
+        backends.extend(start_backends(work, ["local"] + wanted, stack))
         for rnd in range(args.rounds):
             order = variants[rnd % 3:] + variants[:rnd % 3]
             for b in backends:

@@ -375,6 +375,26 @@ def top_functions(path: Path, n: int = 15) -> list[tuple[str, float]]:
     return [(f, c / total) for f, c in own.most_common(n)] if total else []
 
 
+def start_backends(work: Path, wanted: list[str], stack: list) -> list:
+    """The backends named in ``wanted`` (local, s3, sftp), the servers
+    started on loopback under ``work``/servers; their context managers are
+    appended to ``stack`` for the caller to close."""
+    srv_root = work / "servers"
+    rmtree(srv_root)
+    out = []
+    if "local" in wanted:
+        out.append(Local(work))
+    if "s3" in wanted:
+        cm = servers.seaweedfs_server(srv_root / "seaweedfs")
+        out.append(S3(cm.__enter__()))
+        stack.append(cm)
+    if "sftp" in wanted:
+        cm = servers.sshd_server(srv_root / "sshd")
+        out.append(SFTP(cm.__enter__()))
+        stack.append(cm)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mb", type=int, default=400, help="size of the data set (default 400)")
@@ -408,18 +428,7 @@ def main() -> int:
     backends: list[Backend] = []
     stack = []
     try:
-        srv_root = work / "servers"
-        rmtree(srv_root)
-        if "local" in wanted:
-            backends.append(Local(work))
-        if "s3" in wanted:
-            cm = servers.seaweedfs_server(srv_root / "seaweedfs")
-            backends.append(S3(cm.__enter__()))
-            stack.append(cm)
-        if "sftp" in wanted:
-            cm = servers.sshd_server(srv_root / "sshd")
-            backends.append(SFTP(cm.__enter__()))
-            stack.append(cm)
+        backends.extend(start_backends(work, wanted, stack))
         client_cpus = None
         if args.pin:
             allowed = sorted(os.sched_getaffinity(0))

@@ -128,6 +128,22 @@ def stored_size(plaintext_limit: int) -> int:
     return HEADER_SIZE + crypto.padme(9 + plaintext_limit) + crypto.TAG_SIZE + crypto.MAC_SIZE
 
 
+def opening_limit(name: str, raw, btype: int, expected_type: int | None, limits: dict,
+                  max_plaintext: int | None) -> int:
+    """The plaintext limit a blob of type ``btype`` is opened under, once
+    its type is the one expected and known, and its stored size within it
+    (both formats' check before anything is decrypted)."""
+    if expected_type is not None and btype != expected_type:
+        raise IntegrityError(f"blob {name}: is a {TYPE_NAMES.get(btype, btype)} blob, "
+                             f"expected {TYPE_NAMES.get(expected_type)}")
+    limit = max_plaintext if max_plaintext is not None else limits.get(btype)
+    if limit is None:
+        raise IntegrityError(f"blob {name}: unknown blob type {btype}")
+    if len(raw) > stored_size(limit):
+        raise IntegrityError(f"blob {name}: too large for a {TYPE_NAMES[btype]} blob ({len(raw)} bytes)")
+    return limit
+
+
 #: Plaintext limits by blob type, for a repository with the default chunker.
 DEFAULT_LIMITS = {T_DATA: schema.data_blob_limit(256 << 10, 4 << 20), T_INDEX: schema.MAX_INDEX_BLOB,
                   T_REFLIST: schema.MAX_REFLIST_BLOB}
@@ -286,14 +302,7 @@ class BlobCodec:
         if problem:
             raise IntegrityError(f"blob {name}: {problem}")
         btype, sealing = raw[4], raw[5]
-        if expected_type is not None and btype != expected_type:
-            raise IntegrityError(f"blob {name}: is a {TYPE_NAMES.get(btype, btype)} blob, "
-                                 f"expected {TYPE_NAMES.get(expected_type)}")
-        limit = max_plaintext if max_plaintext is not None else self.limits.get(btype)
-        if limit is None:
-            raise IntegrityError(f"blob {name}: unknown blob type {btype}")
-        if len(raw) > stored_size(limit):
-            raise IntegrityError(f"blob {name}: too large for a {TYPE_NAMES[btype]} blob ({len(raw)} bytes)")
+        limit = opening_limit(name, raw, btype, expected_type, self.limits, max_plaintext)
         header = bytes(raw[:HEADER_SIZE])
         nonce = bytes(raw[40:64])
         if sealing == SEAL_LIST:

@@ -52,7 +52,7 @@ from .format import (
     TYPE_NAMES,
     BlobCodec,
     BlobKeys,
-    stored_size,
+    opening_limit,
 )
 
 BLOB_MAGIC_V2 = b"RKB2"
@@ -122,13 +122,7 @@ class CodecV2(BlobCodec):
         else:
             key, sealing, eph = self._session_key, SEAL_SESSION, self._eph_pk
             nonce = crypto.random_bytes(crypto.NONCE_SIZE)
-        header = BLOB_MAGIC_V2 + bytes([btype, sealing, 0, 0]) + eph + nonce
-        out = bytearray(HEADER_SIZE + len(inner) + crypto.TAG_SIZE)
-        out[:HEADER_SIZE] = header
-        view = memoryview(out)
-        crypto.aead_encrypt_into(view[HEADER_SIZE:], key, nonce, inner, header)
-        view.release()
-        return name_of(out), out
+        return self._seal_inner(btype, sealing, 0, eph, nonce, key, inner)
 
     def seal_copies(self, btype: int, plaintext, copies: int, *, inner=None) -> list[tuple[bytes, bytearray]]:
         """``copies`` sealings of an index blob or reference list, [(name,
@@ -211,14 +205,7 @@ class CodecV2(BlobCodec):
         btype, sealing = raw[4], raw[5]
         if raw[7] or raw[6] >= (1 if btype == T_DATA else MAX_COPIES):
             raise UnsupportedFormat(f"blob {name}: unknown header flags {raw[6]}, {raw[7]}")
-        if expected_type is not None and btype != expected_type:
-            raise IntegrityError(f"blob {name}: is a {TYPE_NAMES.get(btype, btype)} blob, "
-                                 f"expected {TYPE_NAMES.get(expected_type)}")
-        limit = max_plaintext if max_plaintext is not None else self.limits.get(btype)
-        if limit is None:
-            raise IntegrityError(f"blob {name}: unknown blob type {btype}")
-        if len(raw) > stored_size(limit):
-            raise IntegrityError(f"blob {name}: too large for a {TYPE_NAMES[btype]} blob ({len(raw)} bytes)")
+        limit = opening_limit(name, raw, btype, expected_type, self.limits, max_plaintext)
         header = bytes(raw[:HEADER_SIZE])
         nonce = header[40:64]
         if sealing == SEAL_LIST and btype == T_REFLIST:

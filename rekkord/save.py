@@ -463,14 +463,7 @@ class Saver:
                 self.parity.add(ref, raw)
         self.cache.add_blob(ref, size)
         self.cache.add_plain(pid, ref, size)
-        with self.stats_lock:
-            if new:
-                self.stats.blobs_new += 1
-                self.stats.bytes_new += len(data)
-                self.stats.bytes_stored += size
-            else:
-                self.stats.blobs_known += 1
-                self.stats.blobs_proven += 1
+        self._count_stored(new, len(data), size, proven=not new)
         return Stored((ref, size), key)
 
     def _store_copies(self, btype: int, data) -> "Stored":
@@ -576,14 +569,20 @@ class Saver:
         if new:
             self.cache.add_pending(blob_id)
         self.cache.add_blob(blob_id, size)
+        self._count_stored(new, len(data), size)
+        return blob_id, size
+
+    def _count_stored(self, new: bool, length: int, size: int, *, proven: bool = False) -> None:
+        """A blob stored (``new``) or found, in the save's statistics;
+        ``proven``: found under its name and proven (format v2)."""
         with self.stats_lock:
             if new:
                 self.stats.blobs_new += 1
-                self.stats.bytes_new += len(data)
+                self.stats.bytes_new += length
                 self.stats.bytes_stored += size
             else:
                 self.stats.blobs_known += 1
-        return blob_id, size
+                self.stats.blobs_proven += proven
 
     def _same_reflist(self, name: str, blob_id: bytes, data) -> bool:  # (format v1)
         """Whether the reference list stored under ``name`` holds ``data``
