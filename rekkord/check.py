@@ -347,7 +347,7 @@ class Checker:
         verified: set[bytes] = set(b for b in reflists if b not in bad)  # read and opened by the walk
         todo = [b for b in self._choose(present, refs) if b not in verified and b not in self._failed_reflist]
         full = self.can_read and (self.read_data or self.subset is not None)
-        if self.read_data and repo.codec.convergent:
+        if full and repo.codec.convergent:  # (--read-data and its subsets open data blobs: their keys)
             self._gather_keys(snaps)
         self._read_blobs(todo, refs, kinds, bad, verified, full=full)
         orphans = [b for b in blobs if b not in refs]
