@@ -57,15 +57,12 @@ def check_cmd(s: Settings, read_data, read_data_subset, no_heal, repair, as_json
                    f"{report.orphans} unreferenced"
                    + (f", {report.parity_groups} parity groups" if report.parity_groups else "")
                    + f" in {report.duration:.1f}s: {status}", err=not report.ok)
-    if report.damaged_snapshots:
-        click.echo("damaged snapshots:", err=True)
-        for sid in report.damaged_snapshots:
-            info = report.snapshot_info.get(sid, {})
-            click.echo(f"  {sid}  {info.get('channel', '?')}  {info.get('time', '')}  {info.get('host', '')}",
-                       err=True)
-    if report.degraded_snapshots:
-        click.echo("snapshots that lost redundancy but no data (rekkord check --repair restores it):", err=True)
-        for sid in report.degraded_snapshots:
+    for title, sids in (("damaged snapshots:", report.damaged_snapshots),
+                        ("snapshots that lost redundancy but no data (rekkord check --repair restores it):",
+                         report.degraded_snapshots)):
+        if sids:
+            click.echo(title, err=True)
+        for sid in sids:
             info = report.snapshot_info.get(sid, {})
             click.echo(f"  {sid}  {info.get('channel', '?')}  {info.get('time', '')}  {info.get('host', '')}",
                        err=True)
