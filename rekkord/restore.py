@@ -234,6 +234,16 @@ class Restorer:
         self._tmp_prefix = b".rekkord-tmp-" + os.urandom(6).hex().encode() + b"-"
         self._tmp_counter = itertools.count()
         self._creator = (os.geteuid(), os.getegid())  # owner of the files we create
+        # Files go into directories this restore made without a name until
+        # they are complete (O_TMPFILE, then one link): a killed restore
+        # leaves no partial file, and a file costs one directory insertion
+        # instead of a create and a rename.  Elsewhere (DEST's own
+        # directories, whose files may be replaced), and where the file
+        # system cannot, a temporary name and a rename.
+        self._unnamed = safefs.unnamed_supported()
+        # Known: then a new file created with its saved mode in a directory
+        # without a default ACL needs no fchmod.
+        self._umask = safefs.umask()
         self._damaged_paths: set[bytes] = set()  # snapshot paths of files restored damaged or not at all
         self._dest_s = ""
 
@@ -600,7 +610,8 @@ class Restorer:
             return None
         if not made:
             self._remove_leftovers(fd, comps)
-        return self._registry.handle(fd, made)
+        plain = made and self._umask is not None and not safefs.has_default_acl(fd)
+        return self._registry.handle(fd, made, plain)
 
     def _remove_leftovers(self, dfd: int, comps: tuple):
         """An interrupted restore (killed, power lost) leaves its temporary
@@ -917,9 +928,24 @@ class Restorer:
                       fetcher: BlobFetcher) -> tuple | None:
         """Returns the file's DEST components once it is in place, else None."""
         dfd = parent.fd
-        tmp = self._tmp_name()
+        tmp = None  # the temporary name, or None: the file has no name until it is complete
+        created = None  # the mode it was created with, when known
+        fd = None
         try:
-            fd = safefs.create(dfd, tmp)
+            if parent.made and self._unnamed:
+                mode = e.mode & 0o777
+                try:
+                    fd = safefs.create_unnamed(dfd, mode)
+                    if parent.plain:
+                        created = mode & ~self._umask
+                except OSError as err:
+                    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise
+                    if err.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                        self._unnamed = False  # this file system cannot: temporary names from now on
+            if fd is None:
+                tmp = self._tmp_name()
+                fd = safefs.create(dfd, tmp)
         except OSError as err:
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace(f"no space left writing {self._show(comps)}") from None
@@ -954,42 +980,63 @@ class Restorer:
             if damaged is None or self.opts.keep_damaged:
                 if written_end != e.size:  # a trailing hole, an empty or a short file
                     os.ftruncate(fd, e.size if pos == e.size else pos)
-                self._meta_fd(fd, comps, e, parent)
+                self._meta_fd(fd, comps, e, parent, created=created)
                 os.utime(fd, ns=(e.atime_ns or e.mtime_ns, e.mtime_ns))
         except OSError as err:
             os.close(fd)
-            safefs.unlink(dfd, tmp)
+            if tmp is not None:
+                safefs.unlink(dfd, tmp)
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace(f"no space left writing {self._show(comps)}") from None
             self.warn(self._show(comps), f"cannot write: {err.strerror}")
             return None
-        os.close(fd)
-        if damaged is not None:
+        if damaged is not None and not self.opts.keep_damaged:
+            os.close(fd)
+            if tmp is not None:
+                safefs.unlink(dfd, tmp)
             with self.lock:
                 self._damaged_paths.add(e.path)
-            if self.opts.keep_damaged:
-                try:
-                    safefs.rename(dfd, tmp, name)
-                except OSError as err:
-                    safefs.unlink(dfd, tmp)
-                    self.warn(self._show(comps), f"DAMAGED, and cannot rename into place: {err.strerror}", damaged=True)
-                    return None
-                self.warn(self._show(comps), f"DAMAGED (kept, with holes where data is missing): {damaged}", damaged=True)
-                self._count(e, restored=True)
-                return comps
-            safefs.unlink(dfd, tmp)
             self.warn(self._show(comps), f"DAMAGED, not restored: {damaged}", damaged=True)
             return None
         try:
-            safefs.rename(dfd, tmp, name)
+            self._put_in_place(fd, dfd, tmp, name)
         except OSError as err:
-            safefs.unlink(dfd, tmp)
-            self.warn(self._show(comps), f"cannot rename into place: {err.strerror}")
+            if err.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise NoSpace(f"no space left writing {self._show(comps)}") from None
+            what = "DAMAGED, and cannot rename into place" if damaged is not None else "cannot rename into place"
+            self.warn(self._show(comps), f"{what}: {err.strerror}", damaged=damaged is not None)
             return None
+        finally:
+            os.close(fd)
+        if damaged is not None:
+            with self.lock:
+                self._damaged_paths.add(e.path)
+            self.warn(self._show(comps), f"DAMAGED (kept, with holes where data is missing): {damaged}", damaged=True)
+            self._count(e, restored=True)
+            return comps
         self._count(e, restored=True)
         if self.opts.verify:
             self._verify(dfd, name, comps, e, fetcher)
         return comps
+
+    def _put_in_place(self, fd: int, dfd: int, tmp: bytes | None, name: bytes) -> None:
+        """Give the complete file its name: link the unnamed file (``tmp``
+        None), else rename the temporary one over whatever is there (never
+        followed).  Something that appeared under the name meanwhile is
+        replaced the same way; nothing is left behind on failure."""
+        if tmp is None:
+            try:
+                safefs.link_unnamed(fd, dfd, name)
+                return
+            except FileExistsError:
+                pass
+            tmp = self._tmp_name()
+            safefs.link_unnamed(fd, dfd, tmp)
+        try:
+            safefs.rename(dfd, tmp, name)
+        except OSError:
+            safefs.unlink(dfd, tmp)
+            raise
 
     def _verify(self, dfd: int, name: bytes, comps: tuple, e: Entry, fetcher: BlobFetcher):
         try:
@@ -1020,10 +1067,13 @@ class Restorer:
             mode &= ~0o6000
         return mode
 
-    def _meta_fd(self, fd: int, comps: tuple, e: Entry, parent: safefs.DirHandle | None = None, existing=None):
+    def _meta_fd(self, fd: int, comps: tuple, e: Entry, parent: safefs.DirHandle | None = None, existing=None,
+                 created: int | None = None):
         """Owner, mode and xattrs through an open descriptor (times are the
         caller's: they must come after the last write).  ``existing``: the
-        fstat of a file DEST had (its owner is its own, not ours)."""
+        fstat of a file DEST had (its owner is its own, not ours);
+        ``created``: the mode a new file is known to have (no fchmod if it
+        is the one to apply)."""
         owned = (e.uid, e.gid) == ((existing.st_uid, existing.st_gid) if existing is not None else self._creator)
         if self.owner:
             # A file we create belongs to us, unless its directory (one we did
@@ -1039,7 +1089,9 @@ class Restorer:
                 owned = True
         elif parent is not None and not parent.made:
             owned = owned and os.fstat(fd).st_gid == e.gid
-        os.fchmod(fd, self._mode(e, owned))
+        mode = self._mode(e, owned)
+        if mode != created:
+            os.fchmod(fd, mode)
         self._xattrs(fd, comps, e)
 
     def _xattrs(self, target, comps: tuple, e: Entry, follow=True):

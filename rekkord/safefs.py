@@ -69,6 +69,58 @@ def create(parent_fd: int, name: bytes, mode: int = 0o600) -> int:
     return os.open(_name(name), _CREATE_FLAGS, mode, dir_fd=parent_fd)
 
 
+_TMPFILE_FLAGS = os.O_WRONLY | getattr(os, "O_TMPFILE", 0) | os.O_CLOEXEC
+_PROC_FD = "/proc/self/fd"
+
+
+def unnamed_supported() -> bool:
+    """Whether :func:`create_unnamed` can work at all here (Linux with
+    ``/proc``); a file system may still refuse it (:func:`create_unnamed`
+    raises, the caller falls back to a temporary name)."""
+    return hasattr(os, "O_TMPFILE") and os.path.isdir(_PROC_FD)
+
+
+def create_unnamed(parent_fd: int, mode: int) -> int:
+    """A new file in ``parent_fd`` that has no name yet (``O_TMPFILE``): no
+    one else can open it, and if the process dies it vanishes instead of
+    leaving a partial file.  :func:`link_unnamed` gives it its name.  One
+    directory insertion per file instead of a create and a rename; raises
+    OSError (``EOPNOTSUPP``, ``EISDIR``, ``EINVAL``) where the file system
+    cannot do it."""
+    return os.open(".", _TMPFILE_FLAGS, mode, dir_fd=parent_fd)
+
+
+def link_unnamed(fd: int, parent_fd: int, name: bytes) -> None:
+    """Give the file of :func:`create_unnamed` the name ``name`` in
+    ``parent_fd``; ``FileExistsError`` when something (a symlink included:
+    never followed) is there already."""
+    os.link(f"{_PROC_FD}/{fd}", _name(name), dst_dir_fd=parent_fd, follow_symlinks=True)
+
+
+def has_default_acl(fd: int) -> bool:
+    """Whether the directory ``fd`` passes a default ACL down to what is
+    created in it (then a new file's mode is not its mode less the umask);
+    True when that cannot be told."""
+    try:
+        os.getxattr(fd, "system.posix_acl_default")
+    except OSError as e:
+        return e.errno not in (errno.ENODATA, errno.ENOTSUP, errno.EOPNOTSUPP)
+    return True
+
+
+def umask() -> int | None:
+    """The process's umask, read without changing it (``/proc/self/status``),
+    or None where that cannot be read."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def rename(parent_fd: int, src: bytes, dst: bytes) -> None:
     """Atomically replace ``dst`` (a symlink there is replaced, not followed)."""
     os.rename(_name(src), _name(dst), src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
@@ -110,13 +162,15 @@ class DirHandle:
     """An open directory descriptor shared by the tasks writing into it;
     closed when the walk has left it and the last task released it."""
 
-    __slots__ = ("fd", "refs", "registry", "made")
+    __slots__ = ("fd", "refs", "registry", "made", "plain")
 
-    def __init__(self, fd: int, registry: "DirRegistry", made: bool):
+    def __init__(self, fd: int, registry: "DirRegistry", made: bool, plain: bool = False):
         self.fd = fd
         self.refs = 1  # the walk's own reference
         self.registry = registry
         self.made = made  # created by this restore (so no setgid bit passes a group down yet)
+        # No default ACL: a file created in it gets exactly its mode less the umask.
+        self.plain = plain
 
     def acquire(self) -> "DirHandle":
         with self.registry.cond:
@@ -143,10 +197,10 @@ class DirRegistry:
         self.open = 0
         self.cond = threading.Condition()
 
-    def handle(self, fd: int, made: bool = False) -> DirHandle:
+    def handle(self, fd: int, made: bool = False, plain: bool = False) -> DirHandle:
         with self.cond:
             self.open += 1
-        return DirHandle(fd, self, made)
+        return DirHandle(fd, self, made, plain)
 
     def wait_below(self, n: int) -> None:
         with self.cond:

@@ -212,12 +212,15 @@ def tmp_leftovers(root) -> list[str]:
     return [os.path.join(dp, f) for dp, _, fs in os.walk(root) for f in fs if rx.match(f)]
 
 
-def test_a_killed_restore_resumes_where_it_stopped(run_cli, local_repo, env, tmp_path):
+@pytest.mark.parametrize("dest", ["fresh", "dirs-exist"])
+def test_a_killed_restore_resumes_where_it_stopped(run_cli, local_repo, env, tmp_path, dest):
     """kill -9 a real `rekkord restore` half-way (downloads throttled so
     that it is mid-way for sure), run the same command again: the files the
-    first run finished are skipped without a download, its temporary files
-    are removed, and DEST ends byte for byte and in every metadata equal to
-    the source."""
+    first run finished are skipped without a download, and DEST ends byte
+    for byte and in every metadata equal to the source.  In directories the
+    restore made, a file has no name until it is complete (O_TMPFILE), so
+    the kill leaves no partial file at all; in directories DEST had, files
+    are written under temporary names, which the second run removes."""
     import signal
     import time
 
@@ -233,6 +236,9 @@ def test_a_killed_restore_resumes_where_it_stopped(run_cli, local_repo, env, tmp
         os.symlink(f"f{d}.bin", src / f"d{d}" / "link")
     run_cli("save", "c", src, env={**env, "REKKORD_KEY_FILE": local_repo.key_files["write"]}, check=0)
     out = tmp_path / "out"
+    if dest == "dirs-exist":
+        for d in range(4):
+            (out / f"d{d}").mkdir(parents=True)
     e = {k: v for k, v in os.environ.items() if not k.startswith("REKKORD_")}
     e.update(env, REKKORD_CACHE_DIR=str(tmp_path / "cc"))
     cmd = [sys.executable, "-m", "rekkord", "--limit-download", "512", "restore", f"c:{src}", str(out)]
@@ -250,7 +256,13 @@ def test_a_killed_restore_resumes_where_it_stopped(run_cli, local_repo, env, tmp
     finished = sorted(str(f.relative_to(out)) for f in out.glob("d*/f*.bin"))
     assert 5 <= len(finished) < 24, finished
     left = tmp_leftovers(out)
-    assert left, "no temporary file was in flight when the restore was killed"
+    if dest == "dirs-exist":
+        assert left, "no temporary file was in flight when the restore was killed"
+    else:
+        assert left == []
+        # and every file that has a name is complete
+        for f in finished:
+            assert (out / f).read_bytes() == (src / f).read_bytes(), f
     # Again, the same command (quiet, as a script would run it): a summary in JSON.
     p = run_cli("-q", "restore", f"c:{src}", out, "--json", env=env, check=0)
     summary = json.loads(p.stdout)

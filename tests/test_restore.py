@@ -456,3 +456,90 @@ def test_full_disk_raises_no_space_and_leaves_no_partial_file(local_repo, tmp_pa
         assert leftovers(mnt) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+# ---- how files are created ------------------------------------------------------------
+
+def _modes_tree(tmp_path):
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i, mode in enumerate([0o644, 0o600, 0o755, 0o444, 0o640, 0o4755]):
+        p = src / "d" / f"f{i}"
+        p.write_bytes(b"x" * (i * 100))
+        os.chmod(p, mode)
+    (src / "d" / "big").write_bytes(os.urandom(600_000))
+    return src
+
+
+def _set_default_acl(path, user=7, group=0, other=0):
+    """A default ACL (user::, group::, other::) as the kernel stores it, without setfacl."""
+    import struct
+
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, perm, 0xFFFFFFFF)
+                                          for tag, perm in ((0x01, user), (0x04, group), (0x20, other)))
+    os.setxattr(path, "system.posix_acl_default", acl)
+
+
+def test_modes_are_the_saved_ones_below_a_default_acl_and_any_umask(local_repo, tmp_path):
+    """A new file is created with its saved mode, and its fchmod is skipped
+    only where that mode is known to be what the file got: not below a
+    directory whose default ACL overrides the umask, nor with an odd umask."""
+    src = _modes_tree(tmp_path)
+    res = save(local_repo, [src])
+    dest = tmp_path / "acl"
+    dest.mkdir()
+    try:
+        _set_default_acl(dest)  # new files get no group or other bits, whatever their mode asks
+    except OSError as e:
+        pytest.skip(f"no POSIX ACLs here: {e.strerror}")
+    restorer(local_repo, res.snapshot_id).restore(str(src), str(dest))
+    assert_same_tree(src, dest)
+    old = os.umask(0o077)
+    try:
+        restorer(local_repo, res.snapshot_id).restore(str(src), str(tmp_path / "umask"))
+    finally:
+        os.umask(old)
+    assert_same_tree(src, tmp_path / "umask")
+
+
+def test_where_unnamed_files_cannot_be_made_temporary_names_are_used(local_repo, tmp_path, monkeypatch):
+    from rekkord import safefs
+
+    src = _modes_tree(tmp_path)
+    res = save(local_repo, [src])
+    calls = []
+
+    def refuse(dfd, mode):
+        calls.append(mode)
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(safefs, "create_unnamed", refuse)
+    r = restorer(local_repo, res.snapshot_id)
+    r.restore(str(src), str(tmp_path / "out"))
+    assert_same_tree(src, tmp_path / "out")
+    assert len(calls) == 1 and r._unnamed is False  # asked once, then never again
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_a_name_taken_while_the_file_was_written_is_replaced_not_followed(local_repo, tmp_path, monkeypatch):
+    """Something that appears under a file's name in a directory the restore
+    made (a local user racing it: here a symlink out of DEST) is replaced
+    atomically, never written through."""
+    from rekkord import safefs
+
+    src = _modes_tree(tmp_path)
+    res = save(local_repo, [src])
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"keep")
+    real = safefs.link_unnamed
+
+    def racing(fd, dfd, name):
+        if not name.startswith(b".rekkord-tmp-"):
+            os.symlink(outside, name, dir_fd=dfd)
+        return real(fd, dfd, name)
+
+    monkeypatch.setattr(safefs, "link_unnamed", racing)
+    restorer(local_repo, res.snapshot_id).restore(str(src), str(tmp_path / "out"))
+    assert_same_tree(src, tmp_path / "out")
+    assert outside.read_bytes() == b"keep"
+    assert leftovers(tmp_path / "out") == []

@@ -91,3 +91,49 @@ def test_the_registry_bounds_open_directories(root):
         x.release()
     reg.wait_below(0)
     assert reg.open == 0
+
+
+@pytest.mark.skipif(not safefs.unnamed_supported(), reason="needs O_TMPFILE and /proc")
+def test_an_unnamed_file_gets_its_name_only_when_linked_and_never_through_a_symlink(root):
+    fd, tmp = root
+    d = safefs.open_path(fd, [b"d"])
+    try:
+        f = safefs.create_unnamed(d, 0o640)
+        try:
+            os.write(f, b"content")
+            assert sorted(os.listdir(tmp / "dest" / "d")) == ["flink"]  # nothing visible yet
+            with pytest.raises(FileExistsError):  # a symlink in the way is not followed
+                safefs.link_unnamed(f, d, b"flink")
+            assert (tmp / "outside" / "secret").read_bytes() == b"s"
+            with pytest.raises(OSError):
+                safefs.link_unnamed(f, d, b"../escape")
+            safefs.link_unnamed(f, d, b"new")
+        finally:
+            os.close(f)
+        assert (tmp / "dest" / "d" / "new").read_bytes() == b"content"
+        assert not (tmp / "escape").exists()
+        # A file closed without a name is gone.
+        os.close(safefs.create_unnamed(d, 0o600))
+        assert sorted(os.listdir(tmp / "dest" / "d")) == ["flink", "new"]
+    finally:
+        os.close(d)
+
+
+def test_umask_is_read_without_changing_it():
+    old = os.umask(0o027)
+    try:
+        assert safefs.umask() == 0o027
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(old)
+
+
+def test_a_default_acl_is_noticed(root, tmp_path):
+    fd, tmp = root
+    d = safefs.open_path(fd, [b"d"])
+    try:
+        assert not safefs.has_default_acl(d)
+        if os.system(f"setfacl -d -m u::rwx,g::---,o::--- {tmp / 'dest' / 'd'} 2>/dev/null") == 0:
+            assert safefs.has_default_acl(d)
+    finally:
+        os.close(d)
