@@ -3,8 +3,12 @@
 Threads: the main thread walks the tree in a deterministic depth-first order
 and keeps the pipeline's order; a *file pool* reads and chunks files; a
 *store pool* hashes, compresses, seals and uploads blobs.  The hot calls
-(read, FastCDC, BLAKE3, zstd, XChaCha20) release the GIL.  Memory is bounded by
-a cap on bytes in flight and on pending entries.
+(read, FastCDC, BLAKE3, zstd, XChaCha20) release the GIL.  Once a save has
+more than READER_PROCESSES_AFTER small files to read, *reader processes*
+(rekkord/readers.py) read them instead of the file pool: their per-file
+system calls no longer take the GIL from the main thread, which is what
+bounds a save of many small files.  Memory is bounded by a cap on bytes in
+flight and on pending entries.
 
 Write ordering (what makes an interrupted save harmless, docs/integrity.md):
 every blob is written atomically and never replaced; the snapshot record is
@@ -24,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from . import format as fmt
+from . import readers
 from .cache import Cache
 from .errors import IntegrityError, ObjectExists, RekkordError, StorageError, StoragePermissionDenied, UsageError
 from .index import (
@@ -48,6 +53,11 @@ CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 READ_BLOCK = 1024 * 1024
 
 
+#: small files a save reads on threads before it starts its reader processes
+#: (about 0.1-0.2 s to start; a save with fewer is over before they would pay)
+READER_PROCESSES_AFTER = 2000
+
+
 @dataclass
 class SaveOptions:
     excludes: list[str] = field(default_factory=list)
@@ -61,6 +71,10 @@ class SaveOptions:
     host: str | None = None
     tags: list[str] = field(default_factory=list)
     threads: int | None = None
+    #: processes that read small files (rekkord/readers.py), started once a
+    #: save has more than READER_PROCESSES_AFTER of them to read; None: one
+    #: per core on a machine with more than one, 0: read them on threads.
+    reader_processes: int | None = None
     xattrs: bool = True
     atime: bool = False  # off by default: reading files changes it, churning the index
 
@@ -329,12 +343,17 @@ class Saver:
         self.chunker: Chunker = repo.chunker()
         self.small_limit = repo.chunker_params.min_size
         self.cutter = repo.pack_cutter()
+        self._reader = readers.BatchReader(self.small_limit * 4, self.cutter.key, self.cutter.mask, self.opts.xattrs)
         self.excluder = Excluder(self.opts.excludes, self.opts.iexcludes)
         self.tag_files = [parse_tag_file_spec(t) for t in self.opts.exclude_if_present]
         cores = os.cpu_count() or 2
         self.threads = self.opts.threads or max(2, cores)
         store_threads = max(self.threads, min(repo.storage.connections, 32))
         self.file_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rekkord-read")
+        procs = self.opts.reader_processes
+        self._procs_wanted = (cores if cores > 1 else 0) if procs is None else procs
+        self._procs = None  # the reader processes, once started (False: they could not be)
+        self._small_read = 0  # small files handed to readers so far
         self.store_pool = ThreadPoolExecutor(store_threads, thread_name_prefix="rekkord-store")
         # Bytes handed to the store pool and not yet stored: enough to keep every
         # thread busy, small enough that memory stays flat whatever the data size.
@@ -618,74 +637,18 @@ class Saver:
 
     # ---- file reading (file pool) ----------------------------------------------
 
-    def _open(self, path: bytes):
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NOCTTY", 0)
-        try:
-            return os.open(path, flags | getattr(os, "O_NOATIME", 0))
-        except PermissionError:
-            return os.open(path, flags)  # O_NOATIME needs ownership
-
-    def _changed(self, before, after) -> bool:
-        return (before.st_size != after.st_size or before.st_mtime_ns != after.st_mtime_ns
-                or before.st_ctime_ns != after.st_ctime_ns or before.st_ino != after.st_ino)
-
-    def read_small(self, path: bytes, st, xattrs: list | None = None) -> tuple[bytes | None, int, str | None]:
-        """Read a whole small file; with ``xattrs`` (a list), also append its
-        extended attributes, read through the open descriptor (no second
-        path lookup)."""
-        try:
-            fd = self._open(path)
-        except OSError as e:
-            if xattrs is not None:
-                xattrs.extend(self._xattrs(path))
-            return None, F_UNREADABLE, f"cannot open: {e.strerror}"
-        try:
-            if xattrs is not None:
-                xattrs.extend(self._xattrs(fd))
-            parts = []
-            total = 0
-            flags = 0
-            msg = None
-            try:
-                while True:
-                    b = os.read(fd, max(st.st_size - total + 1, 65536))
-                    if not b:
-                        break
-                    parts.append(b)
-                    total += len(b)
-                    if total > self.small_limit * 4:
-                        break
-            except OSError as e:
-                flags |= F_PARTIAL
-                msg = f"read error after {total} bytes: {e.strerror}"
-            after = os.fstat(fd)
-            if self._changed(st, after) or total != st.st_size:
-                flags |= F_CHANGED
-                msg = msg or "file changed while it was being read"
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
-            with self.stats_lock:
-                self.stats.bytes_read += total
-            return data, flags, msg
-        finally:
-            os.close(fd)
-
-    def read_small_batch(self, files: list[tuple[bytes, os.stat_result]]) -> list[tuple]:
-        """Read a run of small files (one task: no per-file thread hand-off);
-        their xattrs are read here too, off the main thread."""
-        out = []
-        mark = self.cutter.cut_mark
-        for path, st in files:
-            xattrs: list = []
-            data, flags, msg = self.read_small(path, st, xattrs)
-            out.append((data, flags, msg, xattrs, bool(data) and mark(data)))
-        return out
+    def read_small_batch(self, files: list[tuple[bytes, int, int, int, int]]) -> list[tuple]:
+        """Read a run of small files on a read thread (one task: no per-file
+        thread hand-off), their xattrs too; the same work a reader process
+        does (rekkord/readers.py)."""
+        return self._reader.read(files)
 
     def large_job(self, path: bytes, st) -> tuple[list[Extent], int, str | None, int, list]:
         return (*self.save_large(path, st), self._xattrs(path))
 
     def save_large(self, path: bytes, st) -> tuple[list[Extent], int, str | None, int]:
         try:
-            fd = self._open(path)
+            fd = readers.open_nofollow(path)
         except OSError as e:
             return [], F_UNREADABLE, f"cannot open: {e.strerror}", 0
         extents = _Extents()
@@ -704,7 +667,7 @@ class Saver:
                 flags |= F_PARTIAL
                 msg = f"read error after {total} bytes: {e.strerror}"
             after = os.fstat(fd)
-            if self._changed(st, after) or total != st.st_size:
+            if readers.changed(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, after) or total != st.st_size:
                 flags |= F_CHANGED
                 msg = msg or "file changed while it was being read"
         finally:
@@ -736,20 +699,7 @@ class Saver:
 
     def _xattrs(self, target: bytes | int) -> list[tuple[bytes, bytes]]:
         """Extended attributes of a path (not following symlinks) or an open fd."""
-        if not self.opts.xattrs:
-            return []
-        follow = isinstance(target, int)  # fds take no follow_symlinks=False
-        try:
-            names = os.listxattr(target, follow_symlinks=follow)
-        except OSError:
-            return []
-        out = []
-        for n in sorted(names):
-            try:
-                out.append((n.encode(), os.getxattr(target, n, follow_symlinks=follow)))
-            except OSError:
-                continue
-        return out
+        return readers.xattrs_of(target) if self.opts.xattrs else []
 
     def _entry(self, rel: bytes, abspath: bytes, st, *, xattrs: bool = True) -> Entry:
         u, g = self._owner(st.st_uid, st.st_gid)
@@ -1192,6 +1142,9 @@ class Saver:
 
     def _shutdown(self, cancel=False):
         self.file_pool.shutdown(wait=True, cancel_futures=cancel)
+        if self._procs:
+            self._procs.shutdown()
+            self._procs = False
         self.store_pool.shutdown(wait=True, cancel_futures=cancel)
 
     def _run(self, roots: list[bytes]):
@@ -1220,8 +1173,10 @@ class Saver:
                 raise AssertionError(f"internal error: {os.fsdecode(item.abspath)} was never read")
             if item.job is not None:
                 if item.small:
-                    data, flags, msg, e.xattrs, cut_mark = item.job.result()[item.job_index]
+                    data, flags, msg, e.xattrs, cut_mark, nread = self._read_result(item)
                     self.small_pending -= item.st.st_size
+                    with self.stats_lock:
+                        self.stats.bytes_read += nread
                     e.flags |= flags
                     if msg:
                         self.warn(item.abspath, msg)
@@ -1336,10 +1291,49 @@ class Saver:
             return
         self._small_batch = []
         self._small_batch_bytes = 0
-        fut = self.file_pool.submit(self.read_small_batch, [(it.abspath, it.st) for it in items])
+        files = [(it.abspath, it.st.st_size, it.st.st_mtime_ns, it.st.st_ctime_ns, it.st.st_ino) for it in items]
+        self._small_read += len(files)
+        fut = self._submit_read(files)
         for i, it in enumerate(items):
             it.job = fut
             it.job_index = i
+
+    def _reader_processes(self):
+        """The reader processes, started once this save has read enough
+        small files for them to pay (a nightly save with a few changed files
+        never starts them); None: read on threads."""
+        if self._procs is None and self._procs_wanted and self._small_read > READER_PROCESSES_AFTER:
+            self._procs = False
+            try:
+                self._procs = readers.ReaderPool(self._procs_wanted, self._reader)
+            except (OSError, readers.ReaderDied) as e:
+                self.warn(b"(save)", f"cannot start reader processes ({e}); reading on threads")
+        return self._procs or None
+
+    def _submit_read(self, files: list) -> Future:
+        procs = self._reader_processes()
+        if procs is not None:
+            try:
+                return procs.submit(files)
+            except readers.ReaderDied:
+                self._reader_died()
+        return self.file_pool.submit(self.read_small_batch, files)
+
+    def _reader_died(self) -> None:
+        if self._procs:
+            self.warn(b"(save)", "a reader process ended; reading on threads")
+            self._procs.shutdown()
+            self._procs = False
+
+    def _read_result(self, item: "_Item") -> tuple:
+        """What the reader said of a small file; read here again if its
+        reader process died (killed by the OOM killer, say)."""
+        try:
+            return item.job.result()[item.job_index]
+        except readers.ReaderDied:
+            self._reader_died()
+            st = item.st
+            return self._reader.read([(item.abspath, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)])[0]
 
     def _classify(self, abspath: bytes, rel: bytes, st) -> _Item | None:
         hit = None

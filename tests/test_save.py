@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from rekkord import format as fmt, index as ix
+from rekkord import format as fmt, index as ix, readers
 from rekkord.cache import Cache, cache_path
 from rekkord.errors import UsageError
 from rekkord.restore import Restorer
@@ -297,15 +297,15 @@ def test_files_changing_while_read_are_reported_and_marked(local_repo, tmp_path,
     (src / "small").write_bytes(b"before")
     (src / "large").write_bytes(os.urandom(3 << 20))
     (src / "steady").write_bytes(b"steady")
-    real_open = Saver._open
+    real_open = readers.open_nofollow
 
-    def open_and_change(self, path):
+    def open_and_change(path):
         if path.endswith(b"/small"):
             with open(path, "ab") as f:
                 f.write(b" and after")
-        return real_open(self, path)
+        return real_open(path)
 
-    monkeypatch.setattr(Saver, "_open", open_and_change)
+    monkeypatch.setattr(readers, "open_nofollow", open_and_change)
     repo = local_repo.repo("write")
     saver = Saver(repo, Cache(None), warn=lambda p, m: None)
     real_cut = saver.chunker.cut_stream
@@ -398,4 +398,58 @@ def test_save_killed_with_sigkill_then_resumed(local_repo, tmp_path):
     print(f"\nkilled after {len(uploaded)} blobs ({uploaded_bytes} bytes); resumed save added "
           f"{out['bytes_new']} of {total} bytes")
     restore(local_repo, out["id"], src, tmp_path / "out")
+    assert_same_tree(src, tmp_path / "out")
+
+
+# ---- reader processes ---------------------------------------------------------------------
+
+def _many_small(root, n=600):
+    for d in range(n // 100):
+        (root / f"d{d}").mkdir(parents=True)
+        for i in range(100):
+            (root / f"d{d}" / f"f{i}").write_bytes(os.urandom(1 + (i * 37) % 3000))
+
+
+def test_reader_processes_save_what_the_threads_save(local_repo, tmp_path, monkeypatch):
+    """The same tree (the awkward one, and many small files) saved with its
+    small files read in worker processes and on threads: the same index,
+    entry for entry, and it restores byte for byte."""
+    from treeutil import assert_same_tree, make_awkward_tree
+    import rekkord.save as save_mod
+
+    src = tmp_path / "src"
+    make_awkward_tree(src / "awkward")
+    _many_small(src / "many")
+    monkeypatch.setattr(save_mod, "READER_PROCESSES_AFTER", 0)
+    by_procs = do_save(local_repo, [src], options=SaveOptions(reader_processes=2), cache=Cache(None))
+    by_threads = do_save(local_repo, [src], options=SaveOptions(reader_processes=0), cache=Cache(None))
+    assert by_procs.warnings == by_threads.warnings
+    assert by_procs.stats.bytes_read == by_threads.stats.bytes_read > 0
+    a, b = entries(local_repo, by_procs.snapshot_id), entries(local_repo, by_threads.snapshot_id)
+    assert a == b
+    restore(local_repo, by_procs.snapshot_id, src, tmp_path / "out")
+    assert_same_tree(src, tmp_path / "out")
+
+
+def test_a_reader_process_killed_during_a_save_costs_nothing_but_a_warning(local_repo, tmp_path, monkeypatch):
+    from treeutil import assert_same_tree
+    import rekkord.save as save_mod
+
+    src = tmp_path / "src"
+    _many_small(src, 3000)
+    monkeypatch.setattr(save_mod, "READER_PROCESSES_AFTER", 0)
+    real_submit = readers.ReaderPool.submit
+    calls = []
+
+    def submit_then_kill(self, files):
+        calls.append(1)
+        if len(calls) == 5:  # batches are in flight in both processes
+            self.workers[0].proc.kill()
+        return real_submit(self, files)
+
+    monkeypatch.setattr(readers.ReaderPool, "submit", submit_then_kill)
+    res = do_save(local_repo, [src], options=SaveOptions(reader_processes=2))
+    assert [m for _, m in res.warnings] == ["a reader process ended; reading on threads"]
+    assert res.stats.bytes_read == res.stats.bytes_total and res.stats.files == 3000
+    restore(local_repo, res.snapshot_id, src, tmp_path / "out")
     assert_same_tree(src, tmp_path / "out")
