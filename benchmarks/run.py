@@ -1880,6 +1880,13 @@ def main(argv=None) -> int:
     ensure_peer_tools(tool_names, not args.no_install, args.workdir)
     if args.profile and not shutil.which("py-spy"):
         ap.error("--profile needs py-spy (python3 -m pip install py-spy)")
+    if "rekkord" in tool_names:
+        # Byte-compile the checkout as `pip install` does for an installed
+        # package: where PYTHONDONTWRITEBYTECODE is set (this machine's
+        # environment sets it), every run of a source checkout would
+        # otherwise compile its modules again (0.17-0.2 s per command).
+        subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "rekkord")], check=False,
+                       stdout=subprocess.DEVNULL)
     makers = {"rekkord": lambda: Rekkord(args.rekkord_cmd), "restic": Restic, "borg": Borg,
               "borg14": lambda: Borg14(args.workdir), "duplicity": Duplicity, "limit": Limit}
     tools: list[Tool] = []
