@@ -1446,7 +1446,7 @@ class Runner:
         else:
             raise SkipDataset(f"needs about {fmt_bytes(need_one)} free, {fmt_bytes(free)} free")
 
-        ds.ensure_state("A")
+        ds.ensure_state(ds.state_for(ds.ops[0]))  # (the nightly set starts at night1)
         if ds.data_bytes < self.args.mem_bytes // 2:
             read_tree(ds.tree)  # all tools see warm data
         elif rnd == 1:

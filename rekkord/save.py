@@ -28,7 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 from . import format as fmt
-from . import readers
+from . import readers, readworker
 from .cache import Cache
 from .errors import IntegrityError, ObjectExists, RekkordError, StorageError, StoragePermissionDenied, UsageError
 from .index import (
@@ -72,8 +72,8 @@ class SaveOptions:
     tags: list[str] = field(default_factory=list)
     threads: int | None = None
     #: processes that read small files (rekkord/readers.py), started once a
-    #: save has more than READER_PROCESSES_AFTER of them to read; None: one
-    #: per core on a machine with more than one, 0: read them on threads.
+    #: save has more than READER_PROCESSES_AFTER of them to read; None: one per
+    #: core but the main thread's (none on one core), 0: read them on threads.
     reader_processes: int | None = None
     xattrs: bool = True
     atime: bool = False  # off by default: reading files changes it, churning the index
@@ -343,7 +343,7 @@ class Saver:
         self.chunker: Chunker = repo.chunker()
         self.small_limit = repo.chunker_params.min_size
         self.cutter = repo.pack_cutter()
-        self._reader = readers.BatchReader(self.small_limit * 4, self.cutter.key, self.cutter.mask, self.opts.xattrs)
+        self._reader = readworker.BatchReader(self.small_limit * 4, self.cutter.key, self.cutter.mask, self.opts.xattrs)
         self.excluder = Excluder(self.opts.excludes, self.opts.iexcludes)
         self.tag_files = [parse_tag_file_spec(t) for t in self.opts.exclude_if_present]
         cores = os.cpu_count() or 2
@@ -351,7 +351,8 @@ class Saver:
         store_threads = max(self.threads, min(repo.storage.connections, 32))
         self.file_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rekkord-read")
         procs = self.opts.reader_processes
-        self._procs_wanted = (cores if cores > 1 else 0) if procs is None else procs
+        # (one core is the main thread's: on 2 cores one reader saved as fast as two, in 20-30 MiB less)
+        self._procs_wanted = (cores - 1 if cores > 1 else 0) if procs is None else procs
         self._procs = None  # the reader processes, once started (False: they could not be)
         self._small_read = 0  # small files handed to readers so far
         self.store_pool = ThreadPoolExecutor(store_threads, thread_name_prefix="rekkord-store")
@@ -648,7 +649,7 @@ class Saver:
 
     def save_large(self, path: bytes, st) -> tuple[list[Extent], int, str | None, int]:
         try:
-            fd = readers.open_nofollow(path)
+            fd = readworker.open_nofollow(path)
         except OSError as e:
             return [], F_UNREADABLE, f"cannot open: {e.strerror}", 0
         extents = _Extents()
@@ -667,7 +668,7 @@ class Saver:
                 flags |= F_PARTIAL
                 msg = f"read error after {total} bytes: {e.strerror}"
             after = os.fstat(fd)
-            if readers.changed(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, after) or total != st.st_size:
+            if readworker.changed(st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, after) or total != st.st_size:
                 flags |= F_CHANGED
                 msg = msg or "file changed while it was being read"
         finally:
@@ -699,7 +700,7 @@ class Saver:
 
     def _xattrs(self, target: bytes | int) -> list[tuple[bytes, bytes]]:
         """Extended attributes of a path (not following symlinks) or an open fd."""
-        return readers.xattrs_of(target) if self.opts.xattrs else []
+        return readworker.xattrs_of(target) if self.opts.xattrs else []
 
     def _entry(self, rel: bytes, abspath: bytes, st, *, xattrs: bool = True) -> Entry:
         u, g = self._owner(st.st_uid, st.st_gid)

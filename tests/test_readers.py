@@ -1,5 +1,5 @@
-"""rekkord.readers: the small-file reads of a save, in worker processes
-(``python -m rekkord.readers``) or on the save's threads."""
+"""rekkord.readers: the reader processes of a save (each runs
+rekkord/readworker.py alone), their answers, their deaths and the save's."""
 
 import os
 import signal
@@ -8,10 +8,7 @@ import sys
 import time
 
 import pytest
-from hypothesis import given, settings, strategies as st
-
 from rekkord import index as ix, readers
-from rekkord.chunker import PackCutter
 
 
 def stat_of(p):
@@ -33,13 +30,6 @@ def files(tmp_path):
     os.chmod(tmp_path / "secret", 0)
     os.symlink(tmp_path / "a", tmp_path / "link")
     return tmp_path
-
-
-@settings(max_examples=50, deadline=None)
-@given(st.binary(max_size=2000), st.binary(min_size=32, max_size=32), st.integers(0, 6))
-def test_the_mark_is_the_pack_cutters(data, key, bits):
-    cutter = PackCutter(None, key=key, bits=bits)
-    assert readers.BatchReader(1 << 20, key, cutter.mask, True).mark(data) == cutter.cut_mark(data)
 
 
 def expected(tmp_path):

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from rekkord import format as fmt, index as ix, readers
+from rekkord import format as fmt, index as ix, readers, readworker
 from rekkord.cache import Cache, cache_path
 from rekkord.errors import UsageError
 from rekkord.restore import Restorer
@@ -297,7 +297,7 @@ def test_files_changing_while_read_are_reported_and_marked(local_repo, tmp_path,
     (src / "small").write_bytes(b"before")
     (src / "large").write_bytes(os.urandom(3 << 20))
     (src / "steady").write_bytes(b"steady")
-    real_open = readers.open_nofollow
+    real_open = readworker.open_nofollow
 
     def open_and_change(path):
         if path.endswith(b"/small"):
@@ -305,7 +305,7 @@ def test_files_changing_while_read_are_reported_and_marked(local_repo, tmp_path,
                 f.write(b" and after")
         return real_open(path)
 
-    monkeypatch.setattr(readers, "open_nofollow", open_and_change)
+    monkeypatch.setattr(readworker, "open_nofollow", open_and_change)
     repo = local_repo.repo("write")
     saver = Saver(repo, Cache(None), warn=lambda p, m: None)
     real_cut = saver.chunker.cut_stream
