@@ -46,6 +46,9 @@ _SYSCALL = re.compile(r"^(__libc_|__GI_|__)?(open|openat|read|pread|write|pwrite
 _WAIT_LEAF = re.compile(r"pthread_cond|sem_wait|sem_timedwait|futex|__lll_lock|epoll_wait|poll|select|nanosleep|"
                         r"take_gil|drop_gil|PyThread_acquire_lock", re.IGNORECASE)
 _WAIT_PY = re.compile(r"\((threading|queue|concurrent/futures/\w+|selectors|multiprocessing/\w+)\.py:")
+# A reader process's pipe, read by the save's answer thread or by the worker
+# itself: a read there is blocked until the other side writes.
+_PIPE_WAIT = re.compile(r"^_recv \(rekkord/readworker\.py:")
 
 
 def record_argv(out: Path, rate: int = 100) -> list[str]:
@@ -75,6 +78,8 @@ def classify(frames: list[str]) -> str:
             return "waiting"
         return "Python"
     # a native leaf in libc (or an unresolved address in it)
+    if py and _PIPE_WAIT.search(py[-1]):
+        return "waiting"
     if _SYSCALL.match(func):
         return "kernel"
     if py and _WAIT_PY.search(py[-1]):

@@ -53,9 +53,11 @@ CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
 READ_BLOCK = 1024 * 1024
 
 
-#: small files a save reads on threads before it starts its reader processes
-#: (about 0.1-0.2 s to start; a save with fewer is over before they would pay)
-READER_PROCESSES_AFTER = 2000
+#: small files a save reads on threads before it starts its reader processes.
+#: Measured on 2 cores: 10k files (1.8 s) and a source tree of 11.8k (2.7 s)
+#: saved no faster with them, and the process and the read-ahead it keeps full
+#: cost 15-28 MiB of peak RSS; 100k files saved in half the time (16.7 -> 8.7 s).
+READER_PROCESSES_AFTER = 20_000
 
 
 @dataclass
