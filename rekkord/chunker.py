@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pyfastcdc import FastCDC
 
-from . import crypto
+from . import crypto, readworker
 
 MiB = 1024 * 1024
 
@@ -215,8 +215,8 @@ class PackCutter:
 
     def cut_mark(self, file_data) -> bool:
         """The content half of the rule: whether this file may end a pack.
-        (The saver computes it on its read threads.)"""
-        return crypto.keyed_hash(self.key, file_data, length=1)[0] & self.mask == 0
+        (The saver's readers compute it, rekkord/readworker.py.)"""
+        return readworker.cut_mark(self.key, self.mask, file_data)
 
     def should_cut_marked(self, pack_size: int, pack_files: int, mark: bool) -> bool:
         if pack_size >= self.max_size or pack_files >= self.max_files:

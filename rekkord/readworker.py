@@ -17,6 +17,8 @@ import os
 import struct
 import sys
 
+import blake3
+
 # The entry flags of rekkord.index (a test checks that they are the same),
 # not imported: the worker does without rekkord.index and its imports.
 F_UNREADABLE = 1
@@ -47,6 +49,19 @@ def xattrs_of(target: bytes | int) -> list[tuple[bytes, bytes]]:
         except OSError:
             continue
     return out
+
+
+def cut_mark(key: bytes, mask: int, data) -> bool:
+    """The content half of the pack cutter's rule (docs/format.md: khash of
+    the file under the pack cut key, its first byte under the mask, zero):
+    whether this file may end a pack.  chunker.PackCutter uses it too."""
+    return blake3.blake3(data, key=key).digest(1)[0] & mask == 0
+
+
+def request(path: bytes, st) -> tuple[bytes, int, int, int, int]:
+    """What a reader needs of a file the walk saw: its path and the stat
+    fields that tell whether it changed while it was read."""
+    return path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
 def changed(size: int, mtime_ns: int, ctime_ns: int, ino: int, after) -> bool:
@@ -108,10 +123,7 @@ class BatchReader:
         return self.limit, self.cut_key, self.cut_mask, self.xattrs
 
     def mark(self, data: bytes) -> bool:
-        """The content half of the pack cutter's rule (chunker.PackCutter.cut_mark)."""
-        import blake3  # (here: the worker starts without it, and gets it on its first batch)
-
-        return blake3.blake3(data, key=self.cut_key).digest(1)[0] & self.cut_mask == 0
+        return cut_mark(self.cut_key, self.cut_mask, data)
 
     def read(self, files: list[tuple[bytes, int, int, int, int]]) -> list[tuple]:
         out = []

@@ -1294,7 +1294,7 @@ class Saver:
             return
         self._small_batch = []
         self._small_batch_bytes = 0
-        files = [(it.abspath, it.st.st_size, it.st.st_mtime_ns, it.st.st_ctime_ns, it.st.st_ino) for it in items]
+        files = [readworker.request(it.abspath, it.st) for it in items]
         self._small_read += len(files)
         fut = self._submit_read(files)
         for i, it in enumerate(items):
@@ -1335,8 +1335,7 @@ class Saver:
             return item.job.result()[item.job_index]
         except readers.ReaderDied:
             self._reader_died()
-            st = item.st
-            return self._reader.read([(item.abspath, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)])[0]
+            return self._reader.read([readworker.request(item.abspath, item.st)])[0]
 
     def _classify(self, abspath: bytes, rel: bytes, st) -> _Item | None:
         hit = None

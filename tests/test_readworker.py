@@ -8,7 +8,7 @@ import sys
 
 from hypothesis import given, settings, strategies as st
 
-from rekkord import index as ix, readworker
+from rekkord import crypto, index as ix, readworker
 from rekkord.chunker import PackCutter
 
 
@@ -21,7 +21,8 @@ def test_its_flags_are_the_indexs():
 @given(st.binary(max_size=2000), st.binary(min_size=32, max_size=32), st.integers(0, 6))
 def test_the_mark_is_the_pack_cutters(data, key, bits):
     cutter = PackCutter(None, key=key, bits=bits)
-    assert readworker.BatchReader(1 << 20, key, cutter.mask, True).mark(data) == cutter.cut_mark(data)
+    rule = crypto.keyed_hash(key, data, length=1)[0] & ((1 << bits) - 1) == 0  # docs/format.md
+    assert readworker.BatchReader(1 << 20, key, cutter.mask, True).mark(data) == cutter.cut_mark(data) == rule
 
 
 def test_a_file_that_grew_past_the_limit_is_read_no_further(tmp_path):
