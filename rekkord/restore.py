@@ -610,7 +610,8 @@ class Restorer:
             return None
         if not made:
             self._remove_leftovers(fd, comps)
-        plain = made and self._umask is not None and not safefs.has_default_acl(fd)
+        # (only unnamed files are created with their mode: without them, no getxattr per directory)
+        plain = made and self._unnamed and self._umask is not None and not safefs.has_default_acl(fd)
         return self._registry.handle(fd, made, plain)
 
     def _remove_leftovers(self, dfd: int, comps: tuple):
