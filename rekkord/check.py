@@ -345,7 +345,9 @@ class Checker:
                 bad[bid] = self.problem(name, "reference list", DAMAGED, _strip(str(e), bid))
         # Read: MAC (and type) for every key; full opening with read_data.
         verified: set[bytes] = set(b for b in reflists if b not in bad)  # read and opened by the walk
-        todo = [b for b in self._choose(present, refs) if b not in verified and b not in self._failed_reflist]
+        # (a subset is a share of what the walk did not open already: reference
+        # lists, read every run, would otherwise take places in it)
+        todo = self._choose([b for b in present if b not in verified and b not in self._failed_reflist], refs)
         full = self.can_read and (self.read_data or self.subset is not None)
         if full and repo.codec.convergent:  # (--read-data and its subsets open data blobs: their keys)
             self._gather_keys(snaps)
