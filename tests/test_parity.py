@@ -326,7 +326,10 @@ def test_a_damaged_parity_group_is_reported_and_repair_gives_its_blobs_parity_ag
     assert any("have no parity group" in n for n in r.notes)
     r = run_check(parity_repo, "audit", repair=True, heal=False)
     assert any("new parity groups" in x for x in r.repaired)
-    os.unlink(obj)
+    with open(obj, "rb") as f:
+        rewritten = blake3.blake3(f.read()).hexdigest() == os.path.basename(obj)
+    if not rewritten:  # (a group of the same members in the save's order has the damaged one's name: rewritten)
+        os.unlink(obj)
     r = run_check(parity_repo, "audit")
     assert r.ok and not any("no parity" in n for n in r.notes), (r.problems, r.notes)
 
