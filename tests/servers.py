@@ -96,6 +96,22 @@ def sshd_binary() -> str | None:
     return None
 
 
+def faketime_lib() -> str | None:
+    """libfaketime (Debian's faketime package), or None."""
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1") + glob.glob("/usr/lib/faketime/libfaketime.so.1"))
+    return found[0] if found else None
+
+
+def faketime_env(offset: str) -> dict[str, str]:
+    """What a child's environment needs for its clock to be ``offset`` off
+    ("-3d").  The library itself, not the ``faketime`` wrapper: a wrapper
+    that is killed leaves its named semaphore behind, and a later wrapper
+    given the same PID then fails ("sem_open: File exists")."""
+    return {"LD_PRELOAD": faketime_lib() or "libfaketime.so.1", "FAKETIME": offset}
+
+
 def _children(pid: int) -> list[int]:
     kids = []
     for entry in os.listdir("/proc"):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ import threading
 import time
 
 import pytest
+import servers
 from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 
 from rekkord import format as fmt
@@ -996,15 +996,15 @@ class SkewedHosts:
             self.keys[role] = str(tmp_path / f"{role}.key")
             k.save(self.keys[role])
 
-    def command(self, key, *args, skew=None):
-        cmd = [sys.executable, "-m", "rekkord", "-k", self.keys[key], *map(str, args)]
-        return (["faketime", "-f", skew] if skew else []) + cmd
+    def command(self, key, *args):
+        return [sys.executable, "-m", "rekkord", "-k", self.keys[key], *map(str, args)]
 
-    def _env(self, key):
-        return dict(self.env, REKKORD_CACHE_DIR=str(self.tmp / f"cache-{key}"))
+    def _env(self, key, skew=None):
+        return dict(self.env, REKKORD_CACHE_DIR=str(self.tmp / f"cache-{key}"),
+                    **(servers.faketime_env(skew) if skew else {}))
 
     def run(self, key, *args, skew=None, input=None, check=0):
-        p = subprocess.run(self.command(key, *args, skew=skew), env=self._env(key), input=input,
+        p = subprocess.run(self.command(key, *args), env=self._env(key, skew), input=input,
                            capture_output=True, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
         assert check is None or p.returncode == check, (args, p.returncode, p.stderr.decode())
         return p
@@ -1017,8 +1017,8 @@ class SkewedHosts:
         marker written, cache loaded, reading -- when this returns: the pipe
         holds 64 KiB, so a write of 1 MiB returns only once the save read
         most of it.  Returns (process, the rest of the data)."""
-        proc = subprocess.Popen(self.command("write", "save", "--json", "--stdin", "db.sql", channel, skew=skew),
-                                env=self._env("write"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(self.command("write", "save", "--json", "--stdin", "db.sql", channel),
+                                env=self._env("write", skew), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, cwd=os.path.dirname(os.path.dirname(__file__)))
         proc.stdin.write(data[: 1 << 20])
         proc.stdin.flush()
@@ -1034,8 +1034,6 @@ class SkewedHosts:
 
 
 def skewed_clocks(hosts: SkewedHosts, writer_skew, prune_skew):
-    import servers
-
     """A save running while a prune collects the blobs it is about to reuse
     (its cache says they exist) is never withdrawn, whichever clock is off;
     a save that was killed is still presumed dead once its marker is older
@@ -1065,7 +1063,7 @@ def skewed_clocks(hosts: SkewedHosts, writer_skew, prune_skew):
     s3 = h.json("write", "save", "--stdin", "db.sql", "tmp", skew=writer_skew, input=other)["id"]
     h.run("audit", "forget", s3, skew=prune_skew)
     proc, _ = h.start_save("tmp", other + rng.randbytes(1 << 20), writer_skew)
-    servers.kill_tree(proc)  # (the save and, under faketime, its wrapper)
+    servers.kill_tree(proc)
     proc.communicate()
     [marker] = h.markers()
     rep = h.json("audit", "prune", skew=prune_skew)  # (default timeout: 30 minutes)
@@ -1086,14 +1084,14 @@ def skewed_clocks(hosts: SkewedHosts, writer_skew, prune_skew):
 SKEWS = [("-3d", None), ("+3d", "-3d"), (None, "+3d")]  # (backup machine, maintenance host)
 
 
-@pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime (apt-get install faketime)")
+@pytest.mark.skipif(servers.faketime_lib() is None, reason="needs faketime (apt-get install faketime)")
 @pytest.mark.parametrize("writer_skew,prune_skew", SKEWS)
 def test_skewed_clocks_never_withdraw_a_save_local(tmp_path, writer_skew, prune_skew):
     url = str(tmp_path / "repo")
     skewed_clocks(SkewedHosts(tmp_path, url, LocalStorage(url)), writer_skew, prune_skew)
 
 
-@pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime (apt-get install faketime)")
+@pytest.mark.skipif(servers.faketime_lib() is None, reason="needs faketime (apt-get install faketime)")
 @pytest.mark.parametrize("writer_skew,prune_skew", SKEWS)
 def test_skewed_clocks_never_withdraw_a_save_s3(tmp_path, s3_server, writer_skew, prune_skew):
     from rekkord.storage import open_storage
@@ -1104,7 +1102,7 @@ def test_skewed_clocks_never_withdraw_a_save_s3(tmp_path, s3_server, writer_skew
     skewed_clocks(SkewedHosts(tmp_path, url, storage, s3_server.env()), writer_skew, prune_skew)
 
 
-@pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime (apt-get install faketime)")
+@pytest.mark.skipif(servers.faketime_lib() is None, reason="needs faketime (apt-get install faketime)")
 @pytest.mark.parametrize("writer_skew,prune_skew", SKEWS)
 def test_skewed_clocks_never_withdraw_a_save_sftp(tmp_path, sftp_server, writer_skew, prune_skew):
     from rekkord.storage import open_storage

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -15,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import servers
 
 from rekkord.errors import ObjectExists, ObjectNotFound
 from rekkord.storage import Storage, open_storage
@@ -230,7 +230,7 @@ def test_object_times_are_the_storages(loc):
         assert ".tmp-0123456789abcdef" not in {n for n, _, _ in st.list_times()}
 
 
-@pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime (apt-get install faketime)")
+@pytest.mark.skipif(servers.faketime_lib() is None, reason="needs faketime (apt-get install faketime)")
 def test_storage_time_ignores_a_skewed_local_clock(loc):
     """A writer whose clock is 3 days behind still reads true times from the
     storage (and, on S3, has its requests accepted: the clock is corrected
@@ -242,8 +242,9 @@ def test_storage_time_ignores_a_skewed_local_clock(loc):
             "st = open_storage(sys.argv[1], json.loads(sys.argv[2]))\n"
             "st.write('blobs/ab/skewed', b'x')\n"
             "print(json.dumps([time.time(), st.now(), st.mtime('blobs/ab/skewed'), list(st.list_times('blobs/'))]))\n")
-    p = subprocess.run(["faketime", "-f", "-3d", sys.executable, "-c", code, loc.url, json.dumps(loc.options)],
-                       capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent.parent)
+    p = subprocess.run([sys.executable, "-c", code, loc.url, json.dumps(loc.options)],
+                       env={**os.environ, **servers.faketime_env("-3d")}, capture_output=True, text=True,
+                       timeout=120, cwd=Path(__file__).parent.parent)
     assert p.returncode == 0, p.stderr
     local, now, mtime, listed = json.loads(p.stdout)
     real = time.time()

@@ -4,7 +4,6 @@ buckets, conditional writes, and a gateway killed in the middle of writes."""
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -338,7 +337,7 @@ def test_multi_node_cluster(tmp_path):
 # --- a client clock days off -------------------------------------------------------
 
 
-@pytest.mark.skipif(shutil.which("faketime") is None, reason="needs faketime (apt-get install faketime)")
+@pytest.mark.skipif(servers.faketime_lib() is None, reason="needs faketime (apt-get install faketime)")
 @pytest.mark.parametrize("days", ["-3d", "+3d"])
 def test_a_client_clock_days_off_still_saves_restores_and_checks(s3_server, tmp_path, days):
     """The real CLI on a machine whose clock is 3 days off (faketime; SeaweedFS
@@ -356,7 +355,7 @@ def test_a_client_clock_days_off_still_saves_restores_and_checks(s3_server, tmp_
 
     def cli(*args, skewed=True, log=None):
         cmd = [sys.executable, "-m", "rekkord", *(["--log-file", log] if log else []), *map(str, args)]
-        p = subprocess.run((["faketime", "-f", days] if skewed else []) + cmd, env=env, capture_output=True,
+        p = subprocess.run(cmd, env={**env, **servers.faketime_env(days)} if skewed else env, capture_output=True,
                            timeout=300)
         assert p.returncode == 0, (args, p.stderr.decode())
         return p
