@@ -234,6 +234,7 @@ class Restorer:
         self._tmp_prefix = b".rekkord-tmp-" + os.urandom(6).hex().encode() + b"-"
         self._tmp_counter = itertools.count()
         self._creator = (os.geteuid(), os.getegid())  # owner of the files we create
+        self._root_user = os.geteuid() == 0  # (enters any directory, whatever its mode)
         # Files go into directories this restore made without a name until
         # they are complete (O_TMPFILE, then one link): a killed restore
         # leaves no partial file, and a file costs one directory insertion
@@ -324,9 +325,14 @@ class Restorer:
         fetcher = BlobFetcher(self.repo, max(4, self.threads * 2, min(self.repo.storage.connections, 32)))
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rekkord-restore")
         inflight = threading.BoundedSemaphore(64)
-        # Directories whose metadata is set at the end, children first (in
-        # walk order: DEST components and the entry).
+        # Directories whose metadata is to be set, in walk order (DEST
+        # components and the entry).  Most get it as soon as nothing is
+        # written into them any more (when their handle closes: _dir_closed);
+        # the rest, children first, at the end (_apply_dir_meta).
         dirs: list[tuple[tuple, Entry]] = []
+        self._dirs_done: set[tuple] = set()
+        self._dirs_late: set[tuple] = set()  # hard links go into them at the end
+        self._failed = False
         # Memory must not grow with the number of files: only possible hard
         # link targets are remembered (F_LINKED marks them; snapshots made
         # before the flag existed remember every file), and finished tasks
@@ -346,6 +352,9 @@ class Restorer:
         def run_file(parent, name, comps, e, existing):
             try:
                 return self._place_file(parent, name, comps, e, fetcher, existing)
+            except BaseException:
+                self._failed = True  # (before the release below: no metadata on what stays incomplete)
+                raise
             finally:
                 parent.release()
                 inflight.release()
@@ -355,19 +364,28 @@ class Restorer:
         batch: dict = {"items": [], "blob": None, "fut": None}
 
         def run_batch(items: list, fut: Future):
-            out = {}
+            out, failed = {}, None
             try:
-                for parent, name, comps, e, existing in items:
-                    final = self._place_file(parent, name, comps, e, fetcher, existing)
-                    if all_linkable or e.flags & F_LINKED:
-                        out[e.path] = final
+                try:
+                    for parent, name, comps, e, existing in items:
+                        final = self._place_file(parent, name, comps, e, fetcher, existing)
+                        if all_linkable or e.flags & F_LINKED:
+                            out[e.path] = final
+                except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                    self._failed = True
+                    failed = exc
+                finally:
+                    # (released before the result is told: a last release sets
+                    # the directory's metadata, which the walk waits for)
+                    for parent, *_ in items:
+                        parent.release()
+                    inflight.release()
+            except BaseException as exc:  # noqa: BLE001
+                failed = failed or exc
+            if failed is not None:
+                fut.set_exception(failed)
+            else:
                 fut.set_result(out)
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-                fut.set_exception(exc)
-            finally:
-                for parent, *_ in items:
-                    parent.release()
-                inflight.release()
 
         def track(fut: Future):
             fut.add_done_callback(lambda f: f.exception() is None or failures.append(f.exception()))
@@ -442,6 +460,8 @@ class Restorer:
                 return False
             if not e.flags & F_IMPLICIT:
                 dirs.append((comps, e))
+                if self._meta_early(e):
+                    h.on_close = lambda fd, comps=comps, e=e: self._dir_closed(fd, comps, e)
             if len(stack) + self._registry.limit // 2 < self._registry.open:
                 flush_batch()
                 self._registry.wait_below(len(stack) + self._registry.limit // 2)
@@ -481,6 +501,7 @@ class Restorer:
                         return
             if e.kind == K_HARDLINK and e.target in restored:
                 links.append((comps, e))
+                self._dirs_late.add(comps[:-1])
                 return
             if e.kind in (K_FILE, K_HARDLINK):
                 if e.flags & F_UNREADABLE:
@@ -519,7 +540,7 @@ class Restorer:
                 if self._same_special(parent.fd, name, st, e):
                     self._count(e, unchanged=True)
                     return
-            self._restore_special(parent.fd, name, comps, e)
+            self._restore_special(parent.fd, name, comps, e, made=parent.made)
 
         try:
             handle(*first)
@@ -537,12 +558,15 @@ class Restorer:
             if expected is not None:
                 self._delete_extra(self._delete_scopes(sub, entry0), expected)
             if not dry:
-                self._apply_dir_meta(dirs)
+                self._apply_dir_meta([d for d in dirs if d[0] not in self._dirs_done])
             if (fetcher.damaged or self.repo.degraded) and not dry:
                 # (also what was read from a copy or rebuilt from parity: the
                 # saves that have it store it again, check --repair rewrites it)
                 self._publish_hint(fetcher.damaged | self.repo.degraded)
             self._report_unmatched()
+        except BaseException:
+            self._failed = True  # (the directories still open keep 0700: they may lack entries)
+            raise
         finally:
             pool.shutdown(wait=True)
             fetcher.close()
@@ -610,9 +634,15 @@ class Restorer:
             return None
         if not made:
             self._remove_leftovers(fd, comps)
-        # (only unnamed files are created with their mode: without them, no getxattr per directory)
-        plain = made and self._unnamed and self._umask is not None and not safefs.has_default_acl(fd)
-        return self._registry.handle(fd, made, plain)
+        # (only unnamed files are created with their mode: without them, no
+        # getxattr per directory.  A directory made in one this restore made
+        # has a default ACL if and only if its parent has: the kernel copies
+        # it down, and the parent's own is set only once it is done.)
+        acl = None
+        if made and self._unnamed and self._umask is not None:
+            acl = parent.default_acl if parent.made and parent.default_acl is not None else \
+                safefs.has_default_acl(fd)
+        return self._registry.handle(fd, made, acl is False, acl)
 
     def _remove_leftovers(self, dfd: int, comps: tuple):
         """An interrupted restore (killed, power lost) leaves its temporary
@@ -637,6 +667,25 @@ class Restorer:
                 continue
             with self.lock:
                 self.stats.temporaries_removed += 1
+
+    def _meta_early(self, e: Entry) -> bool:
+        """Whether a directory's metadata may be set as soon as its handle
+        closes, instead of in the pass at the end: not with --delete (which
+        removes entries at the end), and only where its mode still lets us
+        through it to the targets of hard links made at the end (its owner
+        may enter and write it, or we are root)."""
+        return not self.opts.delete and (self._root_user or e.mode & 0o700 == 0o700)
+
+    def _dir_closed(self, fd: int, comps: tuple, e: Entry):
+        """A directory handle's last release: every entry of it is written
+        (the walk has left it and its files are done), so its metadata goes
+        on now, on whichever thread was last, unless hard links still go
+        into it or the restore failed (then it keeps 0700: it may lack
+        entries)."""
+        if self._failed or comps in self._dirs_late:
+            return
+        self._set_dir_meta(fd, comps, e)
+        self._dirs_done.add(comps)
 
     def _apply_dir_meta(self, dirs: list[tuple[tuple, Entry]]):
         """Directory modes, owners and times, children before parents (their
@@ -1152,11 +1201,17 @@ class Restorer:
                 if fd is not None:
                     os.close(fd)
 
-    def _restore_special(self, dfd: int, name: bytes, comps: tuple, e: Entry):
+    def _restore_special(self, dfd: int, name: bytes, comps: tuple, e: Entry, *, made: bool = False):
+        """``made``: ``dfd`` is a directory this restore made, which holds
+        nothing but what it wrote: a symlink goes straight under its name
+        (one system call less), unless something took the name meanwhile."""
         tmp = self._tmp_name()
         try:
             if e.kind == K_SYMLINK:
-                os.symlink(e.target, tmp, dir_fd=dfd)
+                if made and _symlink_if_free(e.target, dfd, name):
+                    tmp = name
+                else:
+                    os.symlink(e.target, tmp, dir_fd=dfd)
             elif e.kind == K_FIFO:
                 os.mkfifo(tmp, 0o600, dir_fd=dfd)
             elif e.kind in (K_CHAR, K_BLOCK):
@@ -1197,11 +1252,20 @@ class Restorer:
                     if e.xattrs:
                         self._xattrs(path, comps, e)
                     os.utime(path, ns=times)
-            safefs.rename(dfd, tmp, name)
+            if tmp != name:
+                safefs.rename(dfd, tmp, name)
             self._count(e, restored=True)
         except OSError as err:
             safefs.unlink(dfd, tmp)
             self.warn(self._show(comps), f"cannot restore {e.kind_name}: {err.strerror}")
+
+
+def _symlink_if_free(target: bytes, dfd: int, name: bytes) -> bool:
+    try:
+        os.symlink(target, name, dir_fd=dfd)
+    except FileExistsError:
+        return False
+    return True
 
 
 def _clear_conflict(parent_fd: int, name: bytes, *, want_dir: bool) -> None:

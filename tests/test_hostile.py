@@ -183,9 +183,13 @@ def test_symlinks_already_in_dest_are_never_followed(box, mode):
 
 def test_a_directory_swapped_for_a_symlink_during_the_restore_is_not_followed(box, monkeypatch):
     """A local user replaces a restored directory by a symlink to the
-    outside before restore sets the directories' modes and times: the
-    metadata pass walks from DEST with O_NOFOLLOW and refuses it."""
-    sid = box.w.snapshot([d(b"a", mode=0o777, mtime_ns=5 * 10**9), f(b"a/x", b"x", box.w)])
+    outside before restore sets the directories' modes and times.  One
+    that hard links go into gets them in the pass at the end, which walks
+    from DEST with O_NOFOLLOW and refuses the symlink."""
+    content = box.w.data(b"x")
+    sid = box.w.snapshot([d(b"a", mode=0o777, mtime_ns=5 * 10**9),
+                          Entry(K_FILE, b"a/x", mode=0o644, size=1, extents=content, flags=F_LINKED),
+                          Entry(K_HARDLINK, b"a/y", mode=0o644, size=1, extents=content, target=b"a/x")])
     real = Restorer._apply_dir_meta
 
     def swap_first(self, dirs):
@@ -197,6 +201,26 @@ def test_a_directory_swapped_for_a_symlink_during_the_restore_is_not_followed(bo
     st, problems = restore(box, sid)
     assert box.unchanged()
     assert any("cannot set metadata" in m for _, m in problems)
+
+
+def test_a_directory_swapped_once_written_keeps_its_metadata_on_what_was_made(box, monkeypatch):
+    """Any other directory gets its modes and times through the descriptor
+    the restore made it with, once its last entry is written: swapping its
+    name for a symlink afterwards sends nothing outside DEST."""
+    sid = box.w.snapshot([d(b"a", mode=0o777, mtime_ns=5 * 10**9), f(b"a/x", b"x", box.w), d(b"b")])
+    real = Restorer._dir_closed
+
+    def then_swap(self, fd, comps, e):
+        real(self, fd, comps, e)
+        if comps == (b"a",):
+            os.rename(box.dest / "a", box.tmp / "moved-away")
+            os.symlink(box.outside, box.dest / "a")
+
+    monkeypatch.setattr(Restorer, "_dir_closed", then_swap)
+    st, problems = restore(box, sid)
+    assert box.unchanged() and problems == []
+    moved = os.stat(box.tmp / "moved-away")
+    assert stat.S_IMODE(moved.st_mode) == 0o777 and moved.st_mtime_ns == 5 * 10**9
 
 
 def test_hard_links_only_ever_link_files_this_restore_wrote(box):

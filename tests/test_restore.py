@@ -8,6 +8,7 @@ import random
 import shutil
 import stat
 import subprocess
+import sys
 import sysconfig
 import tempfile
 
@@ -468,6 +469,10 @@ def _modes_tree(tmp_path):
         p.write_bytes(b"x" * (i * 100))
         os.chmod(p, mode)
     (src / "d" / "big").write_bytes(os.urandom(600_000))
+    (src / "d" / "e" / "f").mkdir(parents=True)  # (directories made in directories the restore made)
+    for i, mode in enumerate([0o640, 0o755, 0o604]):
+        (src / "d" / "e" / "f" / f"deep{i}").write_bytes(b"y" * i)
+        os.chmod(src / "d" / "e" / "f" / f"deep{i}", mode)
     return src
 
 
@@ -480,11 +485,18 @@ def _set_default_acl(path, user=7, group=0, other=0):
     os.setxattr(path, "system.posix_acl_default", acl)
 
 
-def test_modes_are_the_saved_ones_below_a_default_acl_and_any_umask(local_repo, tmp_path):
+def test_modes_are_the_saved_ones_below_a_default_acl_and_any_umask(local_repo, tmp_path, monkeypatch):
     """A new file is created with its saved mode, and its fchmod is skipped
     only where that mode is known to be what the file got: not below a
-    directory whose default ACL overrides the umask, nor with an odd umask."""
+    directory whose default ACL overrides the umask (however deep: a
+    directory made in one inherits it), nor with an odd umask.  Only a
+    directory made in one the restore did not make is asked for its ACL."""
+    from rekkord import safefs
+
     src = _modes_tree(tmp_path)
+    asked = []
+    real = safefs.has_default_acl
+    monkeypatch.setattr(safefs, "has_default_acl", lambda fd: asked.append(fd) or real(fd))
     res = save(local_repo, [src])
     dest = tmp_path / "acl"
     dest.mkdir()
@@ -494,6 +506,7 @@ def test_modes_are_the_saved_ones_below_a_default_acl_and_any_umask(local_repo, 
         pytest.skip(f"no POSIX ACLs here: {e.strerror}")
     restorer(local_repo, res.snapshot_id).restore(str(src), str(dest))
     assert_same_tree(src, dest)
+    assert len(asked) == 1  # d; d/e and d/e/f inherit its answer
     old = os.umask(0o077)
     try:
         restorer(local_repo, res.snapshot_id).restore(str(src), str(tmp_path / "umask"))
@@ -543,3 +556,115 @@ def test_a_name_taken_while_the_file_was_written_is_replaced_not_followed(local_
     assert_same_tree(src, tmp_path / "out")
     assert outside.read_bytes() == b"keep"
     assert leftovers(tmp_path / "out") == []
+
+
+# ---- when directory metadata is set --------------------------------------------------
+
+def _linked_tree(tmp_path, closed_mode=0o755):
+    src = tmp_path / "src"
+    for d in ("a-closed", "b-plain/sub", "c-links", "d-ro"):
+        (src / d).mkdir(parents=True)
+    (src / "a-closed" / "target").write_bytes(b"linked")
+    (src / "b-plain" / "f").write_bytes(b"f")
+    (src / "b-plain" / "sub" / "g").write_bytes(os.urandom(400_000))
+    os.link(src / "a-closed" / "target", src / "c-links" / "link")
+    (src / "d-ro" / "inside").write_bytes(b"ro")
+    os.chmod(src / "d-ro", 0o555)
+    os.chmod(src / "a-closed", closed_mode)
+    t = 1_500_000_000_000_000_007
+    for d in ("a-closed", "b-plain/sub", "b-plain", "c-links", "d-ro"):
+        os.utime(src / d, ns=(t, t))
+        t += 1_000_000_003
+    return src
+
+
+def test_directory_metadata_goes_on_when_the_directory_is_done_and_late_where_links_go(local_repo, tmp_path,
+                                                                                        monkeypatch):
+    """A directory gets its mode and times once its last file is written;
+    only one that hard links go into at the end waits for the pass at the
+    end (else creating the link would change its time)."""
+    src = _linked_tree(tmp_path)
+    res = save(local_repo, [src])
+    late = []
+    real = Restorer._apply_dir_meta
+
+    def recording(self, dirs):
+        late.extend(comps for comps, _ in dirs)
+        return real(self, dirs)
+
+    monkeypatch.setattr(Restorer, "_apply_dir_meta", recording)
+    restorer(local_repo, res.snapshot_id).restore(str(src), str(tmp_path / "out"))
+    assert_same_tree(src, tmp_path / "out")
+    assert late == [(b"c-links",)]
+    assert os.stat(tmp_path / "out" / "c-links" / "link").st_nlink == 2
+
+
+def test_a_failed_restore_leaves_its_unfinished_directories_0700(local_repo, tmp_path):
+    """Directories keep 0700 when the restore fails (full disk) before
+    their entries are all there: a rerun can still write into them."""
+    src = tmp_path / "src"
+    (src / "full").mkdir(parents=True)
+    (src / "full" / "a-small").write_text("fits")
+    (src / "full" / "b-big").write_bytes(os.urandom(3 << 20))
+    os.chmod(src / "full", 0o555)
+    res = save(local_repo, [src])
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        with pytest.raises(NoSpace):
+            restorer(local_repo, res.snapshot_id).restore(str(src), str(mnt / "out"))
+        assert stat.S_IMODE(os.stat(mnt / "out" / "full").st_mode) == 0o700
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_hard_links_out_of_a_directory_without_search_permission_restore_without_root(local_repo, tmp_path):
+    """Without root's power to pass any directory (a user namespace drops
+    CAP_DAC_OVERRIDE), a directory whose mode would shut us out (0600: no
+    search) gets it only in the pass at the end, after the hard links that
+    reach into it are made."""
+    src = _linked_tree(tmp_path, closed_mode=0o600)
+    res = save(local_repo, [src])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REKKORD_")}
+    env.update(REKKORD_REPOSITORY=local_repo.url, REKKORD_CACHE_DIR=str(tmp_path / "cli-cache"),
+               REKKORD_KEY_FILE=local_repo.key_files["read"])
+    p = subprocess.run(["unshare", "-U", sys.executable, "-m", "rekkord", "restore",
+                        f"{res.snapshot_id}:{src}", str(tmp_path / "out")], env=env, capture_output=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stderr.decode()
+    assert_same_tree(src, tmp_path / "out", owners=False)
+    assert os.stat(tmp_path / "out" / "c-links" / "link").st_nlink == 2
+
+
+def test_symlinks_go_straight_under_their_names_unless_one_is_taken(local_repo, tmp_path, monkeypatch):
+    """In a directory the restore made, a symlink is made under its own name
+    (no temporary name, no rename); a name a local user took meanwhile (here
+    a symlink out of DEST) is replaced, never followed."""
+    from rekkord import restore as restore_mod, safefs
+
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    for i in range(3):
+        os.symlink(f"target-{i}", src / "d" / f"link{i}")
+    res = save(local_repo, [src])
+    renames = []
+    real_rename = safefs.rename
+    monkeypatch.setattr(safefs, "rename", lambda dfd, a, b: renames.append(b) or real_rename(dfd, a, b))
+    restorer(local_repo, res.snapshot_id).restore(str(src), str(tmp_path / "out"))
+    assert_same_tree(src, tmp_path / "out")
+    assert renames == []
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"keep")
+    real_free = restore_mod._symlink_if_free
+
+    def racing(target, dfd, name):
+        if name == b"link1":
+            os.symlink(outside, name, dir_fd=dfd)
+        return real_free(target, dfd, name)
+
+    monkeypatch.setattr(restore_mod, "_symlink_if_free", racing)
+    restorer(local_repo, res.snapshot_id).restore(str(src), str(tmp_path / "out2"))
+    assert_same_tree(src, tmp_path / "out2")
+    assert renames == [b"link1"] and outside.read_bytes() == b"keep"
+    assert leftovers(tmp_path / "out2") == []
