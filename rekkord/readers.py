@@ -28,9 +28,9 @@ __all__ = ["BatchReader", "ReaderDied", "ReaderPool"]
 
 # What a worker runs: no site-packages processing (-S), no PYTHON* variables
 # (-E); the parent's sys.path (for rekkord and blake3) comes in the environment.
-_PIPE_SIZE = 1 << 20
 _BOOT = ("import os, sys; sys.path[:0] = os.environ['REKKORD_READER_PATH'].split(os.pathsep); "
          "import rekkord.readworker as w; w.main()")
+_PIPE_SIZE = 1 << 20  # (of each pipe to and from a worker)
 
 
 class ReaderDied(Exception):

@@ -372,20 +372,19 @@ class Restorer:
         def run_batch(items: list, fut: Future):
             out, failed = {}, None
             try:
-                try:
-                    for parent, name, comps, e, existing in items:
-                        final = self._place_file(parent, name, comps, e, fetcher, existing)
-                        if all_linkable or e.flags & F_LINKED:
-                            out[e.path] = final
-                except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-                    self._failed = True
-                    failed = exc
-                finally:
-                    # (released before the result is told: a last release sets
-                    # the directory's metadata, which the walk waits for)
-                    for parent, *_ in items:
-                        parent.release()
-                    inflight.release()
+                for parent, name, comps, e, existing in items:
+                    final = self._place_file(parent, name, comps, e, fetcher, existing)
+                    if all_linkable or e.flags & F_LINKED:
+                        out[e.path] = final
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                self._failed = True
+                failed = exc
+            # (released before the result is told: a last release sets the
+            # directory's metadata, which the walk waits for)
+            try:
+                for parent, *_ in items:
+                    parent.release()
+                inflight.release()
             except BaseException as exc:  # noqa: BLE001
                 failed = failed or exc
             if failed is not None:
@@ -642,13 +641,13 @@ class Restorer:
             self._remove_leftovers(fd, comps)
         # (only unnamed files are created with their mode: without them, no
         # getxattr per directory.  A directory made in one this restore made
-        # has a default ACL if and only if its parent has: the kernel copies
-        # it down, and the parent's own is set only once it is done.)
+        # -- the only ones whose answer is known -- has a default ACL if and
+        # only if its parent has: the kernel copies it down, and the parent's
+        # own is set only once it is done.)
         acl = None
         if made and self._unnamed and self._umask is not None:
-            acl = parent.default_acl if parent.made and parent.default_acl is not None else \
-                safefs.has_default_acl(fd)
-        return self._registry.handle(fd, made, acl is False, acl)
+            acl = parent.default_acl if parent.default_acl is not None else safefs.has_default_acl(fd)
+        return self._registry.handle(fd, made, acl)
 
     def _remove_leftovers(self, dfd: int, comps: tuple):
         """An interrupted restore (killed, power lost) leaves its temporary

@@ -162,21 +162,24 @@ class DirHandle:
     """An open directory descriptor shared by the tasks writing into it;
     closed when the walk has left it and the last task released it."""
 
-    __slots__ = ("fd", "refs", "registry", "made", "plain", "default_acl", "on_close")
+    __slots__ = ("fd", "refs", "registry", "made", "default_acl", "on_close")
 
-    def __init__(self, fd: int, registry: "DirRegistry", made: bool, plain: bool = False,
-                 default_acl: bool | None = None):
+    def __init__(self, fd: int, registry: "DirRegistry", made: bool, default_acl: bool | None = None):
         self.fd = fd
         self.refs = 1  # the walk's own reference
         self.registry = registry
         self.made = made  # created by this restore (so no setgid bit passes a group down yet)
-        # No default ACL: a file created in it gets exactly its mode less the umask.
-        self.plain = plain
         #: whether it has a default ACL, when known (a directory made in it inherits the answer)
         self.default_acl = default_acl
         #: called with the descriptor once nobody writes into it any more (the
         #: directory's metadata), by whichever thread lets it go last
         self.on_close = None
+
+    @property
+    def plain(self) -> bool:
+        """Known to have no default ACL: a file created in it gets exactly
+        its mode less the umask."""
+        return self.default_acl is False
 
     def acquire(self) -> "DirHandle":
         with self.registry.cond:
@@ -208,10 +211,10 @@ class DirRegistry:
         self.open = 0
         self.cond = threading.Condition()
 
-    def handle(self, fd: int, made: bool = False, plain: bool = False, default_acl: bool | None = None) -> DirHandle:
+    def handle(self, fd: int, made: bool = False, default_acl: bool | None = None) -> DirHandle:
         with self.cond:
             self.open += 1
-        return DirHandle(fd, self, made, plain, default_acl)
+        return DirHandle(fd, self, made, default_acl)
 
     def wait_below(self, n: int) -> None:
         with self.cond:
