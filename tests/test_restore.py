@@ -441,22 +441,28 @@ def test_a_damaged_file_is_reported_by_name_and_the_rest_restores(local_repo, tm
     assert (out2 / "big.bin").exists() and "kept" in r2.problems[0][1]
 
 
-def test_full_disk_raises_no_space_and_leaves_no_partial_file(local_repo, tmp_path):
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs, unmounted afterwards."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_full_disk_raises_no_space_and_leaves_no_partial_file(local_repo, tmp_path, tiny_disk):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a-small").write_text("fits")
     (src / "b-big").write_bytes(os.urandom(3 << 20))
     res = save(local_repo, [src])
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
-    try:
-        with pytest.raises(NoSpace, match="no space left writing .*b-big"):
-            restorer(local_repo, res.snapshot_id).restore(str(src), str(mnt / "out"))
-        assert not (mnt / "out" / "b-big").exists()
-        assert leftovers(mnt) == []
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
+    with pytest.raises(NoSpace, match="no space left writing .*b-big"):
+        restorer(local_repo, res.snapshot_id).restore(str(src), str(tiny_disk / "out"))
+    assert not (tiny_disk / "out" / "b-big").exists()
+    assert leftovers(tiny_disk) == []
 
 
 # ---- how files are created ------------------------------------------------------------
@@ -599,7 +605,7 @@ def test_directory_metadata_goes_on_when_the_directory_is_done_and_late_where_li
     assert os.stat(tmp_path / "out" / "c-links" / "link").st_nlink == 2
 
 
-def test_a_failed_restore_leaves_its_unfinished_directories_0700(local_repo, tmp_path):
+def test_a_failed_restore_leaves_its_unfinished_directories_0700(local_repo, tmp_path, tiny_disk):
     """Directories keep 0700 when the restore fails (full disk) before
     their entries are all there: a rerun can still write into them."""
     src = tmp_path / "src"
@@ -608,15 +614,9 @@ def test_a_failed_restore_leaves_its_unfinished_directories_0700(local_repo, tmp
     (src / "full" / "b-big").write_bytes(os.urandom(3 << 20))
     os.chmod(src / "full", 0o555)
     res = save(local_repo, [src])
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
-    try:
-        with pytest.raises(NoSpace):
-            restorer(local_repo, res.snapshot_id).restore(str(src), str(mnt / "out"))
-        assert stat.S_IMODE(os.stat(mnt / "out" / "full").st_mode) == 0o700
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
+    with pytest.raises(NoSpace):
+        restorer(local_repo, res.snapshot_id).restore(str(src), str(tiny_disk / "out"))
+    assert stat.S_IMODE(os.stat(tiny_disk / "out" / "full").st_mode) == 0o700
 
 
 def test_hard_links_out_of_a_directory_without_search_permission_restore_without_root(local_repo, tmp_path):
