@@ -135,9 +135,9 @@ def test_inserting_bytes_changes_only_nearby_chunks(params, size):
     rng = random.Random(7)
     for _ in range(3):
         at = rng.randrange(size // 10, size - size // 10)
-        for edit in (base[:at] + os.urandom(rng.randint(1, 5000)) + base[at:],  # insertion
+        for edit in (base[:at] + rng.randbytes(rng.randint(1, 5000)) + base[at:],  # insertion
                      base[:at] + base[at + 3000:],  # deletion
-                     base[:at] + os.urandom(10) + base[at + 10:]):  # overwrite
+                     base[:at] + rng.randbytes(10) + base[at + 10:]):  # overwrite
             new = chunk_digests(edit, params, seed)
             changed = [d for d in new if d not in old_set]
             assert 1 <= len(changed) <= 3, (len(changed), len(new))
