@@ -37,6 +37,24 @@ class ChunkerParams:
             raise ValueError(f"unknown chunker {d.get('algorithm')!r}")
         return cls(d["min"], d["avg"], d["max"])
 
+    @classmethod
+    def around(cls, avg: int) -> "ChunkerParams":
+        """Parameters for an average chunk of ``avg`` bytes (``init
+        --chunk-size``), shaped like the default's: min a quarter, max four
+        times.  The min is also the size from which a file is cut instead of
+        packed, so it stays at 64 KiB or more: smaller files are never one
+        storage object each."""
+        from .errors import UsageError
+
+        if not MIN_AVERAGE <= avg <= MAX_AVERAGE:
+            raise UsageError(f"chunk size {avg} bytes: give an average between 256 KiB and 8 MiB (e.g. 512k, 2M)")
+        return cls(avg // 4, avg, avg * 4)
+
+
+#: The range of ``ChunkerParams.around`` (init --chunk-size).
+MIN_AVERAGE = 256 * 1024
+MAX_AVERAGE = 8 * MiB
+
 
 #: The index stream (file metadata) is cut finer than file data so that a
 #: small change re-uploads little of it.

@@ -217,3 +217,18 @@ def test_pack_cutter_rules():
 def test_pack_cutter_defaults():
     pc = PackCutter(b"\x03" * 32)
     assert (pc.min_size, pc.max_size, pc.mask, pc.max_files) == (512 * 1024, 4 * MiB, 7, 4096)
+
+
+def test_chunker_params_around_an_average():
+    """init --chunk-size: min a quarter and max four times the average, and
+    the min (the size from which a file is cut, not packed) never below
+    64 KiB."""
+    from rekkord.errors import UsageError
+
+    assert ChunkerParams.around(1 << 20) == ChunkerParams()
+    assert ChunkerParams.around(512 << 10) == ChunkerParams(128 << 10, 512 << 10, 2 << 20)
+    assert ChunkerParams.around(256 << 10).min_size == 64 << 10
+    assert ChunkerParams.around(8 << 20).max_size == 32 << 20
+    for bad in ((256 << 10) - 1, (8 << 20) + 1, 0):
+        with pytest.raises(UsageError, match="between 256 KiB and 8 MiB"):
+            ChunkerParams.around(bad)

@@ -81,6 +81,78 @@ def test_init_refuses_an_existing_repository_and_keeps_no_orphan_key(local_repo,
     assert not key.exists()
 
 
+def _file_blobs(repo, key, sid: str) -> dict:
+    """name -> the lengths of its extents (a file of many chunks) or its one
+    blob's reference (a file that is one chunk or part of a pack)."""
+    from rekkord.repository import Repository
+    from rekkord.snapshot import iter_entries
+    from rekkord.storage import open_storage
+
+    r = Repository.open(open_storage(str(repo)), keymod.load(str(key)))
+    out = {}
+    for e in iter_entries(r, r.resolve(sid)):
+        name = e.path.rsplit(b"/", 1)[-1].decode()
+        out[name] = [x.length for x in e.extents] if len(e.extents) > 1 else [x.blob for x in e.extents]
+    return out
+
+
+def test_init_chunk_size_sets_the_chunker_and_a_database_dedups_finer(run_cli, tmp_path):
+    """--chunk-size 256k: the config holds min/avg/max 64k/256k/1M, the saves
+    use them (an 8 MiB file is cut into chunks no larger than 1 MiB; a 100 KiB
+    file, at least the new min, is its own chunk instead of packed with a
+    small file), and changing a few bytes in six places of the big file
+    stores less than with the default 1 MiB chunks."""
+    import random
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = random.Random(7)
+    big = bytearray(rng.randbytes(8 << 20))
+    (src / "db").write_bytes(big)
+    (src / "mid").write_bytes(rng.randbytes(100 << 10))
+    (src / "note").write_bytes(b"a small file")
+    stored = {}
+    for label, extra in (("small", ["--chunk-size", "256k"]), ("default", [])):
+        repo, key = tmp_path / f"repo-{label}", tmp_path / f"{label}.key"
+        run_cli("-r", repo, "-k", key, "init", *extra, check=0)
+        chunker = json.loads((repo / "config").read_bytes())["body"]["chunker"]
+        if label == "small":
+            assert (chunker["min"], chunker["avg"], chunker["max"]) == (64 << 10, 256 << 10, 1 << 20)
+        else:
+            assert (chunker["min"], chunker["avg"], chunker["max"]) == (256 << 10, 1 << 20, 4 << 20)
+        (src / "db").write_bytes(big)
+        run_cli("-r", repo, "-k", key, "save", "c", src, check=0)
+        changed = bytearray(big)
+        for k in range(1, 7):  # six changes, far apart: each re-stores the chunk it falls in
+            changed[k * len(big) // 7:k * len(big) // 7 + 8] = b"CHANGED!"
+        (src / "db").write_bytes(changed)
+        second = json.loads(run_cli("-r", repo, "-k", key, "save", "--json", "c", src, check=0).stdout)
+        stored[label] = second["bytes_new"]
+        blobs = _file_blobs(repo, key, second["id"])
+        if label == "small":
+            assert all(n <= 1 << 20 for n in blobs["db"]) and len(blobs["db"]) >= 8
+            assert blobs["mid"] != blobs["note"]  # cut on its own, not packed with the small file
+            out = tmp_path / "out"
+            run_cli("-r", repo, "-k", key, "restore", second["id"], out, check=0)
+            assert_same_tree(src, out / src.relative_to("/"))
+        else:
+            assert blobs["mid"] == blobs["note"]  # both in one pack
+    assert stored["small"] < stored["default"]
+
+
+def test_init_refuses_a_bad_chunk_size_and_keeps_no_key(run_cli, tmp_path):
+    key = tmp_path / "m.key"
+    for bad, needle in (("64k", "between 256 KiB and 8 MiB"), ("1G", "between 256 KiB and 8 MiB"),
+                        ("lots", "invalid size")):
+        fails(run_cli("-r", tmp_path / "repo", "-k", key, "init", "--chunk-size", bad), 2, needle)
+        assert not key.exists() and not (tmp_path / "repo").exists()
+    other, okey = tmp_path / "other", tmp_path / "o.key"
+    run_cli("-r", other, "-k", okey, "init", check=0)
+    fails(run_cli("-r", tmp_path / "repo", "-k", key, "init", "--chunk-size", "512k", "--from-repo", other,
+                  "--from-key", okey), 2, "exclude each other")
+    assert not key.exists()
+
+
 def test_configuration_precedence_flag_env_file(local_repo, run_cli, saved, tmp_path):
     cfg = tmp_path / "rekkord.toml"
     cfg.write_text(f'repository = "{tmp_path}/nowhere"\nkey_file = "{local_repo.key_files["read"]}"\n')

@@ -23,10 +23,14 @@ from .context import Settings, pass_settings
 @click.option("--parity", "parity", metavar="PERCENT",
               help="Store Reed-Solomon parity over the data (format 2, e.g. 5%: about that share of extra "
                    "space), so that check --repair can rebuild a lost or damaged data blob (needs zfec)")
+@click.option("--chunk-size", "chunk_size", metavar="SIZE",
+              help="Average size of data chunks (default 1M; 256k to 8M; min a quarter of it, max four times). "
+                   "Smaller chunks store less of a database or disk image that changes in many places, "
+                   "at the cost of more objects")
 @click.option("--index-copies", "index_copies", type=click.IntRange(1, 2), default=None,
               help="Copies of every index blob and reference list (format 2; default 2)")
 @pass_settings
-def init_cmd(s: Settings, compression: int, version, from_repo, from_key, parity, index_copies):
+def init_cmd(s: Settings, compression: int, version, from_repo, from_key, parity, chunk_size, index_copies):
     """Create a repository and a new master key.
 
     The master key is written to the key file (-k / REKKORD_KEY_FILE), never
@@ -42,6 +46,16 @@ def init_cmd(s: Settings, compression: int, version, from_repo, from_key, parity
         from ..parity import parse_percent
 
         ratio = parse_percent(parity)
+    chunker = None
+    if chunk_size is not None:
+        from ..chunker import ChunkerParams
+        from ..errors import UsageError
+        from .save import parse_size
+
+        if from_repo:
+            raise UsageError("--chunk-size and --from-repo exclude each other (--from-repo takes that "
+                             "repository's chunker parameters)")
+        chunker = ChunkerParams.around(parse_size(chunk_size))
     like = None
     if from_repo:
         from .. import keys
@@ -65,8 +79,8 @@ def init_cmd(s: Settings, compression: int, version, from_repo, from_key, parity
     # Write the key first (exclusively): a repository without its key is useless.
     master.save(key_path, passphrase)
     try:
-        Repository.init(storage, master, compression=compression, version=version or FORMAT_VERSION, like=like,
-                        index_copies=index_copies, parity=ratio)
+        Repository.init(storage, master, chunker=chunker, compression=compression,
+                        version=version or FORMAT_VERSION, like=like, index_copies=index_copies, parity=ratio)
     except BaseException:
         os.unlink(key_path)
         raise
