@@ -1210,7 +1210,8 @@ class Limit(Tool):
 class Rekkord(Tool):
     name = "rekkord"
 
-    def __init__(self, cmd: str | None = None):
+    def __init__(self, cmd: str | None = None, init_args: str | None = None):
+        self.init_args = shlex.split(init_args) if init_args else []
         # The console script installed next to this interpreter (not a `rekkord` found on PATH:
         # that may be a pyenv shim, which adds a bash + pyenv start-up to every call), with
         # this checkout first on PYTHONPATH; else the same thing through python -c.
@@ -1256,6 +1257,8 @@ class Rekkord(Tool):
         g = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
         if g.returncode == 0:
             v += f" (git {g.stdout.strip()})"
+        if self.init_args:
+            v += f" (init {shlex.join(self.init_args)})"
         return v
 
     def env(self, st, key: str):
@@ -1265,7 +1268,7 @@ class Rekkord(Tool):
 
     def init(self, st):
         st.dir.mkdir(parents=True, exist_ok=True)
-        run_checked(Cmd(self.prefix + ["init"], self.env(st, "master.key")), "rekkord init")
+        run_checked(Cmd(self.prefix + ["init", *self.init_args], self.env(st, "master.key")), "rekkord init")
         run_checked(Cmd(self.prefix + ["-k", str(st.dir / "master.key"), "key", "derive", "--role", "write",
                                        "--label", "bench", "--output", str(st.dir / "write.key")],
                         self.env(st, "master.key")), "rekkord key derive")
@@ -1837,6 +1840,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rekkord-cmd", help="command to run rekkord (default: the `rekkord` script next to "
                                           "this Python if installed, else python -c; this checkout first on "
                                           "PYTHONPATH either way)")
+    ap.add_argument("--rekkord-init", metavar="ARGS",
+                    help="extra arguments for `rekkord init`, e.g. '--chunk-size 512k'")
     ap.add_argument("--no-install", action="store_true",
                     help="do not install missing peers (restic, borg, duplicity from Debian; borg 1.4 from PyPI)")
     ap.add_argument("--prepare-only", action="store_true", help="prepare the data sets and stop")
@@ -1887,7 +1892,7 @@ def main(argv=None) -> int:
         # otherwise compile its modules again (0.17-0.2 s per command).
         subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "rekkord")], check=False,
                        stdout=subprocess.DEVNULL)
-    makers = {"rekkord": lambda: Rekkord(args.rekkord_cmd), "restic": Restic, "borg": Borg,
+    makers = {"rekkord": lambda: Rekkord(args.rekkord_cmd, args.rekkord_init), "restic": Restic, "borg": Borg,
               "borg14": lambda: Borg14(args.workdir), "duplicity": Duplicity, "limit": Limit}
     tools: list[Tool] = []
     for n in tool_names:
