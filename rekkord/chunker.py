@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pyfastcdc import FastCDC
 
 from . import crypto, readworker
+from .errors import UsageError
 
 MiB = 1024 * 1024
 
@@ -44,8 +45,6 @@ class ChunkerParams:
         times.  The min is also the size from which a file is cut instead of
         packed, so it stays at 64 KiB or more: smaller files are never one
         storage object each."""
-        from .errors import UsageError
-
         if not MIN_AVERAGE <= avg <= MAX_AVERAGE:
             raise UsageError(f"chunk size {avg} bytes: give an average between 256 KiB and 8 MiB (e.g. 512k, 2M)")
         return cls(avg // 4, avg, avg * 4)

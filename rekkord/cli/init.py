@@ -6,7 +6,7 @@ import os
 
 import click
 
-from ..errors import KeyFileExists
+from ..errors import KeyFileExists, UsageError
 from .context import Settings, pass_settings
 
 
@@ -49,7 +49,6 @@ def init_cmd(s: Settings, compression: int, version, from_repo, from_key, parity
     chunker = None
     if chunk_size is not None:
         from ..chunker import ChunkerParams
-        from ..errors import UsageError
         from .save import parse_size
 
         if from_repo:
@@ -59,7 +58,6 @@ def init_cmd(s: Settings, compression: int, version, from_repo, from_key, parity
     like = None
     if from_repo:
         from .. import keys
-        from ..errors import UsageError
         from ..storage import open_storage
         from .context import warn_line
 
