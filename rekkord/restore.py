@@ -358,8 +358,9 @@ class Restorer:
         def run_file(parent, name, comps, e, existing):
             try:
                 return self._place_file(parent, name, comps, e, fetcher, existing)
-            except BaseException:
+            except BaseException as exc:
                 self._failed = True  # (before the release below: no metadata on what stays incomplete)
+                failures.append(exc)  # (before the future is done: see track)
                 raise
             finally:
                 parent.release()
@@ -388,12 +389,15 @@ class Restorer:
             except BaseException as exc:  # noqa: BLE001
                 failed = failed or exc
             if failed is not None:
+                failures.append(failed)  # (before the future is done: see track)
                 fut.set_exception(failed)
             else:
                 fut.set_result(out)
 
         def track(fut: Future):
-            fut.add_done_callback(lambda f: f.exception() is None or failures.append(f.exception()))
+            # (a task puts its exception in ``failures`` itself, before its
+            # future is done: a done callback runs after the waiters wake, so
+            # the walk could end "successfully" before it had run)
             pending.append(fut)
             if len(pending) > 512:
                 pending[:] = [f for f in pending if not f.done()]

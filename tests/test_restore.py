@@ -465,6 +465,30 @@ def test_full_disk_raises_no_space_and_leaves_no_partial_file(local_repo, tmp_pa
     assert leftovers(tiny_disk) == []
 
 
+
+def test_a_failure_is_raised_even_when_its_future_tells_the_waiters_first(local_repo, tmp_path, tiny_disk,
+                                                                           monkeypatch):
+    """A future wakes its waiters before it runs its done callbacks. With the
+    callbacks slowed down, the walk's last wait returns before any callback
+    could have noted the failure: the restore must still raise NoSpace
+    (it once ended "successfully" here, b-big missing; seen in CI)."""
+    import concurrent.futures
+    import time
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "b-big").write_bytes(os.urandom(3 << 20))
+    res = save(local_repo, [src])
+    slow = concurrent.futures.Future._invoke_callbacks
+
+    def late(self):
+        time.sleep(0.5)
+        slow(self)
+
+    monkeypatch.setattr(concurrent.futures.Future, "_invoke_callbacks", late)
+    with pytest.raises(NoSpace, match="no space left writing .*b-big"):
+        restorer(local_repo, res.snapshot_id).restore(str(src), str(tiny_disk / "out"))
+
 # ---- how files are created ------------------------------------------------------------
 
 def _modes_tree(tmp_path):
