@@ -124,6 +124,52 @@ class Chunker:
         for c in self._cdc.cut_stream(readinto_obj):
             yield bytes(c.data)
 
+    def cut_file(self, f, size: int) -> Iterator[bytes]:
+        """Cut an unbuffered file whose size is about ``size``: the same
+        chunks as :meth:`cut_stream`.  pyfastcdc's stream chunker allocates
+        and zero-fills a window of twice the maximum chunk size (8 MiB by
+        default) for every stream, which for the many files of a few
+        hundred KiB cost more than reading them: a file up to that size is
+        read whole (no zero-filling) and cut in place, and a file of one
+        chunk is handed on as read, without a copy."""
+        limit = 2 * self.params.max_size
+        if size > limit:
+            yield from self.cut_stream(f)
+            return
+        parts = []
+        n = 0
+        while n <= limit:
+            # (the size and one byte more; past it, a small read to see the end)
+            b = f.read(size + 1 - n if n < size else min(1 << 16, limit + 1 - n))
+            if not b:
+                break
+            parts.append(b)
+            n += len(b)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        if n > limit:  # (it grew while it was read: the rest as a stream)
+            yield from self.cut_stream(_Prefixed(data, f))
+            return
+        views = self._cdc.cut_buf(data)
+        for c in views:
+            v = c.data
+            yield data if len(v) == len(data) else bytes(v)
+
+
+class _Prefixed:
+    """``readinto`` from ``head``, then from ``f``."""
+
+    def __init__(self, head: bytes, f):
+        self.head = memoryview(head)
+        self.f = f
+
+    def readinto(self, b) -> int:
+        if self.head:
+            n = min(len(b), len(self.head))
+            b[:n] = self.head[:n]
+            self.head = self.head[n:]
+            return n
+        return self.f.readinto(b)
+
 
 class StreamCutter:
     """Incremental CDC over a stream that arrives in pieces (the index).

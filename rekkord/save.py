@@ -661,7 +661,7 @@ class Saver:
         try:
             f = os.fdopen(fd, "rb", buffering=0, closefd=False)
             try:
-                for chunk in self.chunker.cut_stream(f):
+                for chunk in self.chunker.cut_file(f, st.st_size):
                     total += len(chunk)
                     extents.add(self.submit_store(fmt.T_DATA, chunk), len(chunk))
                     with self.stats_lock:

@@ -79,6 +79,49 @@ def test_pyfastcdc_matches_reference_with_repository_parameters(seed):
     assert [len(c) for c in ch.cut_stream(io.BytesIO(data))] == expected
 
 
+class ShortReads(io.RawIOBase):
+    """An unbuffered file whose reads return at most ``cap`` bytes each."""
+
+    def __init__(self, data: bytes, cap: int):
+        self.f = io.BytesIO(data)
+        self.cap = cap
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        return self.f.readinto(memoryview(b)[:self.cap])
+
+    def read(self, n=-1):
+        return self.f.read(self.cap if n is None or n < 0 else min(n, self.cap))
+
+
+@pytest.mark.parametrize("params", [SMALL, DEFAULT], ids=["small", "default"])
+def test_cut_file_cuts_as_the_stream_chunker_does(params):
+    """A save reads a file of up to twice the maximum chunk whole and cuts it
+    in place (no zero-filled window per file): the chunks must be the ones of
+    the stream chunker (and of the reference), whatever the file's size
+    against the size the save saw (the file grew or shrank meanwhile) and
+    however short its reads are."""
+    seed = 0x5EED
+    ch = Chunker(params, seed)
+    limit = 2 * params.max_size
+    sizes = [0, 1, params.min_size, params.max_size, params.max_size + 1, limit - 1, limit, limit + 1,
+             3 * limit + 7]
+    for n in sizes:
+        data = pseudo_random(b"cut_file %d" % n, n // 2) + bytes(n // 8) + text_like(min(n - n // 2 - n // 8, 4096), n)
+        data += pseudo_random(b"tail", n - len(data))
+        # (the reference is slow on megabytes; the stream chunker is proven
+        # equal to it above)
+        expected = ref(data, params, seed) if params is SMALL else [len(c) for c in ch.cut_stream(io.BytesIO(data))]
+        for hint in sorted({n, 0, max(0, n - 999), n + 999, limit, limit + 1}):
+            for f in (io.BytesIO(data), ShortReads(data, 100_003)):
+                got = list(ch.cut_file(f, hint))
+                assert [len(c) for c in got] == expected, (n, hint)
+                assert b"".join(got) == data
+                assert all(type(c) is bytes for c in got)
+
+
 @pytest.mark.parametrize("nc", [0, 2, 3])
 def test_other_normalization_levels_match_reference(nc):
     # Only level 1 is used by format v1; the other levels prove the reference

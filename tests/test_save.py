@@ -308,16 +308,16 @@ def test_files_changing_while_read_are_reported_and_marked(local_repo, tmp_path,
     monkeypatch.setattr(readworker, "open_nofollow", open_and_change)
     repo = local_repo.repo("write")
     saver = Saver(repo, Cache(None), warn=lambda p, m: None)
-    real_cut = saver.chunker.cut_stream
+    real_cut = saver.chunker.cut_file
 
-    def cut_and_grow(f):
-        for i, chunk in enumerate(real_cut(f)):
+    def cut_and_grow(f, size):
+        for i, chunk in enumerate(real_cut(f, size)):
             if i == 0:
                 with open(src / "large", "ab") as g:
                     g.write(b"appended while reading")
             yield chunk
 
-    saver.chunker.cut_stream = cut_and_grow
+    saver.chunker.cut_file = cut_and_grow
     res = saver.save("c", [str(src)])
     assert sorted(p for p, _ in res.warnings) == [f"{src}/large", f"{src}/small"]
     assert all("changed while it was being read" in m for _, m in res.warnings)
