@@ -76,6 +76,18 @@ def run_cli(tmp_path):
     return run
 
 
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs (a full disk within a few writes), unmounted afterwards."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+
+
 # --- real storage servers (tests/servers.py) ---------------------------------
 #
 # ``s3_server`` / ``sftp_server`` start one SeaweedFS and one sshd for the whole

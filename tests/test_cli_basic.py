@@ -5,7 +5,6 @@ each gives one clear line on stderr, its documented exit code
 
 import json
 import os
-import subprocess
 
 import pytest
 
@@ -333,45 +332,30 @@ def test_save_of_a_missing_path(cli, tmp_path):
     fails(cli("write", "save", "docs", tmp_path / "missing"), 2, str(tmp_path / "missing"))
 
 
-def _mount_tmpfs(path, size="1m"):
-    path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-
-
-def test_full_disk_on_restore(cli, tmp_path):
+def test_full_disk_on_restore(cli, tmp_path, tiny_disk):
     src = tmp_path / "src"
     src.mkdir()
     (src / "a.txt").write_text("small")
     (src / "big.bin").write_bytes(os.urandom(3 << 20))
     sid = json.loads(cli("write", "save", "--json", "c", src, check=0).stdout)["id"]
-    mnt = tmp_path / "small-disk"
-    _mount_tmpfs(mnt)
-    try:
-        line = fails(cli("read", "restore", f"{sid}:{src}", mnt / "out"), 8, "no space")
-        # The error names the file being written when the disk ran out: big.bin,
-        # or a.txt when the other writer filled the disk with big.bin first.
-        assert f"{mnt / 'out' / 'big.bin'}" in line or f"{mnt / 'out' / 'a.txt'}" in line, line
-        left = [os.path.join(dp, f) for dp, _, fs in os.walk(mnt) for f in fs]
-        assert str(mnt / "out" / "big.bin") not in left
-        assert not [f for f in left if ".rekkord-tmp-" in f], left
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
+    line = fails(cli("read", "restore", f"{sid}:{src}", tiny_disk / "out"), 8, "no space")
+    # The error names the file being written when the disk ran out: big.bin,
+    # or a.txt when the other writer filled the disk with big.bin first.
+    assert f"{tiny_disk / 'out' / 'big.bin'}" in line or f"{tiny_disk / 'out' / 'a.txt'}" in line, line
+    left = [os.path.join(dp, f) for dp, _, fs in os.walk(tiny_disk) for f in fs]
+    assert str(tiny_disk / "out" / "big.bin") not in left
+    assert not [f for f in left if ".rekkord-tmp-" in f], left
 
 
-def test_full_disk_on_save(run_cli, tmp_path):
-    mnt = tmp_path / "small-disk"
-    _mount_tmpfs(mnt)
-    try:
-        env = {"REKKORD_REPOSITORY": str(mnt / "repo")}
-        run_cli("-k", tmp_path / "m.key", "init", env=env, check=0)
-        src = tmp_path / "src"
-        src.mkdir()
-        (src / "big.bin").write_bytes(os.urandom(3 << 20))
-        fails(run_cli("-k", tmp_path / "m.key", "save", "c", src, env=env), 8, "no space")
-        # No snapshot record: the interrupted save left only unreferenced blobs.
-        assert not os.path.exists(mnt / "repo" / "snapshots") or not os.listdir(mnt / "repo" / "snapshots")
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
+def test_full_disk_on_save(run_cli, tmp_path, tiny_disk):
+    env = {"REKKORD_REPOSITORY": str(tiny_disk / "repo")}
+    run_cli("-k", tmp_path / "m.key", "init", env=env, check=0)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(3 << 20))
+    fails(run_cli("-k", tmp_path / "m.key", "save", "c", src, env=env), 8, "no space")
+    # No snapshot record: the interrupted save left only unreferenced blobs.
+    assert not os.path.exists(tiny_disk / "repo" / "snapshots") or not os.listdir(tiny_disk / "repo" / "snapshots")
 
 
 def test_docs_exit_codes_table_matches_the_code():

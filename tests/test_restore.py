@@ -441,18 +441,6 @@ def test_a_damaged_file_is_reported_by_name_and_the_rest_restores(local_repo, tm
     assert (out2 / "big.bin").exists() and "kept" in r2.problems[0][1]
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 1 MiB tmpfs, unmounted afterwards."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
-
-
 def test_full_disk_raises_no_space_and_leaves_no_partial_file(local_repo, tmp_path, tiny_disk):
     src = tmp_path / "src"
     src.mkdir()
