@@ -322,13 +322,15 @@ class Restorer:
             except OSError as e:
                 raise UsageError(f"cannot create {self._dest_s}: {e.strerror}") from None
         self._root = root
-        # (16 MiB of finished blobs kept for reuse: a pack is reused by the
+        # (12 MiB of finished blobs kept for reuse: a pack is reused by the
         # batches of its files, which come together.  32 filled whenever the
         # writers lagged: peak RSS of a source-tree restore 81-87 MiB instead
-        # of 66-69, of a system tree 116-119 instead of 99-103, no faster;
-        # the system tree fetches 2 % of its blobs twice with 16.)
+        # of 66-69, of a system tree 116-119 instead of 99-103, no faster.
+        # 16 held the nightly data set's restore at 75-81 MiB against 71 with
+        # 12 (restic: 73); the system tree fetches 1059 blobs with 12, 1052
+        # with 16, 1092 with 8.)
         fetcher = BlobFetcher(self.repo, max(4, self.threads * 2, min(self.repo.storage.connections, 32)),
-                              max_bytes=16 << 20)
+                              max_bytes=12 << 20)
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rekkord-restore")
         inflight = threading.BoundedSemaphore(64)
         # Directories whose metadata is to be set, in walk order (DEST
