@@ -347,6 +347,37 @@ def _maxrss_of(cmd, env) -> tuple[subprocess.CompletedProcess, int]:
     return p, int(lines[-1])
 
 
+def test_a_snapshot_that_thrashes_the_restore_blob_cache_stays_bounded_in_memory(box):
+    """A write key makes 80 data blobs of 3 MiB and 160 small files that each
+    take 1 KiB from a different blob, round robin, so that no blob is needed
+    twice in a row and every one twice: the restore's cache of finished
+    blobs (12 MiB) must evict and fetch again, never keep the 240 MiB, and
+    every file must still get its own bytes."""
+    w = box.w
+    blobs = []
+    for i in range(80):
+        plain = os.urandom(3 << 20)
+        bid, _ = w.blob(fmt.T_DATA, plain)
+        blobs.append((bid, w.key_of(fmt.T_DATA, plain), plain))
+    entries, want = [], {}
+    for k in range(160):
+        bid, key, plain = blobs[k % 80]
+        off = (k * 7919) % ((3 << 20) - 1024)
+        name = b"f%03d" % k
+        entries.append(Entry(K_FILE, name, mode=0o644, size=1024, extents=[Extent(bid, off, 1024, key)]))
+        want[name] = plain[off:off + 1024]
+    del blobs
+    sid = w.snapshot(entries)
+    env = {"REKKORD_REPOSITORY": box.url, "REKKORD_KEY_FILE": box.repo.key_files["read"],
+           "REKKORD_CACHE_DIR": str(box.tmp / "c")}
+    p, rss = _maxrss_of(["restore", sid, box.dest], env)
+    assert p.returncode == 0, p.stderr.decode()
+    assert rss < 160, rss
+    for name, content in want.items():
+        assert (box.dest / os.fsdecode(name)).read_bytes() == content, name
+    assert box.unchanged()
+
+
 @pytest.mark.parametrize("target", ["data", "index", "reflist"])
 def test_a_decompression_bomb_is_refused_before_anything_is_allocated(box, target):
     """A few kilobytes of valid zstd claiming 2 GiB, under a valid MAC: restore,
