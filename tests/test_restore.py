@@ -455,7 +455,6 @@ def test_full_disk_raises_no_space_and_leaves_no_partial_file(local_repo, tmp_pa
     assert leftovers(tiny_disk) == []
 
 
-
 def test_a_failure_is_raised_even_when_its_future_tells_the_waiters_first(local_repo, tmp_path, tiny_disk,
                                                                            monkeypatch):
     """A future wakes its waiters before it runs its done callbacks. With the
@@ -478,6 +477,7 @@ def test_a_failure_is_raised_even_when_its_future_tells_the_waiters_first(local_
     monkeypatch.setattr(concurrent.futures.Future, "_invoke_callbacks", late)
     with pytest.raises(NoSpace, match="no space left writing .*b-big"):
         restorer(local_repo, res.snapshot_id).restore(str(src), str(tiny_disk / "out"))
+
 
 # ---- how files are created ------------------------------------------------------------
 
