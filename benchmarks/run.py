@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import signal
@@ -493,7 +494,18 @@ class NightlyDataset(Dataset):
     db_rows = 1_000_000
     row_bytes = 200
 
-    def __init__(self, work: Path):
+    def __init__(self, work: Path, project: str | None = None, rows: int | None = None):
+        if project:  # --nightly-project NAME=V1,V2,...
+            name, _, versions = project.partition("=")
+            vs = tuple(v.strip() for v in versions.split(",") if v.strip())
+            if not name.strip() or len(vs) < 2:
+                raise SystemExit(f"--nightly-project {project!r}: give NAME=V1,V2[,...] (two or more releases "
+                                 f"of a package on the package index, oldest first)")
+            self.project = (name.strip(), vs)
+        if rows is not None:
+            if rows < 1000:
+                raise SystemExit(f"--nightly-db-rows {rows}: give 1000 or more")
+            self.db_rows = rows
         super().__init__(work)
         self.downloads = work / "downloads"
         self.current: str | None = None
@@ -605,12 +617,76 @@ class NightlyDataset(Dataset):
         return max(v["disk_bytes"] for v in self.info["states"].values())
 
 
-def make_datasets(work: Path) -> dict[str, Dataset]:
+class NightsFromDirDataset(NightlyDataset):
+    """Your own nights (--nightly-dir DIR): each subdirectory of DIR, in natural name order, is one night's tree."""
+
+    name = "nightly-dir"
+
+    def __init__(self, work: Path, source: Path):
+        self.source = source.resolve()
+        try:
+            names = [e.name for e in os.scandir(self.source) if e.is_dir(follow_symlinks=False)]
+        except OSError as e:
+            raise SystemExit(f"--nightly-dir {source}: {e.strerror}") from None
+        self.states = sorted(names, key=natural_key)
+        if len(self.states) < 2:
+            raise SystemExit(f"--nightly-dir {source}: needs two or more subdirectories (one per night), "
+                             f"has {len(self.states)}")
+        self.project = (str(self.source), tuple(self.states))
+        super().__init__(work)
+
+    def params(self) -> dict:
+        # (the states' sizes and times too: a DIR whose content changed is measured afresh)
+        return {"dir": str(self.source), "states": [[n, _tree_mark(self.source / n)] for n in self.states]}
+
+    def estimate_bytes(self) -> int:
+        return 0  # (the nights stay where they are; only the working tree is made here)
+
+    def night_dir(self, k: int) -> Path:
+        return self.source / self.states[k - 1]
+
+    def generate(self) -> None:
+        self.current = None
+        self.ensure_state("night1")
+
+    def extra_info(self) -> dict:
+        return {"states": {f"night{k}": tree_stats(self.night_dir(k)) for k in range(1, self.nights + 1)}}
+
+    def summary(self) -> str:
+        st = self.info.get("states", {})
+        first, last = st.get("night1", {}), st.get(f"night{self.nights}", {})
+        return (f"{self.nights} nights from {self.source} ({self.states[0]} … {self.states[-1]}); night 1: "
+                f"{first.get('files', 0)} files, {fmt_bytes(first.get('bytes', 0))}; last night: "
+                f"{last.get('files', 0)} files, {fmt_bytes(last.get('bytes', 0))}")
+
+
+def natural_key(name: str) -> list:
+    """night2 before night10."""
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
+
+
+def _tree_mark(path: Path) -> list[int]:
+    """Entries, bytes and the newest mtime of a tree (cheap: one lstat per entry)."""
+    n = size = newest = 0
+    for dirpath, dirnames, filenames in os.walk(path):
+        for name in dirnames + filenames:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            n += 1
+            size += st.st_size if stat.S_ISREG(st.st_mode) else 0
+            newest = max(newest, st.st_mtime_ns)
+    return [n, size, newest]
+
+
+def make_datasets(work: Path, nightly_project: str | None = None, nightly_rows: int | None = None,
+                  nightly_dir: Path | None = None) -> dict[str, Dataset]:
     sets: list[Dataset] = [
         StartupDataset(work),
         SystemDataset(work),
         SourcesDataset(work),
-        NightlyDataset(work),
+        NightlyDataset(work, nightly_project, nightly_rows),
         SmallFilesDataset(work, 10_000, "10k"),
         SmallFilesDataset(work, 100_000, "100k"),
         SmallFilesDataset(work, 300_000, "300k"),
@@ -618,6 +694,8 @@ def make_datasets(work: Path) -> dict[str, Dataset]:
         BigFileDataset(work, 4 * GiB, "4g"),
         BigFileDataset(work, 16 * GiB, "16g"),
     ]
+    if nightly_dir is not None:
+        sets.insert(4, NightsFromDirDataset(work, nightly_dir))
     return {d.name: d for d in sets}
 
 
@@ -1805,7 +1883,7 @@ def report_from_json(args) -> int:
     """--report RAW.json: print (and --markdown) the tables of an earlier run."""
     data = json.loads(args.report.read_text())
     results = [Result(**r) for r in data["results"]]
-    all_sets = make_datasets(args.workdir)
+    all_sets = make_datasets(args.workdir, args.nightly_project, args.nightly_db_rows, args.nightly_dir)
     datasets = []
     for name, info in data["datasets"].items():
         ds = all_sets.get(name)
@@ -1842,6 +1920,15 @@ def main(argv=None) -> int:
                                           "PYTHONPATH either way)")
     ap.add_argument("--rekkord-init", metavar="ARGS",
                     help="extra arguments for `rekkord init`, e.g. '--chunk-size 512k'")
+    ap.add_argument("--nightly-project", metavar="NAME=V1,V2,...",
+                    help="the nightly data set's project: releases of a package on the package index, oldest "
+                         "first, one per night (default: Django 5.0.1 ... 5.0.7)")
+    ap.add_argument("--nightly-db-rows", type=int, metavar="N",
+                    help="rows of the nightly data set's database on night 1 (default 1000000, ~210 MiB)")
+    ap.add_argument("--nightly-dir", type=Path, metavar="DIR",
+                    help="also measure your own nights, as the data set 'nightly-dir': each subdirectory of DIR "
+                         "(in natural name order) is one night's tree, saved one after the other into one "
+                         "repository, then the last one restored")
     ap.add_argument("--no-install", action="store_true",
                     help="do not install missing peers (restic, borg, duplicity from Debian; borg 1.4 from PyPI)")
     ap.add_argument("--prepare-only", action="store_true", help="prepare the data sets and stop")
@@ -1861,7 +1948,7 @@ def main(argv=None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
-    all_sets = make_datasets(args.workdir)
+    all_sets = make_datasets(args.workdir, args.nightly_project, args.nightly_db_rows, args.nightly_dir)
     if args.list:
         for name, ds in all_sets.items():
             log(f"{name:<12} {type(ds).__doc__.strip().splitlines()[0]}")

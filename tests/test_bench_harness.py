@@ -1,0 +1,55 @@
+"""benchmarks/run.py's own nights (--nightly-dir): the order of the nights,
+and the working tree moved from one night to the next."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_run", ROOT / "benchmarks" / "run.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # (its dataclasses look their module up)
+        spec.loader.exec_module(mod)
+        yield mod
+    finally:
+        sys.modules.pop("bench_run", None)
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+
+def test_nights_are_taken_in_natural_order_and_synced_one_after_the_other(run, tmp_path):
+    src = tmp_path / "nights"
+    for name, files in {"day1": {"a": b"1", "keep": b"k"}, "day2": {"a": b"22", "b": b"new", "keep": b"k"},
+                        "day10": {"b": b"new", "keep": b"k"}}.items():
+        (src / name / "sub").mkdir(parents=True)
+        for f, data in files.items():
+            (src / name / "sub" / f).write_bytes(data)
+    (src / "not-a-night.txt").write_text("files beside the nights are ignored")
+    ds = run.NightsFromDirDataset(tmp_path / "work", src)
+    assert ds.states == ["day1", "day2", "day10"]
+    assert ds.ops == ("night1", "night2", "night3", "restore")
+    ds.prepare()
+    tree = ds.tree / "sub"
+    assert {p.name: p.read_bytes() for p in tree.iterdir()} == {"a": b"1", "keep": b"k"}
+    kept = (tree / "keep").stat().st_ino
+    ds.ensure_state(ds.state_for("night2"))
+    assert {p.name: p.read_bytes() for p in tree.iterdir()} == {"a": b"22", "b": b"new", "keep": b"k"}
+    ds.ensure_state(ds.state_for("restore"))  # the last night
+    assert {p.name: p.read_bytes() for p in tree.iterdir()} == {"b": b"new", "keep": b"k"}
+    assert (tree / "keep").stat().st_ino == kept  # unchanged files are left alone
+    assert ds.ready() and ds.info["states"]["night3"]["files"] == 2
+
+
+def test_a_dir_with_fewer_than_two_nights_is_refused(run, tmp_path):
+    (tmp_path / "only").mkdir()
+    with pytest.raises(SystemExit, match="two or more"):
+        run.NightsFromDirDataset(tmp_path / "work", tmp_path)
+    with pytest.raises(SystemExit, match="NAME=V1,V2"):
+        run.NightlyDataset(tmp_path / "work", "Django=5.0.1")
