@@ -468,3 +468,47 @@ def test_a_cache_broken_under_a_running_save(tmp_path, local_repo, how):
     again.close()
     Restorer(r, r.load_snapshot(res.snapshot_id)).restore(str(src), str(tmp_path / "out2"))
     assert_same_tree(src, tmp_path / "out2")
+
+
+def test_the_walks_forward_scan_finds_what_point_lookups_find_in_any_order(tmp_path):
+    """A save looks its files up in walk order through one forward scan of
+    the files table (Cache._scan_file); out of order, past deleted rows, for
+    paths it does not hold and after a commit of its own it answers as a
+    point query does."""
+    import random
+
+    from rekkord import cache as cache_mod
+
+    rng = random.Random(7)
+    names = [b"a", b"a-b", b"a.py", b"a0", b"b", b"x y", b"\xff", b"z"]
+    paths = sorted({b"/t/" + b"/".join(rng.choice(names) for _ in range(rng.randint(1, 4))) for _ in range(400)})
+    f = tmp_path / "f"
+    f.write_bytes(b"x")
+    st = os.stat(f)
+    c = Cache(str(tmp_path / "c.sqlite"))
+    for i, p in enumerate(paths):
+        if i % 3:  # a third of the paths are not in the table: absent files, gaps in the scan
+            c.store_file(p, st, bytes([i % 256]) * 40, 1, b"R%d" % i)
+    c.close()
+    c = Cache(str(tmp_path / "c.sqlite"))
+
+    def point(p):
+        return c._read_one(cache_mod._LOOKUP_FILE, (p,))
+
+    def preorder(ps):  # the order of a save's walk: a directory's subtree before its next sibling
+        return sorted(ps, key=lambda p: p.split(b"/"))
+
+    orders = [paths, preorder(paths), paths[::7] + paths[3::5], rng.sample(paths, len(paths))]
+    assert any(a > b for a, b in zip(orders[1], orders[1][1:]))  # (the walk's order is not the table's)
+    for order in orders:
+        want = [point(p) for p in order]
+        assert [c._scan_file(p) for p in order] == want
+        assert sum(w is not None for w in want) > len(order) // 2
+    # A row this process writes mid-scan is seen once committed.
+    c._scan_file(paths[10])
+    c.store_file(b"/t/a0/new", st, b"N" * 40, 1, b"NEW")
+    c.commit()
+    assert c._scan_file(b"/t/a0/new") == point(b"/t/a0/new") != None  # noqa: E711
+    # A path far ahead of the scan (past more than SCAN_SKIP rows) is found too.
+    assert c._scan_file(paths[-1]) == point(paths[-1])
+    c.close()
