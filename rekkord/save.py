@@ -377,6 +377,11 @@ class Saver:
         self._small_batch: list[_Item] = []  # small files not yet handed to a read task
         self._small_batch_bytes = 0
         self._cache_has_files = True  # set at the start of a save
+        # A cached index record is reused as is only when this save would
+        # encode the same: with the default xattrs and atime options (the
+        # record keeps what the save that made it read).  Otherwise a cached
+        # file still gives its extents, and its record is encoded anew.
+        self._reuse_records = self.opts.xattrs and not self.opts.atime
         self._stream = None  # (name, binary stream, mode) when saving one stream (save_stream)
         self._copy = None  # (source repository, snapshot) when copying one (copy_snapshot)
         # Blobs not to trust without reading them back: named by a repair hint
@@ -1237,6 +1242,8 @@ class Saver:
             if item.cacheable and e.kind == K_FILE:
                 self.cache.store_file(item.abspath, item.st, self.ix.encode_extents(e.extents), seen,
                                       record if item.st.st_nlink == 1 else None)
+            elif item.cacheable and e.kind == K_DIR:
+                self.cache.store_file(item.abspath, item.st, b"", seen, record)
 
         def drain(block: bool):
             if block or (stage1 and stage1[0].small and stage1[0].job is None):
@@ -1343,13 +1350,18 @@ class Saver:
     def _classify(self, abspath: bytes, rel: bytes, st) -> _Item | None:
         hit = None
         is_reg = statmod.S_ISREG(st.st_mode)
-        if is_reg and self._cache_has_files:
+        is_dir = not is_reg and statmod.S_ISDIR(st.st_mode)
+        if (is_reg or is_dir) and self._cache_has_files:
             hit = self.cache.lookup_record(abspath, st)
-            if hit is not None and hit[1] is not None and st.st_nlink == 1:
-                # The common case of a nightly save: an unchanged file costs this
-                # stat and one cache lookup, nothing else (no xattrs, no encoding).
+            if hit is not None and hit[1] is not None and self._reuse_records and (is_dir or st.st_nlink == 1):
+                # The common case of a nightly save: an unchanged file or
+                # directory costs this stat and one cache lookup, nothing else
+                # (no xattrs, no encoding).
                 item = _Item(None, abspath, st)
                 item.ready_extents, item.record = hit
+                if is_dir:
+                    self.stats.dirs += 1
+                    return item
                 self.stats.files += 1
                 self.stats.files_unchanged += 1
                 self.stats.bytes_total += st.st_size
@@ -1363,6 +1375,7 @@ class Saver:
         item = _Item(e, abspath, st)
         if e.kind == K_DIR:
             self.stats.dirs += 1
+            item.cacheable = True
         elif e.kind == K_SYMLINK:
             self.stats.others += 1
             try:

@@ -512,3 +512,57 @@ def test_the_walks_forward_scan_finds_what_point_lookups_find_in_any_order(tmp_p
     # A path far ahead of the scan (past more than SCAN_SKIP rows) is found too.
     assert c._scan_file(paths[-1]) == point(paths[-1])
     c.close()
+
+
+def _dirs_of(local_repo, sid, under: bytes) -> dict:
+    from rekkord.index import K_DIR
+    from rekkord.snapshot import iter_entries
+
+    repo = local_repo.repo("admin")
+    return {e.path: (e.mode, e.mtime_ns, e.xattrs) for e in iter_entries(repo, repo.load_snapshot(sid))
+            if e.kind == K_DIR and e.path.startswith(under)}
+
+
+def test_unchanged_directories_reuse_their_cached_record_and_changed_ones_are_read_again(local_repo, tmp_path,
+                                                                                      monkeypatch):
+    from rekkord.save import SaveOptions
+
+    src = tree(tmp_path)
+    (src / "d" / "e").mkdir()
+    (src / "other").mkdir()
+    os.setxattr(src / "d", "user.note", b"first")
+    under = bytes(src).lstrip(b"/")
+    read_dirs = []
+    real = Saver._entry
+
+    def counting(self, rel, abspath, st, **kw):
+        if os.path.isdir(abspath) and abspath.startswith(bytes(src)):
+            read_dirs.append(os.path.relpath(abspath, bytes(src)))
+        return real(self, rel, abspath, st, **kw)
+
+    monkeypatch.setattr(Saver, "_entry", counting)
+    cache = open_cache(local_repo)
+    first = save(local_repo, src, cache)
+    assert sorted(read_dirs) == [b".", b"d", b"d/e", b"other"]
+    cache.close()
+    read_dirs.clear()
+    cache = open_cache(local_repo)
+    second = save(local_repo, src, cache)
+    assert read_dirs == [] and second.stats.dirs == first.stats.dirs  # every record from the cache
+    assert _dirs_of(local_repo, second.snapshot_id, under) == _dirs_of(local_repo, first.snapshot_id, under)
+    # A mode, an xattr, a new entry: each moves the directory's ctime, so it is read again.
+    os.chmod(src / "other", 0o700)
+    os.setxattr(src / "d", "user.note", b"second")
+    (src / "d" / "e" / "new").write_bytes(b"n")
+    third = save(local_repo, src, cache)
+    assert sorted(read_dirs) == [b"d", b"d/e", b"other"]
+    got = _dirs_of(local_repo, third.snapshot_id, under)
+    assert got[under + b"/other"][0] == 0o700
+    assert (b"user.note", b"second") in got[under + b"/d"][2]
+    assert got[under + b"/d/e"][1] == os.lstat(src / "d" / "e").st_mtime_ns
+    # Without xattrs, nothing recorded with them is reused.
+    read_dirs.clear()
+    fourth = Saver(local_repo.repo("write"), cache, SaveOptions(xattrs=False)).save("c", [str(src)])
+    assert sorted(read_dirs) == [b".", b"d", b"d/e", b"other"]
+    assert _dirs_of(local_repo, fourth.snapshot_id, under)[under + b"/d"][2] == []
+    cache.close()
