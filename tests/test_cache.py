@@ -531,6 +531,7 @@ def test_unchanged_directories_reuse_their_cached_record_and_changed_ones_are_re
     (src / "d" / "e").mkdir()
     (src / "other").mkdir()
     os.setxattr(src / "d", "user.note", b"first")
+    os.setxattr(src / "d" / "small1", "user.note", b"file")
     under = bytes(src).lstrip(b"/")
     read_dirs = []
     real = Saver._entry
@@ -565,4 +566,11 @@ def test_unchanged_directories_reuse_their_cached_record_and_changed_ones_are_re
     fourth = Saver(local_repo.repo("write"), cache, SaveOptions(xattrs=False)).save("c", [str(src)])
     assert sorted(read_dirs) == [b".", b"d", b"d/e", b"other"]
     assert _dirs_of(local_repo, fourth.snapshot_id, under)[under + b"/d"][2] == []
+    from rekkord.snapshot import iter_entries
+
+    repo = local_repo.repo("admin")
+    xattrs = [[e.xattrs for e in iter_entries(repo, repo.load_snapshot(sid)) if e.path.endswith(b"/d/small1")]
+              for sid in (third.snapshot_id, fourth.snapshot_id)]
+    # (the unchanged file's cached record, with its xattr, is not reused by a save without xattrs)
+    assert xattrs == [[[(b"user.note", b"file")]], [[]]]
     cache.close()
