@@ -25,7 +25,7 @@ import signal
 import sys
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from rekkord.errors import StorageError, TransientStorageError
 from rekkord.storage.base import Storage

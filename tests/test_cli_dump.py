@@ -4,7 +4,6 @@ argument form, one file, a terminal refused, the keys that may."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import pty
 import subprocess

@@ -1,7 +1,6 @@
 """rekkord.crypto: derivations, keyed hashing, X25519, AEAD, signatures, Padmé."""
 
 import blake3
-import pytest
 from hypothesis import given, settings, strategies as st
 
 from rekkord import crypto

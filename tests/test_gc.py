@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from rekkord import format as fmt
 from rekkord.cache import Cache
 from rekkord.check import Checker
-from rekkord.errors import IntegrityError, ObjectExists, ObjectNotFound, PermissionDenied, StorageError
+from rekkord.errors import IntegrityError, ObjectExists, PermissionDenied, StorageError
 from rekkord.gc import (
     DEAD_SUFFIX,
     Pruner,

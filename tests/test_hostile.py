@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import stat
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from attacker import Attacker, inner, tree_state, zstd_claiming
 from rekkord import format as fmt
 from rekkord.cache import Cache
 from rekkord.check import Checker
-from rekkord.errors import IntegrityError, PathNotFound, RekkordError, SnapshotNotFound
+from rekkord.errors import IntegrityError
 from rekkord.index import (
     F_LINKED,
     K_BLOCK,

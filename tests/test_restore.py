@@ -2,7 +2,6 @@
 repository (hypothesis-generated trees, the awkward tree, real data), sub-path
 selection, overwrite rules, damage and a full disk."""
 
-import json
 import os
 import random
 import shutil

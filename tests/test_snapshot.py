@@ -3,7 +3,6 @@ sub-path selection.  Index streams are built by an attacker holding a write
 key (tests/attacker.py): restore, mount and the listings see only what a
 genuine save could have written."""
 
-import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
