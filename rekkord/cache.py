@@ -346,27 +346,29 @@ class Cache:
                 self._read_tx()
                 sc = self._scan
                 if sc is None or path < sc[2]:
-                    self._close_scan()
-                    cur = db.execute(_SCAN_FILES, (path,))
-                    sc = self._scan = [cur, cur.fetchone(), path]
+                    sc = self._seek(path)
                 else:
-                    cur, row = sc[0], sc[1]
                     skipped = 0
-                    while row is not None and row[0] < path:
+                    while sc[1] is not None and sc[1][0] < path:
                         skipped += 1
                         if skipped > SCAN_SKIP:
-                            cur.close()
-                            cur = db.execute(_SCAN_FILES, (path,))
-                            row = cur.fetchone()
+                            sc = self._seek(path)
                             break
-                        row = cur.fetchone()
-                    sc[0], sc[1], sc[2] = cur, row, path
+                        sc[1] = sc[0].fetchone()
+                    sc[2] = path
                 row = sc[1]
                 return row[1:] if row is not None and row[0] == path else None
             except (sqlite3.Error, TypeError):  # (TypeError: a path that is not bytes, in a damaged file)
                 self._end_read()
         rows = self._read(_LOOKUP_FILE, (path,))
         return rows[0] if rows else None
+
+    def _seek(self, path: bytes) -> list:
+        """A new scan of the files table from ``path`` (caller holds _rlock)."""
+        self._close_scan()
+        cur = self.db.execute(_SCAN_FILES, (path,))
+        self._scan = [cur, cur.fetchone(), path]
+        return self._scan
 
     def _close_scan(self) -> None:
         if self._scan is not None:
