@@ -111,20 +111,23 @@ class Trash:
 
 
 def tree_stats(path: Path) -> dict:
-    """Regular files, bytes (apparent) and bytes on disk of a tree."""
+    """Regular files, bytes (apparent) and bytes on disk of a tree, and the
+    newest mtime of what is in it."""
     files = dirs = links = 0
-    size = disk = 0
+    size = disk = newest = 0
     for dirpath, dirnames, filenames in os.walk(path):
         dirs += 1
         for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
             st = os.lstat(os.path.join(dirpath, name))
+            newest = max(newest, st.st_mtime_ns)
             if stat.S_ISREG(st.st_mode):
                 files += 1
                 size += st.st_size
                 disk += st.st_blocks * 512
             elif stat.S_ISLNK(st.st_mode):
                 links += 1
-    return {"files": files, "dirs": dirs, "symlinks": links, "bytes": size, "disk_bytes": disk}
+    return {"files": files, "dirs": dirs, "symlinks": links, "bytes": size, "disk_bytes": disk,
+            "newest_mtime_ns": newest}
 
 
 def dir_size(path: Path) -> tuple[int, int]:
@@ -637,7 +640,7 @@ class NightsFromDirDataset(NightlyDataset):
 
     def params(self) -> dict:
         # (the states' sizes and times too: a DIR whose content changed is measured afresh)
-        return {"dir": str(self.source), "states": [[n, _tree_mark(self.source / n)] for n in self.states]}
+        return {"dir": str(self.source), "states": [[n, tree_stats(self.source / n)] for n in self.states]}
 
     def estimate_bytes(self) -> int:
         return 0  # (the nights stay where they are; only the working tree is made here)
@@ -663,21 +666,6 @@ class NightsFromDirDataset(NightlyDataset):
 def natural_key(name: str) -> list:
     """night2 before night10."""
     return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
-
-
-def _tree_mark(path: Path) -> list[int]:
-    """Entries, bytes and the newest mtime of a tree (cheap: one lstat per entry)."""
-    n = size = newest = 0
-    for dirpath, dirnames, filenames in os.walk(path):
-        for name in dirnames + filenames:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:
-                continue
-            n += 1
-            size += st.st_size if stat.S_ISREG(st.st_mode) else 0
-            newest = max(newest, st.st_mtime_ns)
-    return [n, size, newest]
 
 
 def make_datasets(work: Path, nightly_project: str | None = None, nightly_rows: int | None = None,
