@@ -337,8 +337,12 @@ class Restorer:
         # components and the entry).  Most get it as soon as nothing is
         # written into them any more (when their handle closes: _dir_closed);
         # the rest, children first, at the end (_apply_dir_meta).
-        dirs: list[tuple[tuple, Entry]] = []
-        self._dirs_done: set[tuple] = set()
+        # (a dict in walk order: a directory leaves it when its metadata is
+        # on, so what it holds is bounded by the open directories and those
+        # left for the end, not by the tree: every directory kept until the
+        # end was 15 MiB of a 14k-directory restore)
+        dirs: dict[tuple, Entry] = {}
+        self._dirs_todo = dirs
         self._dirs_late: set[tuple] = set()  # hard links go into them at the end
         self._failed = False
         # Memory must not grow with the number of files: only possible hard
@@ -455,7 +459,7 @@ class Restorer:
             self.stats.dirs += 1
             if not comps:  # DEST itself (a whole snapshot of '/', or the chosen directory)
                 if not sub and not dry:
-                    dirs.append((comps, e))
+                    dirs[comps] = e
                 return True
             if dry:
                 leave_to(comps[:-1])
@@ -470,7 +474,7 @@ class Restorer:
             if h is None:
                 return False
             if not e.flags & F_IMPLICIT:
-                dirs.append((comps, e))
+                dirs[comps] = e
                 if self._meta_early(e):
                     h.on_close = lambda fd, comps=comps, e=e: self._dir_closed(fd, comps, e)
             if len(stack) + self._registry.limit // 2 < self._registry.open:
@@ -569,7 +573,7 @@ class Restorer:
             if expected is not None:
                 self._delete_extra(self._delete_scopes(sub, entry0), expected)
             if not dry:
-                self._apply_dir_meta([d for d in dirs if d[0] not in self._dirs_done])
+                self._apply_dir_meta(list(dirs.items()))
             if (fetcher.damaged or self.repo.degraded) and not dry:
                 # (also what was read from a copy or rebuilt from parity: the
                 # saves that have it store it again, check --repair rewrites it)
@@ -696,7 +700,7 @@ class Restorer:
         if self._failed or comps in self._dirs_late:
             return
         self._set_dir_meta(fd, comps, e)
-        self._dirs_done.add(comps)
+        self._dirs_todo.pop(comps, None)
 
     def _apply_dir_meta(self, dirs: list[tuple[tuple, Entry]]):
         """Directory modes, owners and times, children before parents (their
