@@ -883,7 +883,7 @@ class Measure:
     user: float
     sys: float
     maxrss: int  # bytes: largest single process (getrusage of the waited tree)
-    tree_rss: int  # bytes: peak of the sum of RSS over the live process tree (sampled)
+    tree_rss: int  # bytes: peak of the sum of PSS over the live process tree (sampled)
     timed_out: bool = False
 
     @property
@@ -895,7 +895,23 @@ class Measure:
         return max(self.maxrss, self.tree_rss)
 
 
+def _proc_memory(p: int) -> int:
+    """A process's PSS (its own pages, and its share of the pages it shares:
+    a forked child's untouched pages count once over the tree, not once per
+    process), or its RSS where smaps_rollup cannot be read."""
+    try:
+        with open(f"/proc/{p}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * KiB
+    except (OSError, ValueError, IndexError):
+        pass
+    with open(f"/proc/{p}/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
 def _tree_rss(pid: int, skip_root: bool = False) -> int:
+    """The memory of the live process tree: the sum of its PSS (_proc_memory)."""
     total, stack, seen = 0, [pid], set()
     while stack:
         p = stack.pop()
@@ -904,8 +920,7 @@ def _tree_rss(pid: int, skip_root: bool = False) -> int:
         seen.add(p)
         try:
             if not (skip_root and p == pid):
-                with open(f"/proc/{p}/statm") as f:
-                    total += int(f.read().split()[1]) * PAGE
+                total += _proc_memory(p)
             for t in os.listdir(f"/proc/{p}/task"):
                 try:
                     with open(f"/proc/{p}/task/{t}/children") as f:

@@ -19,12 +19,14 @@ always); device nodes and FIFOs unless ``--no-special``; sockets never.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import fnmatch
 import hmac
 import itertools
 import os
 import re
+import signal
 import stat as statmod
 import threading
 import time
@@ -32,7 +34,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import safefs
-from .errors import IntegrityError, NoSpace, StorageError, UsageError
+from .errors import IntegrityError, NoSpace, RekkordError, StorageError, UsageError
 from .format import T_DATA
 from .index import (
     F_LINKED,
@@ -80,6 +82,11 @@ class RestoreOptions:
     delete: bool = False  # remove what DEST has beyond the selection
     setuid: bool = True  # keep setuid/setgid bits where the saved owner is restored too
     special: bool = True  # create device nodes and FIFOs
+    # Processes that share the restore (None: one per core, up to 4, for a
+    # snapshot of SHARE_MIN_ENTRIES or more; one where it cannot be shared:
+    # dry runs, --delete, --include/--exclude, storage that is not
+    # fork-safe, snapshots without F_LINKED).
+    processes: int | None = None
 
     def __post_init__(self):
         if self.overwrite is True or self.overwrite is False:  # the library's earlier boolean
@@ -88,6 +95,8 @@ class RestoreOptions:
             raise UsageError(f"unknown overwrite mode {self.overwrite!r} (choose from {', '.join(OVERWRITE_MODES)})")
         if self.delete and self.overwrite == "never":
             raise UsageError("--delete makes DEST match the snapshot: it cannot be combined with --overwrite never")
+        if self.processes is not None and self.processes < 1:
+            raise UsageError("a restore needs at least one process")
 
 
 @dataclass
@@ -114,6 +123,10 @@ class RestoreStats:
     setuid_dropped: int = 0  # setuid/setgid bits not applied (owner not restored, or --no-setuid)
     repair_hint: str | None = None  # published for the damaged blobs found (so saves upload them again)
     duration: float = 0.0
+
+
+#: The counts of RestoreStats, added up over the processes of a shared restore.
+_SUMMED = tuple(f.name for f in dataclasses.fields(RestoreStats) if f.type == "int")
 
 
 class PathFilter:
@@ -199,6 +212,97 @@ class PathFilter:
         return [p for i, p in enumerate(self.exc_patterns) if i not in self.exc_matched]
 
 
+@dataclass
+class _Kid:
+    """A child of a shared restore, as its coordinator knows it."""
+    pid: int | None
+    conn: object
+    thread: threading.Thread | None = None
+    stats: dict = field(default_factory=dict)  # its counts so far
+    damaged: set = field(default_factory=set)
+    done: bool = False
+    error: BaseException | None = None
+
+
+def _counts(st: RestoreStats) -> dict:
+    return {k: getattr(st, k) for k in _SUMMED}
+
+
+#: Entries per block of a restore shared by processes: the blocks go round
+#: the processes in turn (each walks the whole index and restores its blocks).
+SHARE_BLOCK = 1024
+#: A restore of fewer entries than this stays in one process.
+SHARE_MIN_ENTRIES = 4000
+
+
+class Shares:
+    """Which of ``n`` restore processes restores each entry of the walk, so
+    that they can share one restore without talking to each other: every
+    process walks the same validated entries in the same order and works
+    out the same answer for each.
+
+    Entries go in blocks of ``block``, round the processes in turn; a hard
+    link goes with its first link (``F_LINKED``), which was in a block
+    before it.  A directory is made by its owner (the process of its own
+    entry) and by any other that restores something below it (``take``
+    gives such directories first, unowned).  A directory whose entries
+    belong to more than one process is *mixed*: none of them may set its
+    metadata (its times would change with the others' entries), which the
+    coordinator does once every process is done.  ``on_mixed(comps, e)``
+    says so as soon as the walk knows, always before the walk leaves the
+    directory (so before its handle can close).  Memory: the directories
+    enclosing the walk, and the first links' paths (as restore already
+    remembers them)."""
+
+    def __init__(self, n: int, me: int, place, on_mixed, block: int | None = None):
+        self.n, self.me, self.block = n, me, block or SHARE_BLOCK
+        self.place = place
+        self.on_mixed = on_mixed
+        self.i = 0
+        # the directories enclosing the walk: [rel, comps, owner, mixed, made here, entry]
+        self.stack: list[list] = []
+        self.links: dict[bytes, int] = {}  # first link's snapshot path -> its process
+
+    def owner(self, e: Entry) -> int:
+        i = self.i
+        self.i = i + 1
+        if e.kind == K_HARDLINK:
+            w = self.links.get(e.target)
+            if w is not None:
+                return w
+        w = (i // self.block) % self.n
+        if e.flags & F_LINKED:
+            self.links[e.path] = w
+        return w
+
+    def take(self, e: Entry, rel: bytes) -> list[tuple[Entry, bytes, bool]]:
+        """What this process does for ``e``: nothing, or the directories
+        above it that it has not made yet (unowned) and then ``e`` (owned)."""
+        w = self.owner(e)
+        stack = self.stack
+        while stack and stack[-1][0] and not rel.startswith(stack[-1][0] + b"/"):
+            stack.pop()
+        # (a mixed directory's parent is mixed too: the walk marks upwards
+        # until it meets one that already is)
+        for d in reversed(stack):
+            if d[3]:
+                break
+            if d[2] != w:
+                d[3] = True
+                self.on_mixed(d[1], d[5])
+        mine = w == self.me
+        out = []
+        if mine:
+            for d in stack:
+                if not d[4]:
+                    d[4] = True
+                    out.append((d[5], d[0], False))
+            out.append((e, rel, True))
+        if e.kind == K_DIR:
+            stack.append([rel, self.place(rel), w, False, mine, e])
+        return out
+
+
 class Restorer:
     def __init__(self, repo: Repository, snap: Snapshot, options: RestoreOptions | None = None,
                  progress=None, warn=None):
@@ -246,6 +350,8 @@ class Restorer:
         # without a default ACL needs no fchmod.
         self._umask = safefs.umask()
         self._damaged_paths: set[bytes] = set()  # snapshot paths of files restored damaged or not at all
+        self._kids: list[_Kid] = []  # a shared restore's other processes (in the coordinator)
+        self._child_damaged: set[bytes] = set()  # (in a child: the blobs it found damaged)
         self._dest_s = ""
 
     def warn(self, path: str, message: str, *, damaged: bool = False):
@@ -263,7 +369,7 @@ class Restorer:
         now = time.monotonic()
         if force or now - self._last_progress > 0.2:
             self._last_progress = now
-            self.progress(self.stats)
+            self.progress(self._with_children(self.stats) if self._kids else self.stats)
 
     def _show(self, comps: tuple) -> str:
         """A DEST path for messages."""
@@ -272,25 +378,199 @@ class Restorer:
     # ---- the walk -------------------------------------------------------------------
 
     def restore(self, subpath: str | bytes | None, dest: str) -> RestoreStats:
+        n = self._processes()
+        if n > 1:
+            return self._restore_shared(subpath, dest, n)
+        return self._restore(subpath, dest)
+
+    def _restore_shared(self, subpath: str | bytes | None, dest: str, n: int) -> RestoreStats:
+        """The restore shared by ``n`` processes: this one (the coordinator)
+        and ``n - 1`` forked before anything of the restore runs (so no
+        thread of it is forked mid-work, and only with fork-safe storage),
+        each walking the index and restoring its share (:class:`Shares`).
+        A child tells its progress, warnings and end over a pipe; once all
+        are done the coordinator sets the mixed directories' metadata and
+        adds their counts; a failure of any one is the restore's."""
+        from multiprocessing import Pipe
+
+        try:
+            for k in range(1, n):
+                r, w = Pipe(duplex=False)
+                pid = os.fork()
+                if pid == 0:  # pragma: no cover - the child (its coverage is not collected)
+                    r.close()
+                    for kid in self._kids:
+                        kid.conn.close()
+                    self._child_main(k, n, w, subpath, dest)
+                w.close()
+                self._kids.append(_Kid(pid, r))
+        except OSError:  # (cannot fork: no memory, no process slots) one process restores
+            self._kill_children()
+            return self._restore(subpath, dest)
+        except BaseException:
+            self._kill_children()
+            raise
+        self._tmp_counter = itertools.count(0, n)  # (the children count from 1, 2...: one prefix, no clash)
+        for kid in self._kids:
+            kid.thread = threading.Thread(target=self._read_kid, args=(kid,), name="rekkord-restore-share",
+                                          daemon=True)
+            kid.thread.start()
+        try:
+            return self._restore(subpath, dest, (0, n))
+        finally:
+            self._kill_children()  # (those still running: after a failure here)
+
+    def _child_main(self, k: int, n: int, conn, subpath, dest) -> None:  # pragma: no cover - forked
+        """A child of a shared restore: its share, then ``os._exit`` (never
+        back into the caller's code, nor its atexit handlers)."""
+        code = 1
+        lock = threading.Lock()
+
+        def send(msg):
+            with lock:
+                conn.send(msg)
+
+        try:
+            self._tmp_counter = itertools.count(k, n)
+            if self.progress is not None:
+                self.progress = lambda st: send(("p", _counts(st)))
+
+            def warn(path: str, message: str, *, damaged: bool = False):
+                send(("w", path, message, damaged))
+
+            self.warn = warn  # (counted by the coordinator, which says them)
+            st = self._restore(subpath, dest, (k, n))
+            send(("done", _counts(st), self._child_damaged))
+            code = 0
+        except BaseException as exc:  # noqa: BLE001 - told to the coordinator
+            try:
+                send(("error", exc))
+            except BaseException:  # noqa: BLE001 - (an exception that does not pickle)
+                try:
+                    send(("error", RekkordError(f"{type(exc).__name__}: {exc}")))
+                except BaseException:  # noqa: BLE001
+                    pass
+        finally:
+            os._exit(code)
+
+    def _read_kid(self, kid: _Kid) -> None:
+        """The coordinator's reader of one child's pipe."""
+        try:
+            while True:
+                msg = kid.conn.recv()
+                if msg[0] == "p":
+                    kid.stats = msg[1]
+                elif msg[0] == "w":
+                    self.warn(msg[1], msg[2], damaged=msg[3])
+                elif msg[0] == "done":
+                    kid.stats, kid.damaged, kid.done = msg[1], msg[2], True
+                    return
+                elif msg[0] == "error":
+                    kid.error = msg[1]
+                    self._failed = True
+                    return
+        except (EOFError, OSError):
+            pass
+        except Exception as exc:  # noqa: BLE001 - e.g. what did not unpickle
+            kid.error = RekkordError(f"a restore process could not say how it ended: {exc}")
+            self._failed = True
+
+    def _join_children(self) -> set[bytes]:
+        """Wait for the children; their failure is raised, else their counts
+        are added.  The blobs they found damaged."""
+        for kid in self._kids:
+            kid.thread.join()
+            _, status = os.waitpid(kid.pid, 0)
+            kid.pid = None
+            if kid.error is None and not kid.done:
+                how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+                       else f"exit status {os.waitstatus_to_exitcode(status)}")
+                kid.error = RekkordError(f"a restore process ended before its share was done ({how})")
+        for kid in self._kids:
+            if kid.error is not None:
+                self._failed = True
+                raise kid.error
+        damaged: set[bytes] = set()
+        kids, self._kids = self._kids, []
+        for kid in kids:
+            for k in _SUMMED:
+                setattr(self.stats, k, getattr(self.stats, k) + kid.stats.get(k, 0))
+            damaged |= kid.damaged
+        return damaged
+
+    def _kill_children(self) -> None:
+        for kid in self._kids:
+            if kid.pid is not None:
+                try:
+                    os.kill(kid.pid, signal.SIGTERM)
+                    os.waitpid(kid.pid, 0)
+                except (ProcessLookupError, ChildProcessError):
+                    pass
+                kid.pid = None
+            if kid.thread is not None:
+                kid.thread.join(5)
+            kid.conn.close()
+        self._kids = []
+
+    def _with_children(self, st: RestoreStats) -> RestoreStats:
+        out = dataclasses.replace(st)
+        for kid in self._kids:
+            for k in _SUMMED:
+                setattr(out, k, getattr(out, k) + kid.stats.get(k, 0))
+        return out
+
+    def _processes(self) -> int:
+        """How many processes restore (RestoreOptions.processes)."""
+        o = self.opts
+        if o.processes is not None:
+            n = o.processes
+        else:
+            try:
+                cores = len(os.sched_getaffinity(0))
+            except (AttributeError, OSError):
+                cores = os.cpu_count() or 1
+            st = self.snap.stats
+            entries = sum(st.get(k, 0) for k in ("files", "dirs", "others") if isinstance(st.get(k), int))
+            n = min(cores, 4) if entries >= SHARE_MIN_ENTRIES else 1
+        if n > 1 and (o.dry_run or o.delete or self.filter.active() or not hasattr(os, "fork")
+                      or not getattr(self.repo.storage, "fork_safe", False)
+                      or not self.snap.record.get("linked_flag")):
+            n = 1
+        return n
+
+    def _restore(self, subpath: str | bytes | None, dest: str, share: tuple[int, int] | None = None
+                 ) -> RestoreStats:
+        """The restore, or with ``share`` (this process, processes) this
+        process's share of it (see :class:`Shares` and _restore_shared)."""
         started = time.monotonic()
         sub = normalize_subpath(subpath)
+        me = share[0] if share else 0
         self._sub = sub
         dest_b = os.path.abspath(os.fsencode(dest))
         self._dest_s = os.fsdecode(dest_b)
 
         def index_damage(blobs, before, after):
             # Records in damaged index blobs are lost; every other entry restores.
+            # (what every process of a shared restore reads, said by the first)
+            if me:
+                return
             self.warn(f"(snapshot {self.snap.id[:8]} index)", "DAMAGED: " + describe_loss(blobs, before, after),
                       damaged=True)
 
         def refused(path: bytes, why: str):
+            if me:
+                return
             with self.lock:
                 self.stats.refused += 1
             self.warn(f"(snapshot {self.snap.id[:8]}) /{os.fsdecode(path)}",
                       f"REFUSED: {why}; not restored, nor anything below it", damaged=True)
 
-        self._check_reflists(whole=not sub)
+        if not me:
+            self._check_reflists(whole=not sub)
+
         def index_copy(message: str):
+            if me:
+                return
             self.warn(f"(snapshot {self.snap.id[:8]} index)", message)
 
         entries = select(iter_entries(self.repo, self.snap, on_damage=index_damage, on_refused=refused,
@@ -329,8 +609,13 @@ class Restorer:
         # 16 held the nightly data set's restore at 75-81 MiB against 71 with
         # 12 (restic: 73); the system tree fetches 1059 blobs with 12, 1052
         # with 16, 1092 with 8.)
+        # (a shared restore splits 8 MiB: each process fetches the packs of
+        # its own blocks.  A process's own memory is ~28 MiB, 10 of it the
+        # pages of the coordinator's that it changes: with two and 12 MiB,
+        # the source tree's restore was 73-77 MiB of PSS against restic's
+        # 73 MiB, with 8 69-72, as fast)
         fetcher = BlobFetcher(self.repo, max(4, self.threads * 2, min(self.repo.storage.connections, 32)),
-                              max_bytes=12 << 20)
+                              max_bytes=(8 << 20) // share[1] if share else 12 << 20)
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="rekkord-restore")
         inflight = threading.BoundedSemaphore(64)
         # Directories whose metadata is to be set, in walk order (DEST
@@ -343,6 +628,8 @@ class Restorer:
         # end was 15 MiB of a 14k-directory restore)
         dirs: dict[tuple, Entry] = {}
         self._dirs_todo = dirs
+        self._shared: set[tuple] = set()  # mixed directories (Shares): the coordinator sets their metadata
+        mixed: list[tuple[tuple, Entry]] = []  # (the coordinator's list of them)
         self._dirs_late: set[tuple] = set()  # hard links go into them at the end
         self._failed = False
         # Memory must not grow with the number of files: only possible hard
@@ -452,15 +739,25 @@ class Restorer:
                 return None  # its directory was not restored (nor anything in it)
             return h
 
-        def make_dir(e: Entry, rel: bytes) -> bool:
+        def keeps_meta(comps: tuple, e: Entry) -> bool:
+            """Whether the restore sets this directory's metadata."""
+            return not dry and (bool(comps) and not e.flags & F_IMPLICIT or not comps and not sub)
+
+        def make_dir(e: Entry, rel: bytes, owned: bool = True) -> bool:
+            """``owned``: False for a directory another process of a shared
+            restore owns, made here for what this one restores below it."""
             comps = place(rel)
-            if expected is not None:
-                expected.add(comps)
-            self.stats.dirs += 1
-            if not comps:  # DEST itself (a whole snapshot of '/', or the chosen directory)
-                if not sub and not dry:
-                    dirs[comps] = e
-                return True
+            if not owned:
+                if not comps:
+                    return True
+            else:
+                if expected is not None:
+                    expected.add(comps)
+                self.stats.dirs += 1
+                if not comps:  # DEST itself (a whole snapshot of '/', or the chosen directory)
+                    if keeps_meta(comps, e) and comps not in self._shared:
+                        dirs[comps] = e
+                    return True
             if dry:
                 leave_to(comps[:-1])
                 stack.append((comps, None))
@@ -473,7 +770,7 @@ class Restorer:
             stack.append((comps, h))
             if h is None:
                 return False
-            if not e.flags & F_IMPLICIT:
+            if owned and keeps_meta(comps, e) and comps not in self._shared:
                 dirs[comps] = e
                 if self._meta_early(e):
                     h.on_close = lambda fd, comps=comps, e=e: self._dir_closed(fd, comps, e)
@@ -557,10 +854,27 @@ class Restorer:
                     return
             self._restore_special(parent.fd, name, comps, e, made=parent.made)
 
+        step = handle
+        if share:
+            def on_mixed(comps: tuple, e: Entry):
+                self._shared.add(comps)
+                dirs.pop(comps, None)
+                if not me and keeps_meta(comps, e):
+                    mixed.append((comps, e))
+
+            shares = Shares(share[1], me, place, on_mixed)
+
+            def step(e: Entry, rel: bytes):
+                for x, xrel, owned in shares.take(e, rel):
+                    if owned:
+                        handle(x, xrel)
+                    else:
+                        make_dir(x, xrel, owned=False)
+
         try:
-            handle(*first)
+            step(*first)
             for e, rel in entries:
-                handle(e, rel)
+                step(e, rel)
                 self._tick()
             flush_batch()
             for fut in pending:
@@ -574,10 +888,17 @@ class Restorer:
                 self._delete_extra(self._delete_scopes(sub, entry0), expected)
             if not dry:
                 self._apply_dir_meta(list(dirs.items()))
-            if (fetcher.damaged or self.repo.degraded) and not dry:
+            damaged = fetcher.damaged | self.repo.degraded
+            if share and me:
+                self._child_damaged = damaged
+            elif share:
+                # The mixed directories, once every process is done with them.
+                damaged |= self._join_children()
+                self._apply_dir_meta(sorted(mixed, key=lambda d: d[0]))
+            if damaged and not dry and not me:
                 # (also what was read from a copy or rebuilt from parity: the
                 # saves that have it store it again, check --repair rewrites it)
-                self._publish_hint(fetcher.damaged | self.repo.degraded)
+                self._publish_hint(damaged)
             self._report_unmatched()
         except BaseException:
             self._failed = True  # (the directories still open keep 0700: they may lack entries)
@@ -697,7 +1018,7 @@ class Restorer:
         on now, on whichever thread was last, unless hard links still go
         into it or the restore failed (then it keeps 0700: it may lack
         entries)."""
-        if self._failed or comps in self._dirs_late:
+        if self._failed or comps in self._dirs_late or comps in self._shared:
             return
         self._set_dir_meta(fd, comps, e)
         self._dirs_todo.pop(comps, None)

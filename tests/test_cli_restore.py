@@ -338,3 +338,22 @@ def test_an_include_that_matches_nothing_is_a_warning_and_exit_6(run_cli, env, s
     assert p.returncode == 0, p.stderr
     assert p.stderr.decode() == f"rekkord: note: --exclude *.tpm: matches nothing in snapshot {sid[:8]}\n"
     assert (tmp_path / "o4" / "etc" / "hosts").read_text() == "hosts\n"
+
+
+def test_processes_share_a_restore_with_the_same_result(run_cli, local_repo, env, tmp_path):
+    # 1300 entries: more than a block (1024), so the second process has a share.
+    src = tmp_path / "src"
+    for i in range(26):
+        for j in range(49):
+            (src / f"d{i:02}").mkdir(parents=True, exist_ok=True)
+            (src / f"d{i:02}" / f"f{j:02}").write_text(f"{i} {j}\n" * (j + 1))
+    p = run_cli("save", "c", src, "--json", env={**env, "REKKORD_KEY_FILE": local_repo.key_files["write"]}, check=0)
+    sid = json.loads(p.stdout)["id"]
+    out = {}
+    for n in (1, 2):
+        p = run_cli("restore", sid, tmp_path / f"out{n}", "--processes", n, "--json", env=env, check=0)
+        out[n] = {k: v for k, v in json.loads(p.stdout).items() if k != "duration"}
+        assert_same_tree(src, tmp_path / f"out{n}" / src.relative_to("/"))
+    assert out[2] == out[1] and out[2]["files"] == 26 * 49
+    p = run_cli("restore", sid, tmp_path / "out0", "--processes", "0", env=env, check=2)
+    assert b"--processes" in p.stderr and b"Traceback" not in p.stderr

@@ -121,14 +121,24 @@ PATH_ATTACKS = {
 }
 
 
+@pytest.fixture(params=[1, 2], ids=["one-process", "shared"])
+def processes(request, monkeypatch):
+    """A restore in one process, and one shared by two with a block of one
+    entry (every entry goes to the other process than the one before)."""
+    import rekkord.restore as restore_mod
+
+    monkeypatch.setattr(restore_mod, "SHARE_BLOCK", 1)
+    return request.param
+
+
 @pytest.mark.parametrize("attack", sorted(PATH_ATTACKS))
-def test_a_crafted_path_never_reaches_outside_dest(box, attack):
+def test_a_crafted_path_never_reaches_outside_dest(box, attack, processes):
     """A write key's snapshot with a path no save writes: the entry is
     refused by name (exit code 4), the rest restores, nothing outside DEST
     is created, changed or opened."""
     entries = PATH_ATTACKS[attack](box) + [f(b"zz-good", b"good", box.w)]
     sid = box.w.snapshot(entries)
-    st, problems = restore(box, sid)
+    st, problems = restore(box, sid, processes=processes)
     assert box.unchanged(), attack
     assert st.refused >= 1 and st.damaged >= 1, (attack, problems)
     assert any("REFUSED" in m for _, m in problems)
@@ -147,7 +157,7 @@ def test_the_first_of_two_entries_under_one_name_wins_and_the_repeat_is_refused(
 
 @pytest.mark.parametrize("mode", ["default", "if-changed", "if-newer", "never", "delete", "salvage", "include",
                                   "subpath"])
-def test_symlinks_already_in_dest_are_never_followed(box, mode):
+def test_symlinks_already_in_dest_are_never_followed(box, mode, processes):
     """DEST holds symlinks to the outside where the snapshot has a
     directory and a file, in every restore mode (the default --overwrite
     always, and the other three)."""
@@ -168,9 +178,9 @@ def test_symlinks_already_in_dest_are_never_followed(box, mode):
         os.unlink(os.path.join(box.url, fmt.blob_name(first)))
     if mode == "subpath":  # /home's content lands in DEST, where 'user' is a symlink to the outside
         os.symlink(box.outside, box.dest / "user")
-        st, problems = restore(box, sid, sub="/home")
+        st, problems = restore(box, sid, sub="/home", processes=processes)
     else:
-        st, problems = restore(box, sid, **opts)
+        st, problems = restore(box, sid, processes=processes, **opts)
     assert box.unchanged(), (mode, problems)
     assert os.listdir(box.outside / "dir") == ["inner.txt"]
     if mode in ("default", "if-changed", "delete"):
@@ -222,7 +232,7 @@ def test_a_directory_swapped_once_written_keeps_its_metadata_on_what_was_made(bo
     assert stat.S_IMODE(moved.st_mode) == 0o777 and moved.st_mtime_ns == 5 * 10**9
 
 
-def test_hard_links_only_ever_link_files_this_restore_wrote(box):
+def test_hard_links_only_ever_link_files_this_restore_wrote(box, processes):
     """Hard link targets outside the restored subtree, not regular files, or
     later in the stream: each is restored as its own file (its extents), or
     skipped; never a link to anything outside DEST."""
@@ -238,7 +248,7 @@ def test_hard_links_only_ever_link_files_this_restore_wrote(box):
                Entry(K_FILE, b"a/zz", mode=0o644, size=14, extents=content, flags=F_LINKED),
                d(b"b"), Entry(K_FILE, b"b/f", mode=0o644, size=14, extents=content, flags=F_LINKED)]
     sid = w.snapshot(entries)
-    restore(box, sid, sub="/a")
+    restore(box, sid, sub="/a", processes=processes)
     out = box.dest
     assert os.stat(out / "twin").st_ino == os.stat(out / "first").st_ino  # a real hard link, inside DEST
     for name in ("later-target", "to-other-tree"):

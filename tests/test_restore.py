@@ -10,13 +10,14 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from rekkord import format as fmt
 from rekkord.cache import Cache
-from rekkord.errors import NoSpace, PathNotFound
+from rekkord.errors import NoSpace, PathNotFound, UsageError
 from rekkord.restore import RestoreOptions, Restorer
 from rekkord.save import Saver
 from rekkord.snapshot import iter_entries
@@ -712,3 +713,292 @@ def test_directories_are_not_remembered_once_their_metadata_is_on(local_repo, tm
     assert max(seen) < 700
     assert_same_tree(src, out / src.relative_to("/"))
     assert stat.S_IMODE(os.lstat(out / src.relative_to("/") / "d07" / "e03").st_mode) == 0o555
+
+
+# ---- a restore shared by processes (Shares) ----------------------------------------------
+
+def _walk_of(rng) -> list:
+    """A random tree as the validated walk gives it: (entry, rel), depth first, names in byte order."""
+    from rekkord.index import K_DIR, K_FILE, K_HARDLINK, F_LINKED, Entry
+
+    out = [(Entry(K_DIR, b""), b"")]
+    linkable = []
+
+    def fill(prefix: bytes, depth: int):
+        names = sorted({bytes([rng.randrange(97, 103)]) * rng.randint(1, 2) for _ in range(rng.randint(0, 5))})
+        for nm in names:
+            path = prefix + nm
+            r = rng.random()
+            if r < 0.35 and depth < 4:
+                out.append((Entry(K_DIR, path), path))
+                fill(path + b"/", depth + 1)
+            elif r < 0.45 and linkable:
+                out.append((Entry(K_HARDLINK, path, target=rng.choice(linkable)), path))
+            else:
+                e = Entry(K_FILE, path)
+                if rng.random() < 0.2:
+                    e.flags |= F_LINKED
+                    linkable.append(path)
+                out.append((e, path))
+
+    fill(b"", 0)
+    return out
+
+
+@given(st.integers(0, 2**32), st.integers(2, 3), st.integers(1, 4))
+@settings(max_examples=150, deadline=None)
+def test_every_entry_goes_to_one_process_with_the_directories_above_it(seed, n, block):
+    from rekkord.index import K_DIR, K_HARDLINK
+    from rekkord.restore import Shares
+
+    walk = _walk_of(random.Random(seed))
+    owner_of: dict[bytes, int] = {}
+    mixed_by: list[set] = []
+    for me in range(n):
+        mixed: dict[tuple, int] = {}
+        where = [0]
+        sh = Shares(n, me, lambda rel: tuple(rel.split(b"/")) if rel else (),
+                    lambda comps, e: mixed.setdefault(comps, where[0]), block=block)
+        made: set[bytes] = set()
+        for i, (e, rel) in enumerate(walk):
+            where[0] = i
+            for x, xrel, owned in sh.take(e, rel):
+                if owned:
+                    assert x is e and xrel not in owner_of, "an entry restored twice"
+                    owner_of[xrel] = me
+                    # every directory above it made first, here, once
+                    parts = xrel.split(b"/")[:-1] if xrel else []
+                    for k in range(len(parts)):
+                        assert b"/".join(parts[:k + 1]) in made
+                    if x.kind == K_DIR:
+                        assert xrel not in made
+                        made.add(xrel)
+                else:
+                    assert x.kind == K_DIR and xrel not in made, "a directory made twice"
+                    made.add(xrel)
+        mixed_by.append(mixed)
+    assert set(owner_of) == {rel for _, rel in walk}
+    # Hard links go with their first link.
+    for e, rel in walk:
+        if e.kind == K_HARDLINK and e.target in owner_of:
+            assert owner_of[rel] == owner_of[e.target]
+    # Every process sees the same mixed directories: those with entries of
+    # more than one process at or below them, each said while the walk is
+    # still inside it.
+    for m in mixed_by[1:]:
+        assert m == mixed_by[0]
+    for i, (e, rel) in enumerate(walk):
+        if e.kind != K_DIR:
+            continue
+        inside = [j for j, (_, r) in enumerate(walk) if r == rel or not rel or r.startswith(rel + b"/")]
+        owners = {owner_of[walk[j][1]] for j in inside}
+        comps = tuple(rel.split(b"/")) if rel else ()
+        assert (comps in mixed_by[0]) == (len(owners) > 1), rel
+        if comps in mixed_by[0]:
+            assert mixed_by[0][comps] in inside
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    import rekkord.restore as restore_mod
+
+    monkeypatch.setattr(restore_mod, "SHARE_BLOCK", 3)
+
+
+def _stats(st):
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(st).items() if k != "duration"}
+
+
+def test_a_restore_shared_by_processes_is_the_restore_of_one(local_repo, tmp_path, small_blocks):
+    src = tmp_path / "src"
+    make_awkward_tree(src)
+    # A read-only directory whose files go to several processes, and
+    # enough directories for every kind of block boundary.
+    ro = src / "ro"
+    for i in range(12):
+        (ro / f"s{i:02}").mkdir(parents=True)
+        (ro / f"s{i:02}" / "f").write_bytes(b"%d" % i * 100)
+        (ro / f"g{i:02}").write_bytes(b"g%d" % i)
+    for p in sorted(ro.iterdir()):
+        if p.is_dir():
+            os.chmod(p, 0o555)
+    os.chmod(ro, 0o555)
+    os.utime(ro, ns=(10**18, 10**18))
+    try:
+        sid = save(local_repo, [src]).snapshot_id
+        one = restorer(local_repo, sid, processes=1).restore(None, str(tmp_path / "one"))
+        r = restorer(local_repo, sid, processes=2)
+        ticks = []
+        r.progress = ticks.append
+        two = r.restore(None, str(tmp_path / "two"))
+        rel = src.relative_to("/")
+        assert_same_tree(src, tmp_path / "two" / rel)
+        assert_same_tree(tmp_path / "one", tmp_path / "two")
+        assert _stats(two) == _stats(one) and two.files > 30 and r.problems == []
+        assert ticks and ticks[-1].files == two.files and ticks[-1].restored == two.restored
+        assert leftovers(tmp_path / "two") == []
+    finally:
+        for t in (src, tmp_path / "one", tmp_path / "two"):
+            subprocess.run(["chmod", "-R", "u+w", str(t)], check=False)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(root=st.dictionaries(names, trees, min_size=1, max_size=6), n=st.integers(2, 3))
+def test_shared_restores_of_generated_trees(local_repo, root, n):
+    import rekkord.restore as restore_mod
+
+    work = tempfile.mkdtemp(dir=local_repo.tmp)
+    block, restore_mod.SHARE_BLOCK = restore_mod.SHARE_BLOCK, 2
+    try:
+        src = os.fsencode(work) + b"/src"
+        os.mkdir(src)
+        for name, node in root.items():
+            build(src + b"/" + name, node)
+        res = save(local_repo, [os.fsdecode(src)])
+        out = os.fsencode(work) + b"/out"
+        r = restorer(local_repo, res.snapshot_id, processes=n)
+        r.restore(src, os.fsdecode(out))  # (a directory of the snapshot: shared too)
+        assert r.problems == []
+        assert_same_tree(src, out)
+        assert leftovers(out, src) == []
+    finally:
+        restore_mod.SHARE_BLOCK = block
+        subprocess.run(["chmod", "-R", "u+rwx", work], check=False)
+        shutil.rmtree(work)
+
+
+@pytest.fixture
+def shared_tree(local_repo, tmp_path, small_blocks):
+    src = tmp_path / "src"
+    for i in range(30):
+        (src / f"d{i:02}").mkdir(parents=True)
+        (src / f"d{i:02}" / "f").write_bytes(b"file %d " % i * 50)
+    return src, save(local_repo, [src]).snapshot_id
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@pytest.fixture
+def forks(monkeypatch):
+    pids = []
+    real = os.fork
+
+    def fork():
+        pid = real()
+        if pid:
+            pids.append(pid)
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork)
+    return pids
+
+
+def test_a_process_of_a_shared_restore_that_runs_out_of_space_fails_the_restore(local_repo, shared_tree,
+                                                                                tmp_path, monkeypatch, forks):
+    src, sid = shared_tree
+    parent = os.getpid()
+    real = Restorer._place_file
+
+    def place(self, parent_h, name, comps, e, *a, **kw):
+        if os.getpid() != parent:
+            raise NoSpace(f"no space left writing {name.decode()}")
+        return real(self, parent_h, name, comps, e, *a, **kw)
+
+    monkeypatch.setattr(Restorer, "_place_file", place)
+    with pytest.raises(NoSpace, match="no space left writing f"):
+        restorer(local_repo, sid, processes=2).restore(None, str(tmp_path / "out"))
+    assert forks and not any(_alive(p) for p in forks)
+
+
+def test_a_process_killed_mid_restore_is_named_and_fails_the_restore(local_repo, shared_tree, tmp_path,
+                                                                     monkeypatch, forks):
+    import signal
+
+    from rekkord.errors import RekkordError
+
+    src, sid = shared_tree
+    parent = os.getpid()
+    real = Restorer._place_file
+
+    def place(self, *a, **kw):
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Restorer, "_place_file", place)
+    with pytest.raises(RekkordError, match="a restore process ended before its share was done "
+                                           r"\(killed by signal 9\)") as exc:
+        restorer(local_repo, sid, processes=2).restore(None, str(tmp_path / "out"))
+    assert type(exc.value) is RekkordError
+    assert forks and not any(_alive(p) for p in forks)
+
+
+def test_when_the_coordinator_fails_the_other_processes_are_stopped(local_repo, shared_tree, tmp_path,
+                                                                    monkeypatch, forks):
+    src, sid = shared_tree
+    parent = os.getpid()
+    real = Restorer._place_file
+
+    def place(self, *a, **kw):
+        if os.getpid() == parent:
+            raise KeyboardInterrupt
+        time.sleep(0.05)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Restorer, "_place_file", place)
+    with pytest.raises(KeyboardInterrupt):
+        restorer(local_repo, sid, processes=3).restore(None, str(tmp_path / "out"))
+    assert len(forks) == 2 and not any(_alive(p) for p in forks)
+    assert leftovers(tmp_path / "out") == []  # (unnamed files until complete: nothing half-written named)
+
+
+def test_damage_found_by_any_process_is_reported_as_by_one(local_repo, tmp_path, small_blocks):
+    src = tmp_path / "src"
+    for i in range(12):  # (each file its own blobs: each process finds its own damage)
+        (src / f"d{i:02}").mkdir(parents=True)
+        (src / f"d{i:02}" / "f").write_bytes(os.urandom(300_000))
+    sid = save(local_repo, [src]).snapshot_id
+    for p in data_blobs(local_repo.url):
+        raw = bytearray(open(p, "rb").read())
+        raw[-20] ^= 0xFF
+        open(p, "wb").write(bytes(raw))
+    one = restorer(local_repo, sid, processes=1)
+    st1 = one.restore(None, str(tmp_path / "one"))
+    two = restorer(local_repo, sid, processes=2)
+    st2 = two.restore(None, str(tmp_path / "two"))
+    assert st1.damaged == 12 and _stats(st2) == {**_stats(st1), "repair_hint": st2.repair_hint}
+    # The children's damaged blobs are named in the one repair hint too.
+    hints = local_repo.repo("read").repairs()
+    assert sorted(hints[st2.repair_hint]) == sorted(hints[st1.repair_hint]) and len(hints[st1.repair_hint]) >= 12
+    strip = lambda probs, d: sorted((p.replace(str(tmp_path / d), "DEST"), m) for p, m in probs)  # noqa: E731
+    assert strip(two.problems, "two") == strip(one.problems, "one")
+
+
+def test_who_shares_a_restore(local_repo, shared_tree, tmp_path, monkeypatch):
+    import rekkord.restore as restore_mod
+
+    src, sid = shared_tree
+
+    def n(**opts):
+        return restorer(local_repo, sid, **opts)._processes()
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    assert n() == 1  # (61 entries: too few)
+    monkeypatch.setattr(restore_mod, "SHARE_MIN_ENTRIES", 10)
+    assert n() == 4 and n(processes=1) == 1 and n(processes=3) == 3
+    for opts in ({"dry_run": True}, {"delete": True}, {"includes": ["f"]}, {"excludes": ["x"]}):
+        assert n(processes=2, **opts) == 1, opts
+    r = restorer(local_repo, sid, processes=2)
+    monkeypatch.setattr(type(r.repo.storage), "fork_safe", False)
+    assert r._processes() == 1
+    with pytest.raises(UsageError):
+        RestoreOptions(processes=0)

@@ -54,10 +54,13 @@ class _RestoreCommand(click.Command):
 @click.option("--verify", is_flag=True, help="Re-read what was written and compare")
 @click.option("--delete", is_flag=True, help="Make DEST match: also remove what DEST has and the snapshot "
               "(after --include/--exclude) does not (not with --overwrite never)")
+@click.option("--processes", type=click.IntRange(min=1), metavar="N",
+              help="Processes that share the restore (default: one per core, up to 4, for snapshots of "
+              "4000 entries or more; one for dry runs, --delete, --include/--exclude and remote storage)")
 @click.option("--json", "as_json", is_flag=True)
 @pass_settings
 def restore_cmd(s: Settings, spec, dest, overwrite, dry_run, owner, no_setuid, no_special, keep_damaged, include,
-                exclude, verify, delete, as_json):
+                exclude, verify, delete, processes, as_json):
     """Restore a snapshot, a directory or a file into DEST.
 
     `restore ID DEST` recreates the saved absolute paths under DEST;
@@ -95,7 +98,8 @@ def restore_cmd(s: Settings, spec, dest, overwrite, dry_run, owner, no_setuid, n
     r = Restorer(repo, snap, RestoreOptions(overwrite=overwrite, dry_run=dry_run, owner=owner,
                                             keep_damaged=keep_damaged, includes=list(include),
                                             excludes=list(exclude), threads=s.threads, verify=verify,
-                                            delete=delete, setuid=not no_setuid, special=not no_special),
+                                            delete=delete, setuid=not no_setuid, special=not no_special,
+                                            processes=processes),
                  progress=progress.restore, warn=warn_printer(s.quiet))
     try:
         st = r.restore(path, dest)

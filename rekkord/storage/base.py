@@ -55,6 +55,10 @@ class Storage(ABC):
     #: Whether ``write(exclusive=True)`` is enforced by the server itself
     #: (otherwise it is a best-effort check-then-write).
     atomic_exclusive: bool = True
+    #: Whether a forked process may go on reading through this object (no
+    #: connection, thread or lock that the fork would share or lose): a
+    #: restore then shares its work with forked processes.
+    fork_safe: bool = False
 
     @abstractmethod
     def write(self, name: str, data: bytes, *, exclusive: bool = True) -> None: ...

@@ -80,6 +80,7 @@ class LocalStorage(Storage):
     # Writes are memory copies into the page cache: more threads than cores
     # only add buffers (the save's store pool is sized max(cores, connections)).
     connections = 2
+    fork_safe = True  # (files opened per request)
 
     def __init__(self, path: str | os.PathLike, *, sync: bool = True):
         self.root = os.path.abspath(os.fspath(path))
