@@ -1802,7 +1802,8 @@ def markdown_report(args, machine, results, names, datasets, notes, started, fin
         "not dropped.",
         "- wall: elapsed time of the command; CPU: user + system time of the command and its children "
         f"(`wait4`); peak RSS: the larger of the largest process's `ru_maxrss`, measured with {rss_method()}, "
-        "and the sampled (every 50 ms) sum of RSS over the command's process tree.",
+        "and the sampled (every 50 ms) sum of PSS over the command's process tree (pages that processes "
+        "share divided among them).",
         "- Repository size: apparent bytes of the repository directory after all saves.",
         "- Restores are checked against the source tree (types, sizes, symlink targets, content).",
         "",
