@@ -351,6 +351,7 @@ class Restorer:
         self._umask = safefs.umask()
         self._damaged_paths: set[bytes] = set()  # snapshot paths of files restored damaged or not at all
         self._kids: list[_Kid] = []  # a shared restore's other processes (in the coordinator)
+        self._sharing = False  # this process restores a share (Shares)
         self._child_damaged: set[bytes] = set()  # (in a child: the blobs it found damaged)
         self._dest_s = ""
 
@@ -545,6 +546,7 @@ class Restorer:
         started = time.monotonic()
         sub = normalize_subpath(subpath)
         me = share[0] if share else 0
+        self._sharing = share is not None
         self._sub = sub
         dest_b = os.path.abspath(os.fsencode(dest))
         self._dest_s = os.fsdecode(dest_b)
@@ -947,7 +949,10 @@ class Restorer:
                 os.mkdir(name, 0o700, dir_fd=parent.fd)
                 made = True
             except FileExistsError:
-                pass
+                # In a directory this restore made, only its own processes
+                # create entries: another process of a shared restore made
+                # this one (and it holds only what they write).
+                made = self._sharing and parent.made
             try:
                 fd = safefs.open_dir(parent.fd, name)
             except OSError as err:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
@@ -902,20 +901,27 @@ def forks(monkeypatch):
     return pids
 
 
-def test_a_process_of_a_shared_restore_that_runs_out_of_space_fails_the_restore(local_repo, shared_tree,
-                                                                                tmp_path, monkeypatch, forks):
-    src, sid = shared_tree
+def _fail_in(monkeypatch, in_child: bool, act) -> None:
+    """``act(name)`` before each file that a child (or the coordinator) restores."""
     parent = os.getpid()
     real = Restorer._place_file
 
-    def place(self, parent_h, name, comps, e, *a, **kw):
-        if os.getpid() != parent:
-            raise NoSpace(f"no space left writing {name.decode()}")
-        return real(self, parent_h, name, comps, e, *a, **kw)
+    def place(self, parent_h, name, *a, **kw):
+        if (os.getpid() != parent) == in_child:
+            act(name)
+        return real(self, parent_h, name, *a, **kw)
 
     monkeypatch.setattr(Restorer, "_place_file", place)
+
+
+def test_a_process_of_a_shared_restore_that_runs_out_of_space_fails_the_restore(local_repo, shared_tree,
+                                                                                tmp_path, monkeypatch, forks):
+    def full(name):
+        raise NoSpace(f"no space left writing {name.decode()}")
+
+    _fail_in(monkeypatch, True, full)
     with pytest.raises(NoSpace, match="no space left writing f"):
-        restorer(local_repo, sid, processes=2).restore(None, str(tmp_path / "out"))
+        restorer(local_repo, shared_tree[1], processes=2).restore(None, str(tmp_path / "out"))
     assert forks and not any(_alive(p) for p in forks)
 
 
@@ -925,38 +931,22 @@ def test_a_process_killed_mid_restore_is_named_and_fails_the_restore(local_repo,
 
     from rekkord.errors import RekkordError
 
-    src, sid = shared_tree
-    parent = os.getpid()
-    real = Restorer._place_file
-
-    def place(self, *a, **kw):
-        if os.getpid() != parent:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(Restorer, "_place_file", place)
+    _fail_in(monkeypatch, True, lambda name: os.kill(os.getpid(), signal.SIGKILL))
     with pytest.raises(RekkordError, match="a restore process ended before its share was done "
                                            r"\(killed by signal 9\)") as exc:
-        restorer(local_repo, sid, processes=2).restore(None, str(tmp_path / "out"))
+        restorer(local_repo, shared_tree[1], processes=2).restore(None, str(tmp_path / "out"))
     assert type(exc.value) is RekkordError
     assert forks and not any(_alive(p) for p in forks)
 
 
 def test_when_the_coordinator_fails_the_other_processes_are_stopped(local_repo, shared_tree, tmp_path,
                                                                     monkeypatch, forks):
-    src, sid = shared_tree
-    parent = os.getpid()
-    real = Restorer._place_file
+    def interrupt(name):
+        raise KeyboardInterrupt
 
-    def place(self, *a, **kw):
-        if os.getpid() == parent:
-            raise KeyboardInterrupt
-        time.sleep(0.05)
-        return real(self, *a, **kw)
-
-    monkeypatch.setattr(Restorer, "_place_file", place)
+    _fail_in(monkeypatch, False, interrupt)
     with pytest.raises(KeyboardInterrupt):
-        restorer(local_repo, sid, processes=3).restore(None, str(tmp_path / "out"))
+        restorer(local_repo, shared_tree[1], processes=3).restore(None, str(tmp_path / "out"))
     assert len(forks) == 2 and not any(_alive(p) for p in forks)
     assert leftovers(tmp_path / "out") == []  # (unnamed files until complete: nothing half-written named)
 
