@@ -992,3 +992,24 @@ def test_who_shares_a_restore(local_repo, shared_tree, tmp_path, monkeypatch):
     assert r._processes() == 1
     with pytest.raises(UsageError):
         RestoreOptions(processes=0)
+
+
+def test_a_large_file_weighs_on_its_process_share():
+    # The nightly tree: a 210 MiB database first, then thousands of small
+    # files.  The database's process gets fewer of them.
+    from rekkord.index import K_DIR, K_FILE, Entry
+    from rekkord.restore import SHARE_ENTRY_BYTES, Shares
+
+    walk = [(Entry(K_DIR, b""), b""), (Entry(K_FILE, b"db", size=210 << 20), b"db")]
+    walk += [(Entry(K_FILE, b"s%05d" % i, size=4000), b"s%05d" % i) for i in range(20000)]
+    owned = [[], []]
+    for me in (0, 1):
+        sh = Shares(2, me, lambda rel: (rel,) if rel else (), lambda comps, e: None)
+        for e, rel in walk:
+            owned[me] += [x for x, _, mine in sh.take(e, rel) if mine]
+    work = [sum(1 + x.size // SHARE_ENTRY_BYTES for x in o) for o in owned]
+    assert sum(map(len, owned)) == len(walk)
+    assert abs(work[0] - work[1]) <= 1100  # (within a block of 1024 and the last entry)
+    db_owner = 0 if any(x.path == b"db" for x in owned[0]) else 1
+    # (20000 small files and the database's 5376 units: 7312 files beside it, 12688 elsewhere)
+    assert abs(len(owned[db_owner]) - 7312) <= 1100 and len(owned[1 - db_owner]) > 11500
