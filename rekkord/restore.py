@@ -85,7 +85,7 @@ class RestoreOptions:
     # Processes that share the restore (None: one per core, up to 4, for a
     # snapshot of SHARE_MIN_ENTRIES or more; one where it cannot be shared:
     # dry runs, --delete, --include/--exclude, storage that is not
-    # fork-safe, snapshots without F_LINKED).
+    # fork-safe, snapshots without F_LINKED, a DEST that is not empty).
     processes: int | None = None
 
     def __post_init__(self):
@@ -222,6 +222,16 @@ class _Kid:
     damaged: set = field(default_factory=set)
     done: bool = False
     error: BaseException | None = None
+
+
+def _empty_or_missing(path: str) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is None
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
 
 
 def _counts(st: RestoreStats) -> dict:
@@ -394,7 +404,10 @@ class Restorer:
 
     def restore(self, subpath: str | bytes | None, dest: str) -> RestoreStats:
         n = self._processes()
-        if n > 1:
+        if n > 1 and _empty_or_missing(dest):
+            # (only into an empty DEST: what DEST already has -- a symlink to
+            # replace, a file to compare -- is for one process to settle;
+            # two replacing one symlink at once would race)
             return self._restore_shared(subpath, dest, n)
         return self._restore(subpath, dest)
 

@@ -56,7 +56,7 @@ class _RestoreCommand(click.Command):
               "(after --include/--exclude) does not (not with --overwrite never)")
 @click.option("--processes", type=click.IntRange(min=1), metavar="N",
               help="Processes that share the restore (default: one per core, up to 4, for snapshots of "
-              "4000 entries or more; one for dry runs, --delete, --include/--exclude and remote storage)")
+              "4000 entries or more into an empty DEST; one for dry runs, --delete, --include/--exclude and remote storage)")
 @click.option("--json", "as_json", is_flag=True)
 @pass_settings
 def restore_cmd(s: Settings, spec, dest, overwrite, dry_run, owner, no_setuid, no_special, keep_damaged, include,
