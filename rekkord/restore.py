@@ -518,12 +518,10 @@ class Restorer:
             if kid.error is not None:
                 self._failed = True
                 raise kid.error
-        damaged: set[bytes] = set()
-        kids, self._kids = self._kids, []
-        for kid in kids:
-            for k in _SUMMED:
-                setattr(self.stats, k, getattr(self.stats, k) + kid.stats.get(k, 0))
-            damaged |= kid.damaged
+        # (the restore's own tasks are all done: nothing else counts now)
+        self.stats = self._with_children(self.stats)
+        damaged = set().union(*(kid.damaged for kid in self._kids))
+        self._kids = []
         return damaged
 
     def _kill_children(self) -> None:
@@ -776,17 +774,14 @@ class Restorer:
             """``owned``: False for a directory another process of a shared
             restore owns, made here for what this one restores below it."""
             comps = place(rel)
-            if not owned:
-                if not comps:
-                    return True
-            else:
+            if owned:
                 if expected is not None:
                     expected.add(comps)
                 self.stats.dirs += 1
-                if not comps:  # DEST itself (a whole snapshot of '/', or the chosen directory)
-                    if keeps_meta(comps, e) and comps not in self._shared:
-                        dirs[comps] = e
-                    return True
+            if not comps:  # DEST itself (a whole snapshot of '/', or the chosen directory)
+                if owned and keeps_meta(comps, e) and comps not in self._shared:
+                    dirs[comps] = e
+                return True
             if dry:
                 leave_to(comps[:-1])
                 stack.append((comps, None))

@@ -98,16 +98,22 @@ def build(path: bytes, node: dict) -> None:
     os.utime(path, ns=(node["mtime"], node["mtime"]), follow_symlinks=False)
 
 
+def build_root(work: str, root: dict) -> bytes:
+    """WORK/src holding the generated ``root`` (name -> node)."""
+    src = os.fsencode(work) + b"/src"
+    os.mkdir(src)
+    for name, node in root.items():
+        build(src + b"/" + name, node)
+    return src
+
+
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                                    HealthCheck.too_slow])
 @given(root=st.dictionaries(names, trees, min_size=1, max_size=6))
 def test_round_trip_of_generated_trees(local_repo, root):
     work = tempfile.mkdtemp(dir=local_repo.tmp)
     try:
-        src = os.fsencode(work) + b"/src"
-        os.mkdir(src)
-        for name, node in root.items():
-            build(src + b"/" + name, node)
+        src = build_root(work, root)
         res = save(local_repo, [os.fsdecode(src)])
         assert res.warnings == []
         out = os.fsencode(work) + b"/out"
@@ -852,10 +858,7 @@ def test_shared_restores_of_generated_trees(local_repo, root, n):
     work = tempfile.mkdtemp(dir=local_repo.tmp)
     block, restore_mod.SHARE_BLOCK = restore_mod.SHARE_BLOCK, 2
     try:
-        src = os.fsencode(work) + b"/src"
-        os.mkdir(src)
-        for name, node in root.items():
-            build(src + b"/" + name, node)
+        src = build_root(work, root)
         res = save(local_repo, [os.fsdecode(src)])
         out = os.fsencode(work) + b"/out"
         r = restorer(local_repo, res.snapshot_id, processes=n)
