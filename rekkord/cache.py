@@ -84,6 +84,11 @@ BUSY_TIMEOUT = 30.0
 READ_SPAN = 0.5
 #: Buffered rows that start a background write.
 FLUSH_ROWS = 5000
+#: Buffered rows at which a save waits for the background write to finish
+#: (unless the file was locked by others), so that at most twice this many
+#: are held: a first save of 100k small files outran the writer to 50k rows
+#: (~40 MiB) without it.
+WAIT_ROWS = 2 * FLUSH_ROWS
 #: Buffered rows kept while the file stays locked; past this, known blobs and
 #: cached files are dropped (the save then asks the storage, reads the files).
 MAX_BUFFERED = 500_000
@@ -213,6 +218,7 @@ class Cache:
         self._session: tuple[str, int] | None = None  # (id, locked fd) of this process's save
         self._bg = None  # background writer
         self._bg_fut = None
+        self._locked_out = False  # the last write found the file locked by others
         self._last_commit = time.monotonic()
         self._dropped = False
         self.degraded: str | None = None  # why the file is not used (None: it is)
@@ -450,6 +456,7 @@ class Cache:
             finally:
                 with self.lock:
                     self._inflight.remove(buf)
+                    self._locked_out = not ok
                     if ok:
                         if buf.reset:
                             self._db_stale = False
@@ -927,6 +934,11 @@ class Cache:
             self._buf.files[path] = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                                      extents, seen, record)
             self._grown()
+            full = self._buf.rows() >= WAIT_ROWS and not self._locked_out
+        if full:
+            self._wait_background()
+            with self.lock:
+                self._grown()
 
     # ---- verification memory (check --read-data-subset) -------------------------------
 

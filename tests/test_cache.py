@@ -329,6 +329,66 @@ def test_a_locked_cache_waits_then_keeps_its_rows_for_later(tmp_path):
     c.close()
 
 
+def test_a_slow_background_write_holds_the_save_back_instead_of_buffering_without_bound(tmp_path, monkeypatch):
+    """The writer thread can fall behind a save (a first save of 100k small
+    files outran it to 50k buffered rows, ~40 MiB): past WAIT_ROWS the save
+    waits for it, so what is buffered stays bounded, and every row lands."""
+    import threading
+    import time
+
+    import rekkord.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "FLUSH_ROWS", 50)
+    monkeypatch.setattr(cache_mod, "WAIT_ROWS", 200)
+    c = Cache(str(tmp_path / "c.sqlite"))
+    real_apply = c._apply
+    writes = []
+
+    def slow_apply(db, buf):
+        writes.append(threading.current_thread().name)
+        time.sleep(0.05)
+        real_apply(db, buf)
+
+    monkeypatch.setattr(c, "_apply", slow_apply)
+    st = os.stat(tmp_path)
+    most = 0
+    for i in range(2000):
+        c.store_file(b"/f%d" % i, st, b"E" * 40, 1)
+        with c.lock:
+            most = max(most, sum(len(b.files) for b in c._buffers()))
+    assert most <= 2 * 200 + 1, most  # (what is buffered, and the write in flight)
+    assert any(n.startswith("rekkord-cache") for n in writes)  # (still written in the background)
+    c.close()
+    again = Cache(str(tmp_path / "c.sqlite"))
+    assert all(again.lookup_file(b"/f%d" % i, st) == b"E" * 40 for i in (0, 999, 1999))
+    again.close()
+
+
+def test_a_cache_locked_by_another_process_does_not_hold_the_save_back(tmp_path, monkeypatch):
+    """While the file is locked by others, waiting for the writer would
+    cost the busy timeout again and again: the save goes on buffering."""
+    import sqlite3
+    import time
+
+    import rekkord.cache as cache_mod
+
+    monkeypatch.setattr(cache_mod, "FLUSH_ROWS", 50)
+    monkeypatch.setattr(cache_mod, "WAIT_ROWS", 100)
+    path = str(tmp_path / "c.sqlite")
+    c = Cache(path, busy_timeout=0.2)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    st = os.stat(tmp_path)
+    start = time.monotonic()
+    for i in range(1000):
+        c.store_file(b"/f%d" % i, st, b"E" * 40, 1)
+    assert time.monotonic() - start < 0.2 * 5  # (a wait per store past 100 rows: minutes)
+    assert c.lookup_file(b"/f999", st) == b"E" * 40
+    other.execute("ROLLBACK")
+    assert c.commit() is True
+    c.close()
+
+
 def test_rows_learned_under_an_older_generation_stay_out_of_the_file(tmp_path):
     """A save that began before a prune must not write blobs it learned into
     a cache another process re-listed for the newer generation; it keeps

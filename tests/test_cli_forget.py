@@ -145,7 +145,7 @@ def test_channel_arguments_select_like_channel_and_ids_still_work(repo3, run_cli
 def test_forget_prune_reclaims_the_space_and_its_dry_run_shows_what_it_would(repo3, run_cli):
     import os
 
-    env, ids, audit = repo3.env, repo3.ids, repo3.key_files["audit"]
+    env, audit = repo3.env, repo3.key_files["audit"]
 
     def blobs():
         return sum(len(f) for _, _, f in os.walk(os.path.join(repo3.url, "blobs")))

@@ -196,7 +196,7 @@ def test_owner_restored_as_root_unless_no_owner(run_cli, local_repo, env, tmp_pa
     src.mkdir()
     (src / "theirs").write_text("x")
     os.chown(src / "theirs", 1234, 5678)
-    p = run_cli("save", "c", src, env={**env, "REKKORD_KEY_FILE": local_repo.key_files["write"]}, check=0)
+    run_cli("save", "c", src, env={**env, "REKKORD_KEY_FILE": local_repo.key_files["write"]}, check=0)
     run_cli("restore", f"c:{src}", tmp_path / "o1", env=env, check=0)
     st = os.stat(tmp_path / "o1" / "theirs")
     assert (st.st_uid, st.st_gid) == (1234, 5678)
