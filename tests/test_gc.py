@@ -447,21 +447,17 @@ class Scheduler:
         self.alive: set[str] = set()
         self.errors: list[tuple[str, BaseException]] = []
         self.local = threading.local()
-        self.go: dict[str, threading.Event] = {}
 
     def gate(self):
         me = getattr(self.local, "name", None)
         if me is None:
             return  # not an actor (the test's own checks)
-        go = self.go[me]
         with self.cond:
             self.running = None
             self.waiting.append(me)
-            self.cond.notify()  # (only the scheduler waits on it)
-        # Woken alone when picked: one thread switch a step, not one for
-        # every actor (this test runs a thousand steps a second).
-        go.wait()
-        go.clear()
+            self.cond.notify_all()
+            while self.running != me:
+                self.cond.wait()
 
     def spawn(self, name, fn):
         def body():
@@ -475,10 +471,9 @@ class Scheduler:
                 with self.cond:
                     self.alive.discard(name)
                     self.running = None
-                    self.cond.notify()
+                    self.cond.notify_all()
 
         self.alive.add(name)
-        self.go[name] = threading.Event()
         threading.Thread(target=body, daemon=True).start()
 
     def run(self, max_steps=20000):
@@ -493,7 +488,7 @@ class Scheduler:
                 self.waiting.sort()  # (threads arrive in any order; choices must not depend on it)
                 i = self.choose(len(self.waiting))
                 self.running = self.waiting.pop(i)
-                self.go[self.running].set()
+                self.cond.notify_all()
             steps += 1
             assert steps < max_steps
 
