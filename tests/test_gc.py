@@ -631,7 +631,8 @@ def test_fossil_protocol_interleavings(model_keys, seeded_random):
 
 @pytest.mark.slow
 def test_fossil_protocol_interleavings_many(model_keys, seeded_random):
-    run_interleavings(model_keys, seeded_random, 2000)
+    # (2000 with single steps; runs of steps find in 80 what those missed in 600)
+    run_interleavings(model_keys, seeded_random, 1000)
 
 
 def run_interleavings(model_keys, seeded_random, examples):
