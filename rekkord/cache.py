@@ -84,10 +84,10 @@ BUSY_TIMEOUT = 30.0
 READ_SPAN = 0.5
 #: Buffered rows that start a background write.
 FLUSH_ROWS = 5000
-#: Buffered rows at which a save waits for the background write to finish
-#: (unless the file was locked by others), so that at most twice this many
-#: are held: a first save of 100k small files outran the writer to 50k rows
-#: (~40 MiB) without it.
+#: Buffered rows at which whoever adds one more waits for the background
+#: write to finish (unless the file was locked by others), so that at most
+#: twice this many are held: a first save of 100k small files outran the
+#: writer to 50k rows (~40 MiB) without it.
 WAIT_ROWS = 2 * FLUSH_ROWS
 #: Buffered rows kept while the file stays locked; past this, known blobs and
 #: cached files are dropped (the save then asks the storage, reads the files).
@@ -524,11 +524,22 @@ class Cache:
         if buf.verified:
             db.executemany("INSERT OR REPLACE INTO verified VALUES (?, ?)", list(buf.verified.items()))
 
-    def _grown(self) -> None:
+    def _grown(self) -> bool:
         """Start a background write once enough is buffered (caller holds
-        the lock)."""
-        if self._buf.rows() >= FLUSH_ROWS:
+        the lock).  True: so much is buffered that the caller is to call
+        :meth:`_hold_back` once it has let the lock go."""
+        rows = self._buf.rows()
+        if rows >= FLUSH_ROWS:
             self._flush_in_background()
+        return rows >= WAIT_ROWS and not self._locked_out
+
+    def _hold_back(self) -> None:
+        """Wait for the background write, then start the next one: what is
+        buffered stays bounded however fast rows come (not while the file
+        is locked by others: each wait would cost the busy timeout)."""
+        self._wait_background()
+        with self.lock:
+            self._grown()
 
     def _flush_in_background(self) -> None:
         with self.lock:
@@ -779,12 +790,16 @@ class Cache:
     def add_blob(self, blob_id: bytes, size: int) -> None:
         with self.lock:
             self._buf.blobs[blob_id] = size
-            self._grown()
+            full = self._grown()
+        if full:
+            self._hold_back()
 
     def add_blobs(self, items) -> None:
         with self.lock:
             self._buf.blobs.update(items)
-            self._grown()
+            full = self._grown()
+        if full:
+            self._hold_back()
 
     def set_extent_size(self, n: int) -> None:
         """The repository format's encoded extent (40 in v1, 72 in v2): how
@@ -823,7 +838,9 @@ class Cache:
     def add_plain(self, pid: bytes, ref: bytes, size: int) -> None:
         with self.lock:
             self._buf.plain[pid] = (ref, size)
-            self._grown()
+            full = self._grown()
+        if full:
+            self._hold_back()
 
     def plain_lookup(self, pid: bytes) -> tuple[bytes, int] | None:
         """(name, stored size) of the object this writer uploaded or proved
@@ -933,12 +950,9 @@ class Cache:
         with self.lock:
             self._buf.files[path] = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
                                      extents, seen, record)
-            self._grown()
-            full = self._buf.rows() >= WAIT_ROWS and not self._locked_out
+            full = self._grown()
         if full:
-            self._wait_background()
-            with self.lock:
-                self._grown()
+            self._hold_back()
 
     # ---- verification memory (check --read-data-subset) -------------------------------
 
@@ -946,7 +960,9 @@ class Cache:
         when = int(when or time.time())
         with self.lock:
             self._buf.verified.update((i, when) for i in ids)
-            self._grown()
+            full = self._grown()
+        if full:
+            self._hold_back()
 
     def last_verified(self, blob_id: bytes) -> int | None:
         with self.lock:
