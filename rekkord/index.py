@@ -48,6 +48,10 @@ _HEAD = struct.Struct("<BBH")
 _META = struct.Struct("<IIIqqQQ")
 _EXT = struct.Struct("<32sII")
 _EXT2 = struct.Struct("<32s32sII")
+_U8 = struct.Struct("<B")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_NO_XATTRS = struct.Struct("<HI")  # an xattr count and the extent count after it
 EXTENT_SIZE = _EXT.size
 
 
@@ -129,34 +133,34 @@ class IndexFormat:
         self.ext = _EXT2 if self.wide else _EXT
         self.extent_size = self.ext.size
 
-    def _pack_extent(self, x: Extent) -> bytes:
-        if self.wide:
-            return self.ext.pack(x.blob, x.key, x.offset, x.length)
-        return self.ext.pack(x.blob, x.offset, x.length)
-
     def _unpack_extent(self, buf, o: int) -> Extent:
         if self.wide:
             b, k, off, n = self.ext.unpack_from(buf, o)
             return Extent(b, off, n, k)
         return Extent(*self.ext.unpack_from(buf, o))
 
-    def encode(self, e: Entry) -> bytes:
+    def encode(self, e: Entry, extents: bytes | None = None) -> bytes:
+        """The record of ``e``; ``extents``, if given, is
+        ``encode_extents(e.extents)`` already made (a save keeps it for the
+        stat cache too)."""
+        if extents is None:
+            extents = self.encode_extents(e.extents)
         parts = [
             _HEAD.pack(e.kind, e.flags, len(e.path)), e.path,
             _META.pack(e.mode, e.uid, e.gid, e.mtime_ns, e.atime_ns, e.size, e.rdev),
-            bytes([len(e.user)]), e.user, bytes([len(e.group)]), e.group,
-            struct.pack("<H", len(e.target)), e.target,
-            struct.pack("<H", len(e.xattrs)),
+            _U8.pack(len(e.user)), e.user, _U8.pack(len(e.group)), e.group,
+            _U16.pack(len(e.target)), e.target,
         ]
-        for k, v in e.xattrs:
-            parts.append(struct.pack("<H", len(k)))
-            parts.append(k)
-            parts.append(struct.pack("<I", len(v)))
-            parts.append(v)
-        parts.append(struct.pack("<I", len(e.extents)))
-        parts.extend(self._pack_extent(x) for x in e.extents)
+        if e.xattrs:
+            parts.append(_U16.pack(len(e.xattrs)))
+            for k, v in e.xattrs:
+                parts += (_U16.pack(len(k)), k, _U32.pack(len(v)), v)
+            parts.append(_U32.pack(len(e.extents)))
+        else:
+            parts.append(_NO_XATTRS.pack(0, len(e.extents)))
+        parts.append(extents)
         body = b"".join(parts)
-        return struct.pack("<I", len(body)) + body
+        return _U32.pack(len(body)) + body
 
     def decode_one(self, buf, pos: int) -> tuple[Entry, int]:
         """The record at ``pos`` and the offset after it.  Lengths and counts are
@@ -214,7 +218,10 @@ class IndexFormat:
                      xattrs, extents, flags), end
 
     def encode_extents(self, extents: list[Extent]) -> bytes:
-        return b"".join(self._pack_extent(x) for x in extents)
+        pack = self.ext.pack
+        if self.wide:
+            return b"".join([pack(x.blob, x.key, x.offset, x.length) for x in extents])
+        return b"".join([pack(x.blob, x.offset, x.length) for x in extents])
 
     def decode_extents(self, data: bytes) -> list[Extent]:
         es = self.ext.size

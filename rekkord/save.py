@@ -376,6 +376,7 @@ class Saver:
         self.small_pending_limit = 4 << 20
         self._small_batch: list[_Item] = []  # small files not yet handed to a read task
         self._small_batch_bytes = 0
+        self._last_read: tuple = (None, None)  # the last read batch's Future and its answers
         self._cache_has_files = True  # set at the start of a save
         # A cached index record is reused as is only when this save would
         # encode the same: with the default xattrs and atime options (the
@@ -759,8 +760,7 @@ class Saver:
             if not descend:
                 continue
             try:
-                with os.scandir(abspath) as it:
-                    names = sorted(de.name for de in it)
+                names = sorted(os.listdir(abspath))
             except OSError as e:
                 self.warn(abspath, f"cannot list directory: {e.strerror}")
                 continue
@@ -1234,16 +1234,21 @@ class Saver:
                 if first is not None:
                     e.extents = first.entry.extents
                     e.xattrs = first.entry.xattrs
-            record = self.ix.encode(e)
+            extents = self.ix.encode_extents(e.extents)
+            record = self.ix.encode(e, extents)
             for ch in index_cutter.feed(record):
                 index_futs.append(self.submit_store(fmt.T_INDEX, ch))
             for x in e.extents:
                 reflist.add(x.blob)
             if item.cacheable and e.kind == K_FILE:
-                self.cache.store_file(item.abspath, item.st, self.ix.encode_extents(e.extents), seen,
+                self.cache.store_file(item.abspath, item.st, extents, seen,
                                       record if item.st.st_nlink == 1 else None)
             elif item.cacheable and e.kind == K_DIR:
                 self.cache.store_file(item.abspath, item.st, b"", seen, record)
+
+        # The last read batch and pack seen finished: the 64 files of a batch
+        # and the members of a pack ask their Future (and its lock) once.
+        done = [None, None]
 
         def drain(block: bool):
             if block or (stage1 and stage1[0].small and stage1[0].job is None):
@@ -1254,8 +1259,11 @@ class Saver:
                     if not block:
                         break
                     self._flush_small_batch()
-                if head.job is not None and not head.job.done() and not block:
-                    break
+                job = head.job
+                if job is not None and job is not done[0]:
+                    if not block and not job.done():
+                        break
+                    done[0] = job
                 to_stage2(stage1.popleft())
             # A pending pack must be closed before its members can be emitted
             # when we are draining everything.
@@ -1263,9 +1271,11 @@ class Saver:
                 flush_pack()
             while stage2:
                 head = stage2[0]
-                if head.pack is not None and (head.pack.future is None or
-                                              (not head.pack.future.done() and not block)):
-                    break
+                if head.pack is not None and head.pack is not done[1]:
+                    fut = head.pack.future
+                    if fut is None or (not block and not fut.done()):
+                        break
+                    done[1] = head.pack
                 emit(stage2.popleft())
             self.cache.maybe_commit()
             self._tick()
@@ -1287,6 +1297,7 @@ class Saver:
             else:
                 drain(block=False)
         drain(block=True)
+        self._last_read = (None, None)
         for ch in index_cutter.finish():
             index_futs.append(self.submit_store(fmt.T_INDEX, ch))
         reflist.finish()
@@ -1341,8 +1352,11 @@ class Saver:
     def _read_result(self, item: "_Item") -> tuple:
         """What the reader said of a small file; read here again if its
         reader process died (killed by the OOM killer, say)."""
+        job = item.job
         try:
-            return item.job.result()[item.job_index]
+            if job is not self._last_read[0]:
+                self._last_read = (job, job.result())
+            return self._last_read[1][item.job_index]
         except readers.ReaderDied:
             self._reader_died()
             return self._reader.read([readworker.request(item.abspath, item.st)])[0]
