@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import os
 import secrets
 import sqlite3
@@ -97,6 +98,13 @@ LEGACY_SESSION = "(before sessions)"
 
 _FILE_COLS = "path, dev, ino, size, mtime, ctime, extents, seen, record"
 _LOOKUP_FILE = "SELECT dev, ino, size, mtime, ctime, extents, record FROM files WHERE path=?"
+#: Files' rows go in this many to a statement: SQLite's step releases
+#: Python's GIL and takes it back, once a statement, so one row a step cost
+#: the save's main thread a hand-off of the GIL per file.
+_FILE_ROWS_PER_INSERT = 128
+_INSERT_FILE = f"INSERT OR REPLACE INTO files ({_FILE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_FILES = f"INSERT OR REPLACE INTO files ({_FILE_COLS}) VALUES " + \
+    ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * _FILE_ROWS_PER_INSERT)
 _SCAN_FILES = "SELECT path, dev, ino, size, mtime, ctime, extents, record FROM files WHERE path >= ? ORDER BY path"
 #: Rows a scan of the files table steps over before it seeks instead
 #: (Cache._scan_file: files deleted since, a subtree the walk skips).
@@ -157,6 +165,16 @@ class _Buffer:
         self.files.update(newer.files)
         self.verified.update(newer.verified)
         return self
+
+
+def _insert_files(db: sqlite3.Connection, rows: list[tuple]) -> None:
+    n = _FILE_ROWS_PER_INSERT
+    whole = len(rows) - len(rows) % n
+    if whole:
+        db.executemany(_INSERT_FILES, (tuple(itertools.chain.from_iterable(rows[i:i + n]))
+                                       for i in range(0, whole, n)))
+    if whole < len(rows):
+        db.executemany(_INSERT_FILE, rows[whole:])
 
 
 def _uses_any(extents: bytes, ids: set[bytes], step: int = EXTENT) -> bool:
@@ -519,8 +537,7 @@ class Cache:
             sid = self._session[0]
             db.executemany("INSERT OR IGNORE INTO session_pending VALUES (?, ?)", [(sid, i) for i in buf.pending])
         if files:
-            db.executemany(f"INSERT OR REPLACE INTO files ({_FILE_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                           list(files.values()))
+            _insert_files(db, list(files.values()))
         if buf.verified:
             db.executemany("INSERT OR REPLACE INTO verified VALUES (?, ?)", list(buf.verified.items()))
 

@@ -68,6 +68,21 @@ def test_stat_cache_hits_only_for_the_identical_file(tmp_path):
     assert c.lookup_file(path, os.stat(f)) is None
 
 
+@pytest.mark.parametrize("n", [1, 127, 128, 300])
+def test_files_rows_written_many_to_a_statement_all_come_back(tmp_path, n):
+    """Rows go in 128 to an INSERT and the rest one by one: every row of
+    a flush is there once the file is opened again, none mixed up."""
+    st = os.stat(tmp_path)
+    c = Cache(str(tmp_path / "c.sqlite"))
+    for i in range(n):
+        c.store_file(b"/f%d" % i, st, i.to_bytes(2, "big") * 20, 1, b"R%d" % i)
+    c.close()
+    again = Cache(str(tmp_path / "c.sqlite"))
+    assert [again.lookup_record(b"/f%d" % i, st) for i in range(n)] == \
+        [(i.to_bytes(2, "big") * 20, b"R%d" % i) for i in range(n)]
+    assert again.lookup_record(b"/f%d" % n, st) is None
+
+
 def test_forgetting_a_blob_forgets_the_files_using_it(tmp_path):
     c = Cache(None)  # in memory
     a, b = os.urandom(32), os.urandom(32)
