@@ -54,10 +54,12 @@ READ_BLOCK = 1024 * 1024
 
 
 #: small files a save reads on threads before it starts its reader processes.
-#: Measured on 2 cores: 10k files (1.8 s) and a source tree of 11.8k (2.7 s)
-#: saved no faster with them, and the process and the read-ahead it keeps full
-#: cost 15-28 MiB of peak RSS; 100k files saved in half the time (16.7 -> 8.7 s).
-READER_PROCESSES_AFTER = 20_000
+#: Measured on 2 cores (2026-12-03, alternating, first saves): from 2000
+#: instead of 20 000, files-100k 3.65 s against 3.85-3.87, the source tree
+#: (34k small files) 2.76-2.83 against 3.05-3.18, the system tree (18.7k)
+#: 4.16-4.22 against 4.30-4.41; a reader process is ~9 MiB.  Below this many
+#: the process would not pay for its start.
+READER_PROCESSES_AFTER = 2_000
 
 
 @dataclass
