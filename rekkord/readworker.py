@@ -90,12 +90,16 @@ def read_small(path: bytes, size: int, mtime_ns: int, ctime_ns: int, ino: int, l
         msg = None
         try:
             while True:
-                b = os.read(fd, max(size - total + 1, 65536))
+                want = max(size - total + 1, 65536)
+                b = os.read(fd, want)
                 if not b:
                     break
                 parts.append(b)
                 total += len(b)
-                if total > limit:
+                if total > limit or (total == size and len(b) < want):
+                    # (at the size the walk saw, a read that came back short:
+                    # no second read to see the end, the fstat below tells
+                    # whether the file grew; one system call a file fewer)
                     break
         except OSError as e:
             flags |= F_PARTIAL

@@ -35,6 +35,53 @@ def test_a_file_that_grew_past_the_limit_is_read_no_further(tmp_path):
     assert 1000 < len(data) < 300_000 and n == len(data) and flags & ix.F_CHANGED and xattrs == []
 
 
+def _reads(monkeypatch) -> list[int]:
+    calls: list[int] = []
+    real = os.read
+
+    def counted(fd, n):
+        calls.append(n)
+        return real(fd, n)
+
+    monkeypatch.setattr(readworker.os, "read", counted)
+    return calls
+
+
+def test_a_file_of_the_size_the_walk_saw_takes_one_read(tmp_path, monkeypatch):
+    p = tmp_path / "f"
+    p.write_bytes(b"y" * 5000)
+    s = os.stat(p)
+    calls = _reads(monkeypatch)
+    data, flags, msg, n = readworker.read_small(os.fsencode(p), 5000, s.st_mtime_ns, s.st_ctime_ns, s.st_ino,
+                                                1 << 20, None)
+    assert (data, flags, msg, n) == (b"y" * 5000, 0, None, 5000) and len(calls) == 1
+
+
+def test_a_file_that_grew_or_shrank_after_the_walk_is_read_whole_and_flagged(tmp_path, monkeypatch):
+    p = tmp_path / "f"
+    p.write_bytes(b"z" * 5000)
+    s = os.stat(p)
+    calls = _reads(monkeypatch)
+    for seen in (4000, 6000):  # the walk saw it smaller, or larger
+        data, flags, msg, n = readworker.read_small(os.fsencode(p), seen, s.st_mtime_ns, s.st_ctime_ns, s.st_ino,
+                                                    1 << 20, None)
+        assert data == b"z" * 5000 and n == 5000 and flags & ix.F_CHANGED and "changed" in msg
+    assert len(calls) == 4  # each read to the end: the short read alone proves nothing
+
+
+def test_a_short_read_below_the_size_reads_on(tmp_path, monkeypatch):
+    """A file system may answer a read with fewer bytes than there are (FUSE,
+    network file systems): the reader goes on to the end, nothing is lost."""
+    p = tmp_path / "f"
+    p.write_bytes(bytes(range(256)) * 40)
+    s = os.stat(p)
+    real = os.read
+    monkeypatch.setattr(readworker.os, "read", lambda fd, n: real(fd, min(n, 1000)))
+    data, flags, msg, n = readworker.read_small(os.fsencode(p), s.st_size, s.st_mtime_ns, s.st_ctime_ns, s.st_ino,
+                                                1 << 20, None)
+    assert data == p.read_bytes() and (flags, msg, n) == (0, None, s.st_size)
+
+
 def test_serve_answers_each_batch_in_order(tmp_path):
     (tmp_path / "a").write_bytes(b"aaa")
     s = os.stat(tmp_path / "a")
