@@ -1616,9 +1616,33 @@ def machine_description(tools: list[Tool], work: Path) -> dict:
         "os": osname,
         "python": sys.version.split()[0],
         "workdir filesystem": " ".join(fs[0].split()[:2]) if fs else "?",
+        "proactive reclaim": damon_reclaim(),
         "tools": {t.name: t.version() for t in tools},
         "rss": rss_method(),
     }
+
+
+def damon_reclaim(root: Path = Path("/sys/kernel/mm/damon/admin/kdamonds")) -> str:
+    """Whether the kernel pages out memory nobody touched for a while (DAMON's
+    ``pageout`` scheme): then the page cache of a data set or a repository
+    left alone for that long is gone, and the next tool to read it reads the
+    disk; on a VM whose host takes freed pages back, writing into them is
+    slower too.  "" when no such scheme runs (or it cannot be read)."""
+    out = []
+    for kd in sorted(root.glob("[0-9]*")):
+        try:
+            if (kd / "state").read_text().strip() != "on":
+                continue
+            for ctx in sorted(kd.glob("contexts/[0-9]*")):
+                aggr_us = int((ctx / "monitoring_attrs/intervals/aggr_us").read_text())
+                for sc in sorted(ctx.glob("schemes/[0-9]*")):
+                    if (sc / "action").read_text().strip() != "pageout":
+                        continue
+                    age = int((sc / "access_pattern/age/min").read_text())
+                    out.append(f"DAMON pages out memory idle for {age * aggr_us / 1e6:g} s or more")
+        except (OSError, ValueError):
+            continue
+    return "; ".join(out)
 
 
 def median_or_none(values):
@@ -1779,6 +1803,8 @@ def markdown_report(args, machine, results, names, datasets, notes, started, fin
         f"- kernel: {machine['kernel']} ({machine['os']})",
         f"- Python: {machine['python']}",
         f"- work directory: `{args.workdir}` on {machine['workdir filesystem']}",
+        *([f"- proactive reclaim: {machine['proactive reclaim']} (page cache left alone that long is "
+           "read from disk again)"] if machine.get("proactive reclaim") else []),
         f"- load average at start / end: {load[0]} / {load[1]}",
     ]
     for name, v in machine["tools"].items():

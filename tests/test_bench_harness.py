@@ -53,3 +53,27 @@ def test_a_dir_with_fewer_than_two_nights_is_refused(run, tmp_path):
         run.NightsFromDirDataset(tmp_path / "work", tmp_path)
     with pytest.raises(SystemExit, match="NAME=V1,V2"):
         run.NightlyDataset(tmp_path / "work", "Django=5.0.1")
+
+
+def _kdamond(root: Path, state: str, aggr_us: int, schemes: list[tuple[str, int]]) -> None:
+    ctx = root / "0" / "contexts" / "0"
+    (ctx / "monitoring_attrs" / "intervals").mkdir(parents=True)
+    (root / "0" / "state").write_text(state + "\n")
+    (ctx / "monitoring_attrs" / "intervals" / "aggr_us").write_text(f"{aggr_us}\n")
+    for i, (action, age) in enumerate(schemes):
+        sc = ctx / "schemes" / str(i)
+        (sc / "access_pattern" / "age").mkdir(parents=True)
+        (sc / "action").write_text(action + "\n")
+        (sc / "access_pattern" / "age" / "min").write_text(f"{age}\n")
+
+
+def test_the_report_names_a_kernel_that_pages_out_idle_memory(run, tmp_path):
+    """The machine section says when the page cache does not stay warm
+    (DAMON's pageout: what had made repositories cold between operations)."""
+    on = tmp_path / "on"
+    _kdamond(on, "on", 5_000_000, [("stat", 1), ("pageout", 12)])
+    assert run.damon_reclaim(on) == "DAMON pages out memory idle for 60 s or more"
+    off = tmp_path / "off"
+    _kdamond(off, "off", 5_000_000, [("pageout", 12)])
+    assert run.damon_reclaim(off) == ""
+    assert run.damon_reclaim(tmp_path / "absent") == ""
