@@ -1531,9 +1531,12 @@ class Runner:
             raise SkipDataset(f"needs about {fmt_bytes(need_one)} free, {fmt_bytes(free)} free")
 
         ds.ensure_state(ds.state_for(ds.ops[0]))  # (the nightly set starts at night1)
-        if ds.data_bytes < self.args.mem_bytes // 2:
-            read_tree(ds.tree)  # all tools see warm data
-        elif rnd == 1:
+        # What an operation reads is read once just before it, so that every tool
+        # finds it warm: a kernel that pages out memory left idle (DAMON here:
+        # after 60 s) would otherwise give whichever tool comes later a cold data
+        # set or repository.
+        warm = ds.data_bytes < self.args.mem_bytes // 2
+        if not warm and rnd == 1:
             self.note(f"{ds.name} is larger than half the memory: data is read from disk (cold or partly warm)")
 
         states: dict[str, ToolState] = {}
@@ -1556,10 +1559,6 @@ class Runner:
                     continue
                 states[tool.name] = st
             ds.ensure_state(ds.state_for(op))
-            # Read again what the operation reads, just before it: a kernel that
-            # pages out memory left idle (DAMON here: after 60 s) would otherwise
-            # give whichever tool comes later a cold data set or repository.
-            warm = ds.data_bytes < self.args.mem_bytes // 2
             if op == "restore":
                 if tool.verifies:
                     self.record_repo_size(rnd, ds, st)
