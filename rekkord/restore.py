@@ -33,7 +33,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import safefs
+from . import directio, safefs
 from .errors import IntegrityError, NoSpace, RekkordError, StorageError, UsageError
 from .format import T_DATA
 from .index import (
@@ -65,6 +65,8 @@ OVERWRITE_MODES = ("always", "if-changed", "if-newer", "never")
 #: interrupted restore leaves behind, removed by the next one into that directory.
 TMP_NAME = re.compile(rb"\.rekkord-tmp-[0-9a-f]{12}-[0-9]+\Z")
 HOLE_BLOCK = 64 * 1024
+# Files this large are written with O_DIRECT (see directio).
+DIRECT_MIN = 256 * 1024
 BATCH_FILE_MAX = 1024 * 1024  # files up to this size, in one extent, are restored in batches
 ZERO_BLOCK = bytes(HOLE_BLOCK)
 
@@ -87,6 +89,8 @@ class RestoreOptions:
     # dry runs, --delete, --include/--exclude, storage that is not
     # fork-safe, snapshots without F_LINKED, a DEST that is not empty).
     processes: int | None = None
+    # Large files bypass the page cache (O_DIRECT) where the file system allows.
+    direct_io: bool = True
 
     def __post_init__(self):
         if self.overwrite is True or self.overwrite is False:  # the library's earlier boolean
@@ -370,6 +374,11 @@ class Restorer:
         # directories, whose files may be replaced), and where the file
         # system cannot, a temporary name and a rename.
         self._unnamed = safefs.unnamed_supported()
+        # Files of DIRECT_MIN bytes and more are written past the page cache
+        # (directio): no copy into it, and a large restore does not push the
+        # running system's working set out of memory.
+        # (None: not yet known; settled by the first such file's file system)
+        self._direct: bool | None = None if self.opts.direct_io else False
         # Known: then a new file created with its saved mode in a directory
         # without a default ACL needs no fchmod.
         self._umask = safefs.umask()
@@ -1366,6 +1375,15 @@ class Restorer:
             return None
         damaged = None
         written_end = 0
+        writer = None
+        if e.size >= DIRECT_MIN and self._direct is not False:
+            if self._direct is None:
+                self._direct = directio.supported(fd)
+            if self._direct:
+                try:
+                    writer = directio.DirectWriter(fd, HOLE_BLOCK)
+                except directio.DirectUnsupported:
+                    self._direct = False  # this file system cannot: the page cache from now on
         try:
             pos = 0
             window = 4
@@ -1378,6 +1396,8 @@ class Restorer:
                 except (IntegrityError, StorageError) as err:
                     damaged = damaged or str(err)
                     futs[i] = None
+                    if writer is not None:
+                        writer.skip(x.length)
                     pos += x.length  # leave a hole
                     if not self.opts.keep_damaged:
                         break
@@ -1388,8 +1408,14 @@ class Restorer:
                     damaged = damaged or f"blob {x.blob.hex()} is shorter than the index says"
                     if not self.opts.keep_damaged:
                         break
-                written_end = _write_sparse(fd, data, pos)
+                if writer is not None:
+                    writer.write(data)
+                else:
+                    written_end = _write_sparse(fd, data, pos)
                 pos += x.length
+            if writer is not None:
+                written_end = writer.finish()
+                writer = None
             if damaged is None or self.opts.keep_damaged:
                 if written_end != e.size:  # a trailing hole, an empty or a short file
                     os.ftruncate(fd, e.size if pos == e.size else pos)

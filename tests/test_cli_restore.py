@@ -134,6 +134,19 @@ def test_verify_reports_verified_files(run_cli, env, saved, tmp_path):
     assert d["verified"] == 8 and d["damaged"] == 0
 
 
+@pytest.mark.parametrize("flag", [[], ["--page-cache"]])
+def test_large_files_verify_written_past_the_page_cache_or_through_it(run_cli, local_repo, env, tmp_path, flag):
+    src = tmp_path / "big"
+    src.mkdir()
+    (src / "db.img").write_bytes(os.urandom(1_500_001))
+    (src / "log").write_bytes(os.urandom(300_000))
+    p = run_cli("save", "c", src, "--json", env={**env, "REKKORD_KEY_FILE": local_repo.key_files["write"]}, check=0)
+    sid = json.loads(p.stdout)["id"]
+    p = run_cli("restore", f"{sid}:{src}", tmp_path / "out", "--verify", "--json", *flag, env=env, check=0)
+    assert json.loads(p.stdout)["verified"] == 2
+    assert_same_tree(src, tmp_path / "out")
+
+
 def test_verify_catches_a_write_that_went_wrong(local_repo, saved, tmp_path, monkeypatch):
     """Fault injection in-process: the data written differs from the
     snapshot's; --verify reads it back and reports the file as damaged."""

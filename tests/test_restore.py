@@ -446,6 +446,35 @@ def test_a_damaged_file_is_reported_by_name_and_the_rest_restores(local_repo, tm
     assert (out2 / "big.bin").exists() and "kept" in r2.problems[0][1]
 
 
+@pytest.mark.parametrize("direct_io", [True, False])
+def test_large_files_restore_past_the_page_cache_or_through_it(local_repo, tmp_path, monkeypatch, direct_io):
+    """Files of DIRECT_MIN bytes and more are written with O_DIRECT where the
+    file system takes it (``--page-cache``: never); either way every byte,
+    hole and time comes back."""
+    from rekkord import directio, restore as restore_mod
+
+    src = tmp_path / "src"
+    src.mkdir()
+    sizes = [restore_mod.DIRECT_MIN - 1, restore_mod.DIRECT_MIN, 1_048_577, 3_000_001]
+    for n in sizes:
+        (src / f"f{n}").write_bytes(os.urandom(n))
+    holey = os.urandom(100_000) + bytes(2 << 20) + os.urandom(5000)  # an aligned zero run: holes
+    (src / "holey").write_bytes(holey)
+    res = save(local_repo, [src])
+    made = []
+    real = directio.DirectWriter
+    monkeypatch.setattr(directio, "DirectWriter", lambda fd, hole: made.append(1) or real(fd, hole))
+    out = tmp_path / "out"
+    restorer(local_repo, res.snapshot_id, direct_io=direct_io).restore(str(src), str(out))
+    assert_same_tree(src, out)
+    fd = os.open(tmp_path, os.O_RDONLY)
+    on_block_fs = directio.supported(fd)
+    os.close(fd)
+    assert len(made) == (4 if direct_io and on_block_fs else 0)  # the three large files and holey
+    if on_block_fs:
+        assert os.stat(out / "holey").st_blocks * 512 < 1 << 20
+
+
 def test_full_disk_raises_no_space_and_leaves_no_partial_file(local_repo, tmp_path, tiny_disk):
     src = tmp_path / "src"
     src.mkdir()

@@ -57,10 +57,14 @@ class _RestoreCommand(click.Command):
 @click.option("--processes", type=click.IntRange(min=1), metavar="N",
               help="Processes that share the restore (default: one per core, up to 4, for snapshots of "
               "4000 entries or more into an empty DEST; one for dry runs, --delete, --include/--exclude and remote storage)")
+@click.option("--page-cache", is_flag=True,
+              help="Write large files through the page cache (default: files of 256 KiB and more bypass it "
+              "with O_DIRECT on ext4, XFS, btrfs and f2fs, so a large restore does not evict what the "
+              "machine keeps in memory)")
 @click.option("--json", "as_json", is_flag=True)
 @pass_settings
 def restore_cmd(s: Settings, spec, dest, overwrite, dry_run, owner, no_setuid, no_special, keep_damaged, include,
-                exclude, verify, delete, processes, as_json):
+                exclude, verify, delete, processes, page_cache, as_json):
     """Restore a snapshot, a directory or a file into DEST.
 
     `restore ID DEST` recreates the saved absolute paths under DEST;
@@ -99,7 +103,7 @@ def restore_cmd(s: Settings, spec, dest, overwrite, dry_run, owner, no_setuid, n
                                             keep_damaged=keep_damaged, includes=list(include),
                                             excludes=list(exclude), threads=s.threads, verify=verify,
                                             delete=delete, setuid=not no_setuid, special=not no_special,
-                                            processes=processes),
+                                            processes=processes, direct_io=not page_cache),
                  progress=progress.restore, warn=warn_printer(s.quiet))
     try:
         st = r.restore(path, dest)

@@ -16,6 +16,7 @@ import os
 import threading
 from collections.abc import Iterator
 
+from .. import directio
 from ..errors import (
     NoSpace,
     ObjectExists,
@@ -24,6 +25,9 @@ from ..errors import (
     StoragePermissionDenied,
 )
 from .base import Storage
+
+# Objects this large are written past the page cache (see directio).
+DIRECT_MIN = 256 * 1024
 
 TMP_PREFIX = ".tmp-"
 
@@ -77,8 +81,9 @@ def _translate(e: OSError, what: str) -> StorageError:
 
 
 class LocalStorage(Storage):
-    # Writes are memory copies into the page cache: more threads than cores
-    # only add buffers (the save's store pool is sized max(cores, connections)).
+    # Writes are memory copies (into the page cache, or into an aligned
+    # buffer for O_DIRECT): more threads than cores only add buffers (the
+    # save's store pool is sized max(cores, connections)).
     connections = 2
     fork_safe = True  # (files opened per request)
 
@@ -88,6 +93,7 @@ class LocalStorage(Storage):
         self.sync = sync
         self._deferred = False
         self._made: set[str] = set()
+        self._direct: bool | None = None  # large objects with O_DIRECT (None: not yet known)
 
     def _path(self, name: str) -> str:
         if not name or name.startswith("/") or ".." in name.split("/"):
@@ -113,6 +119,8 @@ class LocalStorage(Storage):
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
+                if len(data) >= DIRECT_MIN and self._direct is not False and self._write_direct(fd, data):
+                    data = b""
                 view = memoryview(data)
                 while view:
                     n = os.write(fd, view)
@@ -145,6 +153,22 @@ class LocalStorage(Storage):
                     os.unlink(tmp)
                 except OSError:
                     pass
+
+    def _write_direct(self, fd: int, data: bytes) -> bool:
+        """Writes ``data`` past the page cache (see directio) where this file
+        system is worth it; False: write it the ordinary way."""
+        if self._direct is None:
+            self._direct = directio.supported(fd)
+        if not self._direct:
+            return False
+        try:
+            w = directio.DirectWriter(fd, 0)
+        except directio.DirectUnsupported:
+            self._direct = False
+            return False
+        w.write(data)
+        w.finish()
+        return True
 
     def defer_sync(self) -> None:
         # Files are fsynced in the background while the save goes on (the
