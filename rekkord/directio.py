@@ -82,12 +82,13 @@ class DirectUnsupported(Exception):
 
 
 class DirectWriter:
-    """Appends to ``fd`` (open for writing, empty) through ``O_DIRECT``.
+    """Writes ``fd`` (open for writing, empty) front to back through ``O_DIRECT``.
 
-    ``write`` appends, ``skip`` appends a run of zeros (left as a hole where
-    aligned), ``finish`` writes what remains and returns the end of the last
-    byte written (less than the file's length when it ends in a hole: the
-    caller then sets the size with ``ftruncate``).  Raises
+    ``write(data, pos)`` writes at ``pos``, at or after the end of what was
+    written before (what lies between is zeros: a hole where aligned, as a
+    damaged extent leaves), ``finish`` writes what remains and returns the
+    end of the last byte written (less than the file's length when it ends
+    in a hole: the caller then sets the size with ``ftruncate``).  Raises
     :class:`DirectUnsupported` from the constructor when the file cannot be
     switched to ``O_DIRECT``; a later refusal of a direct write (``EINVAL``)
     switches the rest of the file to buffered writes.  Other ``OSError`` pass
@@ -111,7 +112,12 @@ class DirectWriter:
         self.base = 0  # file offset of the buffer's first byte
         self.end = 0  # end of the last byte written
 
-    def write(self, data) -> None:
+    def write(self, data, pos: int) -> None:
+        gap = pos - (self.base + self.fill)
+        if gap < 0:
+            raise ValueError(f"DirectWriter writes front to back: {pos} is before {self.base + self.fill}")
+        if gap:
+            self._zeros(gap)
         mv = memoryview(data).cast("B")
         while mv:
             k = min(len(mv), BUFFER - self.fill)
@@ -121,7 +127,7 @@ class DirectWriter:
             if self.fill == BUFFER:
                 self._flush(BUFFER)
 
-    def skip(self, n: int) -> None:
+    def _zeros(self, n: int) -> None:
         while n > 0:
             k = min(n, BUFFER - self.fill)
             self.view[self.fill:self.fill + k] = bytes(k)

@@ -1396,8 +1396,6 @@ class Restorer:
                 except (IntegrityError, StorageError) as err:
                     damaged = damaged or str(err)
                     futs[i] = None
-                    if writer is not None:
-                        writer.skip(x.length)
                     pos += x.length  # leave a hole
                     if not self.opts.keep_damaged:
                         break
@@ -1409,7 +1407,7 @@ class Restorer:
                     if not self.opts.keep_damaged:
                         break
                 if writer is not None:
-                    writer.write(data)
+                    writer.write(data, pos)
                 else:
                     written_end = _write_sparse(fd, data, pos)
                 pos += x.length

@@ -39,14 +39,11 @@ def _write(path, parts, hole=HOLE) -> int:
     try:
         w = directio.DirectWriter(fd, hole)
         assert fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
-        size = 0
+        size = 0  # an int part is a gap: zeros the writer is not given
         for p in parts:
-            if isinstance(p, int):
-                w.skip(p)
-                size += p
-            else:
-                w.write(p)
-                size += len(p)
+            if not isinstance(p, int):
+                w.write(p, size)
+            size += p if isinstance(p, int) else len(p)
         end = w.finish()
         assert not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT  # cleared for what the caller does next
         if end != size:
@@ -100,6 +97,18 @@ def test_a_trailing_hole_is_left_to_ftruncate(ddir):
     end = _write(p, parts)
     assert end < len(_expected(parts))
     assert p.read_bytes() == _expected(parts)
+
+
+def test_writing_behind_what_was_written_is_refused(ddir):
+    fd = os.open(ddir / "f", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        w = directio.DirectWriter(fd, HOLE)
+        w.write(b"x" * 5000, 0)
+        with pytest.raises(ValueError):
+            w.write(b"y", 4999)
+        w.finish()
+    finally:
+        os.close(fd)
 
 
 def test_hole_zero_writes_zero_blocks(ddir):

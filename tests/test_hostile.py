@@ -303,6 +303,30 @@ def test_cli_restore_names_what_it_refused_and_exits_4(box, run_cli):
     assert box.unchanged() and (box.dest / "ok").read_bytes() == b"ok"
 
 
+@pytest.mark.parametrize("direct_io", [True, False], ids=["direct", "page-cache"])
+def test_an_extent_longer_than_its_blob_leaves_a_hole_in_place(box, direct_io):
+    """A write key claims 400 KiB of a 100 KiB blob in the middle of a large
+    file. Restore names the damage; with keep_damaged every other byte stays
+    where the index puts it (the shortfall a hole of zeros), whether the
+    file is written past the page cache or through it."""
+    w = box.w
+    a, b, c = os.urandom(300_000), os.urandom(100_000), os.urandom(200_000)
+    exts = []
+    for plain, claim in ((a, len(a)), (b, 400_000), (c, len(c))):
+        bid, _ = w.blob(fmt.T_DATA, plain)
+        exts.append(Extent(bid, 0, claim, w.key_of(fmt.T_DATA, plain)))
+    size = 300_000 + 400_000 + 200_000
+    sid = w.snapshot([Entry(K_FILE, b"db", mode=0o644, size=size, extents=exts)])
+    st, problems = restore(box, sid, direct_io=direct_io)
+    assert st.damaged == 1 and "shorter than the index says" in problems[0][1]
+    assert not (box.dest / "db").exists()
+    kept = box.tmp / "kept"
+    st, problems = restore(box, sid, dest=kept, keep_damaged=True, direct_io=direct_io)
+    assert st.damaged == 1 and "kept" in problems[0][1]
+    assert (kept / "db").read_bytes() == a + b + bytes(300_000) + c
+    assert box.unchanged()
+
+
 # ---- 2. privileges ----------------------------------------------------------------------------
 
 

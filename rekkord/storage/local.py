@@ -166,7 +166,7 @@ class LocalStorage(Storage):
         except directio.DirectUnsupported:
             self._direct = False
             return False
-        w.write(data)
+        w.write(data, 0)
         w.finish()
         return True
 
