@@ -27,6 +27,7 @@ import mmap
 import os
 import threading
 
+MIN_SIZE = 256 * 1024  # files (restore) and objects (local storage) this large are written past the cache
 ALIGN = 4096  # covers 512- and 4096-byte logical blocks
 BUFFER = 1 << 20  # bytes per direct write (4 MiB: no faster)
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
@@ -75,6 +76,27 @@ def _buffer() -> mmap.mmap:
     if buf is None:
         buf = _local.buf = mmap.mmap(-1, BUFFER)  # page-aligned
     return buf
+
+
+class Choice:
+    """Whether to write with O_DIRECT, for one restore or one storage: settled
+    by the file system of the first file asked about, and off from the first
+    file that refuses the flag."""
+
+    def __init__(self, enabled: bool = True):
+        self._on: bool | None = None if enabled else False  # (None: not yet known)
+
+    def writer(self, fd: int, hole: int) -> DirectWriter | None:
+        """A :class:`DirectWriter` for ``fd``, or None: write it buffered."""
+        if self._on is None:
+            self._on = supported(fd)
+        if not self._on:
+            return None
+        try:
+            return DirectWriter(fd, hole)
+        except DirectUnsupported:
+            self._on = False
+            return None
 
 
 class DirectUnsupported(Exception):

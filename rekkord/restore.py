@@ -65,8 +65,6 @@ OVERWRITE_MODES = ("always", "if-changed", "if-newer", "never")
 #: interrupted restore leaves behind, removed by the next one into that directory.
 TMP_NAME = re.compile(rb"\.rekkord-tmp-[0-9a-f]{12}-[0-9]+\Z")
 HOLE_BLOCK = 64 * 1024
-# Files this large are written with O_DIRECT (see directio).
-DIRECT_MIN = 256 * 1024
 BATCH_FILE_MAX = 1024 * 1024  # files up to this size, in one extent, are restored in batches
 ZERO_BLOCK = bytes(HOLE_BLOCK)
 
@@ -374,11 +372,10 @@ class Restorer:
         # directories, whose files may be replaced), and where the file
         # system cannot, a temporary name and a rename.
         self._unnamed = safefs.unnamed_supported()
-        # Files of DIRECT_MIN bytes and more are written past the page cache
-        # (directio): no copy into it, and a large restore does not push the
+        # Files of directio.MIN_SIZE bytes and more are written past the page
+        # cache: no copy into it, and a large restore does not push the
         # running system's working set out of memory.
-        # (None: not yet known; settled by the first such file's file system)
-        self._direct: bool | None = None if self.opts.direct_io else False
+        self._direct = directio.Choice(self.opts.direct_io)
         # Known: then a new file created with its saved mode in a directory
         # without a default ACL needs no fchmod.
         self._umask = safefs.umask()
@@ -1375,15 +1372,7 @@ class Restorer:
             return None
         damaged = None
         written_end = 0
-        writer = None
-        if e.size >= DIRECT_MIN and self._direct is not False:
-            if self._direct is None:
-                self._direct = directio.supported(fd)
-            if self._direct:
-                try:
-                    writer = directio.DirectWriter(fd, HOLE_BLOCK)
-                except directio.DirectUnsupported:
-                    self._direct = False  # this file system cannot: the page cache from now on
+        writer = self._direct.writer(fd, HOLE_BLOCK) if e.size >= directio.MIN_SIZE else None
         try:
             pos = 0
             window = 4

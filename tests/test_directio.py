@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as hs
 
 from rekkord import directio
-from rekkord.storage.local import DIRECT_MIN, LocalStorage
+from rekkord.storage.local import LocalStorage
 
 HOLE = 64 * 1024
 B = directio.BUFFER
@@ -203,7 +203,7 @@ def test_local_storage_writes_large_objects_direct(ddir, monkeypatch):
     made = _spy(monkeypatch)
     st = LocalStorage(ddir / "repo")
     st.create()
-    big = os.urandom(DIRECT_MIN + 4321)
+    big = os.urandom(directio.MIN_SIZE + 4321)
     st.write("blobs/aa/big", big)
     st.write("blobs/aa/small", b"x" * 1000)
     assert len(made) == 1
@@ -221,7 +221,7 @@ def test_local_storage_elsewhere_uses_the_page_cache(monkeypatch):
     with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
         st = LocalStorage(d)
         st.create()
-        big = os.urandom(DIRECT_MIN * 2)
+        big = os.urandom(directio.MIN_SIZE * 2)
         st.write("blobs/aa/big", big)
         assert st.read("blobs/aa/big") == big
     assert made == []

@@ -448,14 +448,14 @@ def test_a_damaged_file_is_reported_by_name_and_the_rest_restores(local_repo, tm
 
 @pytest.mark.parametrize("direct_io", [True, False])
 def test_large_files_restore_past_the_page_cache_or_through_it(local_repo, tmp_path, monkeypatch, direct_io):
-    """Files of DIRECT_MIN bytes and more are written with O_DIRECT where the
+    """Files of directio.MIN_SIZE bytes and more are written with O_DIRECT where the
     file system takes it (``--page-cache``: never); either way every byte,
     hole and time comes back."""
-    from rekkord import directio, restore as restore_mod
+    from rekkord import directio
 
     src = tmp_path / "src"
     src.mkdir()
-    sizes = [restore_mod.DIRECT_MIN - 1, restore_mod.DIRECT_MIN, 1_048_577, 3_000_001]
+    sizes = [directio.MIN_SIZE - 1, directio.MIN_SIZE, 1_048_577, 3_000_001]
     for n in sizes:
         (src / f"f{n}").write_bytes(os.urandom(n))
     holey = os.urandom(100_000) + bytes(2 << 20) + os.urandom(5000)  # an aligned zero run: holes

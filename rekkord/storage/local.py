@@ -26,9 +26,6 @@ from ..errors import (
 )
 from .base import Storage
 
-# Objects this large are written past the page cache (see directio).
-DIRECT_MIN = 256 * 1024
-
 TMP_PREFIX = ".tmp-"
 
 _AT_FDCWD = -100
@@ -93,7 +90,7 @@ class LocalStorage(Storage):
         self.sync = sync
         self._deferred = False
         self._made: set[str] = set()
-        self._direct: bool | None = None  # large objects with O_DIRECT (None: not yet known)
+        self._direct = directio.Choice()  # objects of directio.MIN_SIZE and more past the page cache
 
     def _path(self, name: str) -> str:
         if not name or name.startswith("/") or ".." in name.split("/"):
@@ -119,7 +116,10 @@ class LocalStorage(Storage):
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                if len(data) >= DIRECT_MIN and self._direct is not False and self._write_direct(fd, data):
+                w = self._direct.writer(fd, 0) if len(data) >= directio.MIN_SIZE else None
+                if w is not None:
+                    w.write(data, 0)
+                    w.finish()
                     data = b""
                 view = memoryview(data)
                 while view:
@@ -153,22 +153,6 @@ class LocalStorage(Storage):
                     os.unlink(tmp)
                 except OSError:
                     pass
-
-    def _write_direct(self, fd: int, data: bytes) -> bool:
-        """Writes ``data`` past the page cache (see directio) where this file
-        system is worth it; False: write it the ordinary way."""
-        if self._direct is None:
-            self._direct = directio.supported(fd)
-        if not self._direct:
-            return False
-        try:
-            w = directio.DirectWriter(fd, 0)
-        except directio.DirectUnsupported:
-            self._direct = False
-            return False
-        w.write(data, 0)
-        w.finish()
-        return True
 
     def defer_sync(self) -> None:
         # Files are fsynced in the background while the save goes on (the
