@@ -27,6 +27,8 @@ import mmap
 import os
 import threading
 
+from . import libc
+
 MIN_SIZE = 256 * 1024  # files (restore) and objects (local storage) this large are written past the cache
 ALIGN = 4096  # covers 512- and 4096-byte logical blocks
 BUFFER = 1 << 20  # bytes per direct write (4 MiB: no faster)
@@ -41,27 +43,14 @@ _local = threading.local()
 # flag and buffer anyway) -- the page cache does the job.
 FS_TYPES = frozenset({0xEF53, 0x58465342, 0x9123683E, 0xF2F52010})
 
-_fstatfs = None  # libc's fstatfs, once looked up (False: not there)
-_fstatfs_lock = threading.Lock()
-
 
 def fs_type(fd: int) -> int | None:
     """The ``f_type`` of the file system holding ``fd`` (Linux), else None."""
-    global _fstatfs
-    if _fstatfs is None:
-        with _fstatfs_lock:
-            if _fstatfs is None:
-                try:
-                    f = ctypes.CDLL(None, use_errno=True).fstatfs
-                    f.argtypes = [ctypes.c_int, ctypes.c_void_p]
-                    f.restype = ctypes.c_int
-                    _fstatfs = f
-                except (OSError, AttributeError):
-                    _fstatfs = False
-    if not _fstatfs:
+    fstatfs = libc.function("fstatfs", (ctypes.c_int, ctypes.c_void_p))
+    if fstatfs is None:
         return None
     buf = ctypes.create_string_buffer(512)  # struct statfs: f_type (a long) comes first
-    if _fstatfs(fd, buf) != 0:
+    if fstatfs(fd, buf) != 0:
         return None
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import threading
 from collections.abc import Iterator
 
-from .. import directio
+from .. import directio, libc
 from ..errors import (
     NoSpace,
     ObjectExists,
@@ -30,23 +29,6 @@ TMP_PREFIX = ".tmp-"
 
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
-_renameat2 = None  # libc's renameat2, once looked up (False: not there)
-_renameat2_lock = threading.Lock()
-
-
-def _libc_renameat2():
-    global _renameat2
-    if _renameat2 is None:
-        with _renameat2_lock:
-            if _renameat2 is None:
-                try:
-                    f = ctypes.CDLL(None, use_errno=True).renameat2
-                    f.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-                    f.restype = ctypes.c_int
-                    _renameat2 = f
-                except (OSError, AttributeError):  # not Linux, or a libc without it (glibc < 2.28)
-                    _renameat2 = False
-    return _renameat2
 
 
 def rename_noreplace(src: str, dst: str) -> None:
@@ -55,8 +37,8 @@ def rename_noreplace(src: str, dst: str) -> None:
     where the kernel and the file system support it, else with ``link`` and
     ``unlink`` (a crash in between leaves both names).  Neither needs free
     space for the data."""
-    f = _libc_renameat2()
-    if f:
+    f = libc.function("renameat2", (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint))
+    if f is not None:
         if f(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE) == 0:
             return
         err = ctypes.get_errno()
