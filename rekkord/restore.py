@@ -214,6 +214,11 @@ class PathFilter:
         return [p for i, p in enumerate(self.exc_patterns) if i not in self.exc_matched]
 
 
+class _Stopped(BaseException):
+    """A process of a shared restore was told to stop (SIGTERM from its
+    coordinator): its threads end their files, removing what they began."""
+
+
 @dataclass
 class _Kid:
     """A child of a shared restore, as its coordinator knows it."""
@@ -249,6 +254,9 @@ SHARE_BLOCK = 1024
 SHARE_ENTRY_BYTES = 40 << 10
 #: A restore of fewer entries than this stays in one process.
 SHARE_MIN_ENTRIES = 4000
+#: Seconds a stopped process of a shared restore has to end its files
+#: before it is killed.
+STOP_WAIT = 10.0
 
 
 class Shares:
@@ -383,6 +391,7 @@ class Restorer:
         self._kids: list[_Kid] = []  # a shared restore's other processes (in the coordinator)
         self._sharing = False  # this process restores a share (Shares)
         self._child_damaged: set[bytes] = set()  # (in a child: the blobs it found damaged)
+        self._stop = False  # (in a child: set by SIGTERM, seen between entries, files and extents)
         self._dest_s = ""
 
     def warn(self, path: str, message: str, *, damaged: bool = False):
@@ -459,6 +468,9 @@ class Restorer:
         back into the caller's code, nor its atexit handlers)."""
         code = 1
         lock = threading.Lock()
+        # (its coordinator's SIGTERM: stop at the next entry, file or extent,
+        # removing what was begun, rather than die with a temporary name left)
+        signal.signal(signal.SIGTERM, self._on_stop)
 
         def send(msg):
             with lock:
@@ -486,6 +498,13 @@ class Restorer:
                     pass
         finally:
             os._exit(code)
+
+    def _on_stop(self, signum, frame) -> None:  # pragma: no cover - in a child
+        self._stop = True
+
+    def _check_stop(self) -> None:
+        if self._stop:
+            raise _Stopped
 
     def _read_kid(self, kid: _Kid) -> None:
         """The coordinator's reader of one child's pipe."""
@@ -531,14 +550,30 @@ class Restorer:
         return damaged
 
     def _kill_children(self) -> None:
+        """Stop the children still running: SIGTERM, after which each ends
+        the files it is writing and removes their temporary names; those not
+        gone within STOP_WAIT seconds (e.g. a fetch hanging) get SIGKILL."""
+        running = []
         for kid in self._kids:
             if kid.pid is not None:
                 try:
                     os.kill(kid.pid, signal.SIGTERM)
-                    os.waitpid(kid.pid, 0)
-                except (ProcessLookupError, ChildProcessError):
+                    running.append(kid)
+                except ProcessLookupError:
                     pass
-                kid.pid = None
+        deadline = time.monotonic() + STOP_WAIT
+        for kid in running:
+            try:
+                while not os.waitpid(kid.pid, os.WNOHANG)[0]:
+                    if time.monotonic() > deadline:
+                        os.kill(kid.pid, signal.SIGKILL)
+                        os.waitpid(kid.pid, 0)
+                        break
+                    time.sleep(0.005)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+        for kid in self._kids:
+            kid.pid = None
             if kid.thread is not None:
                 kid.thread.join(5)
             kid.conn.close()
@@ -683,6 +718,7 @@ class Restorer:
 
         def run_file(parent, name, comps, e, existing):
             try:
+                self._check_stop()
                 return self._place_file(parent, name, comps, e, fetcher, existing)
             except BaseException as exc:
                 self._failed = True  # (before the release below: no metadata on what stays incomplete)
@@ -700,6 +736,7 @@ class Restorer:
             out, failed = {}, None
             try:
                 for parent, name, comps, e, existing in items:
+                    self._check_stop()
                     final = self._place_file(parent, name, comps, e, fetcher, existing)
                     if all_linkable or e.flags & F_LINKED:
                         out[e.path] = final
@@ -904,6 +941,7 @@ class Restorer:
         try:
             step(*first)
             for e, rel in entries:
+                self._check_stop()
                 step(e, rel)
                 self._tick()
             flush_batch()
@@ -1378,6 +1416,7 @@ class Restorer:
             window = 4
             futs = [fetcher.get(x.blob, x.key) for x in e.extents[:window]]
             for i, x in enumerate(e.extents):
+                self._check_stop()
                 if i + window < len(e.extents):
                     futs.append(fetcher.get(e.extents[i + window].blob, e.extents[i + window].key))
                 try:
@@ -1416,6 +1455,11 @@ class Restorer:
                 raise NoSpace(f"no space left writing {self._show(comps)}") from None
             self.warn(self._show(comps), f"cannot write: {err.strerror}")
             return None
+        except BaseException:  # (stopped, interrupted, a failed fetch: nothing half-written left behind)
+            os.close(fd)
+            if tmp is not None:
+                safefs.unlink(dfd, tmp)
+            raise
         if damaged is not None and not self.opts.keep_damaged:
             os.close(fd)
             if tmp is not None:

@@ -983,6 +983,91 @@ def test_when_the_coordinator_fails_the_other_processes_are_stopped(local_repo, 
     assert leftovers(tmp_path / "out") == []  # (unnamed files until complete: nothing half-written named)
 
 
+def _named_temporaries(monkeypatch):
+    """Every file is written under a temporary name (as where O_TMPFILE is not supported)."""
+    from rekkord import safefs
+
+    monkeypatch.setattr(safefs, "unnamed_supported", lambda: False)
+
+
+def test_a_stopped_process_ends_its_files_and_leaves_no_temporary_name(local_repo, shared_tree, tmp_path,
+                                                                       monkeypatch, forks):
+    import time
+
+    import rekkord.restore as restore_mod
+
+    src, sid = shared_tree
+    out = tmp_path / "out"
+    _named_temporaries(monkeypatch)
+    parent = os.getpid()
+    real = restore_mod._write_sparse
+
+    def slow(fd, data, pos):  # (the children are mid-file, under a temporary name, when told to stop)
+        if os.getpid() != parent:
+            time.sleep(0.05)
+        return real(fd, data, pos)
+
+    seen = []
+
+    def interrupt(name):
+        time.sleep(0.2)
+        seen.append(len(leftovers(out)))  # (the children's files, under their temporary names)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(restore_mod, "_write_sparse", slow)
+    _fail_in(monkeypatch, False, interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        restorer(local_repo, sid, processes=3).restore(None, str(out))
+    assert len(forks) == 2 and not any(_alive(p) for p in forks)
+    assert seen[0] > 0 and leftovers(out) == []
+    for dp, ds, fs in os.walk(out):  # (what has its name is whole)
+        for f in fs:
+            assert open(os.path.join(dp, f), "rb").read() == open(dp[len(str(out)):] + "/" + f, "rb").read()
+
+
+def test_a_process_that_does_not_stop_is_killed(local_repo, shared_tree, tmp_path, monkeypatch, forks):
+    import time
+
+    import rekkord.restore as restore_mod
+
+    monkeypatch.setattr(restore_mod, "STOP_WAIT", 0.3)
+
+    def hang(name):  # (e.g. a fetch that never returns: the stop is seen, but this thread does not end)
+        time.sleep(120)
+
+    def interrupt(name):
+        time.sleep(0.3)
+        raise KeyboardInterrupt
+
+    me = os.getpid()
+    real = Restorer._place_file
+    monkeypatch.setattr(Restorer, "_place_file", lambda self, *a, **kw: (
+        interrupt if os.getpid() == me else hang)(a[1]) or real(self, *a, **kw))
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        restorer(local_repo, shared_tree[1], processes=2).restore(None, str(tmp_path / "out"))
+    assert time.monotonic() - started < 60  # (killed, not waited for)
+    assert forks and not any(_alive(p) for p in forks)
+
+
+def test_an_interrupted_file_leaves_no_temporary_name_nor_open_file(local_repo, shared_tree, tmp_path,
+                                                                   monkeypatch):
+    import rekkord.restore as restore_mod
+
+    src, sid = shared_tree
+    out = tmp_path / "out"
+    _named_temporaries(monkeypatch)
+
+    def interrupted(fd, data, pos):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(restore_mod, "_write_sparse", interrupted)
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(KeyboardInterrupt):
+        restorer(local_repo, sid, processes=1).restore(None, str(out))
+    assert leftovers(out) == [] and len(os.listdir("/proc/self/fd")) == fds
+
+
 def test_damage_found_by_any_process_is_reported_as_by_one(local_repo, tmp_path, small_blocks):
     src = tmp_path / "src"
     for i in range(12):  # (each file its own blobs: each process finds its own damage)
