@@ -50,7 +50,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import servers  # noqa: E402  (tests/servers.py)
-from run import rmtree  # noqa: E402  (benchmarks/run.py, next to this script)
+from run import Trash, rmtree  # noqa: E402  (benchmarks/run.py, next to this script)
 
 MB = 1_000_000
 MiB = 1 << 20
@@ -263,6 +263,11 @@ class Runner:
         self.code = code
         self.profile = profile
         self.cpus = cpus
+        # (restored trees and local repositories are put aside until the end
+        # of the run: a restore right after the deletion of the last one pays
+        # for ext4's scan of recently freed inodes, see run.Trash)
+        self.trash = Trash(work / "trash")
+        rmtree(self.trash.root)
         self.py_spy = shutil.which("py-spy") if profile else None
         if profile and not self.py_spy:
             log("py-spy not found: --profile records nothing")
@@ -337,9 +342,9 @@ def one_round(runner: Runner, backend: Backend, tree: Path, expect: str | None, 
                       "server_cpu": {n: srv2[n] - srv1[n] for n in pids}}
     if expect is not None and tree_digest(dest) != expect:
         raise RuntimeError(f"{backend.name}: the restored tree differs from the source ({dest})")
-    rmtree(dest)
+    runner.trash.discard(dest)
     if backend.name == "local":
-        rmtree(Path(url))
+        runner.trash.discard(Path(url))
     return res
 
 
@@ -427,6 +432,7 @@ def main() -> int:
 
     backends: list[Backend] = []
     stack = []
+    runner = None
     try:
         backends.extend(start_backends(work, wanted, stack))
         client_cpus = None
@@ -453,6 +459,8 @@ def main() -> int:
     finally:
         for cm in reversed(stack):
             cm.__exit__(None, None, None)
+        if runner is not None:
+            runner.trash.empty()
 
     def med(name, op, key="wall"):
         vals = [r[op][key] for r in results if r["backend"] == name and r[op].get(key) is not None]

@@ -174,6 +174,36 @@ def test_exclusive_write_uses_if_none_match(s3_server):
     assert st.atomic_exclusive
 
 
+def test_a_put_over_plain_http_is_bound_by_its_signed_md5_not_hashed_again(s3_server):
+    """No SHA-256 of the body for the signature (UNSIGNED-PAYLOAD), not even
+    over http: the signed Content-MD5 binds the body.  A body changed after
+    signing is refused by the server."""
+    from rekkord.errors import StorageError
+
+    st = open_storage(s3_server.url(), {**s3_server.options(), "retries": 1})
+    assert s3_server.options()["endpoint_url"].startswith("http://")
+    seen = []
+
+    def look(request, **kw):
+        h = {k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()}
+        seen.append(h)
+
+    st.client.meta.events.register("before-send.s3.PutObject", look)
+    st.write("a", b"x" * 5000)
+    assert st.read("a") == b"x" * 5000
+    h = seen[-1]
+    assert h["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    assert "content-md5" in h["authorization"].split("SignedHeaders=")[1].split(",")[0].split(";")
+
+    def tamper(request, **kw):
+        request.body = b"y" * 5000
+
+    st.client.meta.events.register("before-send.s3.PutObject", tamper)
+    with pytest.raises(StorageError, match="BadDigest|Content-MD5"):
+        st.write("b", b"x" * 5000)
+    assert not st.exists("b")
+
+
 def test_fallback_when_if_none_match_is_not_implemented(s3_server, caplog):
     """Some S3 stores answer 501 NotImplemented to ``If-None-Match``: the
     backend then checks with HEAD before each exclusive PUT.  The 501 is

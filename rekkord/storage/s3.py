@@ -15,7 +15,9 @@ atomically.  Exclusive writes send ``If-None-Match: *`` (the server refuses
 to replace an existing key: 412); when a server answers that it does not
 implement the header, the backend falls back to a HEAD check before the PUT
 (racy, so ``atomic_exclusive`` becomes False).  ``Content-MD5`` is sent with
-every PUT so the server rejects a body damaged in transit.
+every PUT so the server rejects a body damaged in transit; as it is signed,
+the direct path below does not also hash the body with SHA-256 for the
+signature, not even over plain http (``UNSIGNED-PAYLOAD``).
 
 boto3's own retries are turned off: transient failures (connection errors,
 timeouts, 5xx, throttling) are retried here with :func:`retry`, permanent
@@ -214,6 +216,18 @@ class _UseClient(Exception):
     """The direct path met something only the client handles (a redirect)."""
 
 
+class _SigV4(S3SigV4Auth):
+    """botocore's S3 signer, except that a body whose ``Content-MD5`` is
+    signed is not hashed again with SHA-256 over plain http either (botocore
+    skips it only over https): the signed MD5 already binds the body to the
+    signature, and what rekkord stores is authenticated end to end anyway."""
+
+    def _should_sha256_sign_payload(self, request):
+        if "Content-MD5" in request.headers:
+            return False
+        return super()._should_sha256_sign_payload(request)
+
+
 class _Direct:
     """PUT, GET and HEAD of one object, signed with botocore's SigV4 signer
     and sent through the client's connection pool, without the client's
@@ -259,11 +273,7 @@ class _Direct:
         """One request; raises :class:`botocore.exceptions.ClientError` (as
         the client would) for an error answer."""
         req = AWSRequest(method, self.base + quote(key, safe="/~"), data=body, headers=headers or {})
-        if body is not None:
-            # As the client does for PutObject: over https with Content-MD5
-            # the body is not hashed again for the signature.
-            req.context["payload_signing_enabled"] = False
-        S3SigV4Auth(self.credentials.get_frozen_credentials(), "s3", self.region).add_auth(req)
+        _SigV4(self.credentials.get_frozen_credentials(), "s3", self.region).add_auth(req)
         prepared = req.prepare()
         resp = first_non_none_response(self.events.emit(f"before-send.s3.{op}", request=prepared))
         if resp is None:
