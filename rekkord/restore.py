@@ -19,6 +19,7 @@ always); device nodes and FIFOs unless ``--no-special``; sockets never.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import errno
 import fnmatch
@@ -33,7 +34,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import directio, safefs
+from . import directio, libc, safefs
 from .errors import IntegrityError, NoSpace, RekkordError, StorageError, UsageError
 from .format import T_DATA
 from .index import (
@@ -231,6 +232,20 @@ class _Kid:
     error: BaseException | None = None
 
 
+def _stop_when_parent_dies(parent: int) -> None:  # pragma: no cover - in a child
+    """SIGTERM to this process when the thread that forked it ends
+    (``PR_SET_PDEATHSIG``; Linux): a coordinator killed outright (SIGKILL,
+    the OOM killer) leaves no process writing into DEST."""
+    prctl = libc.function("prctl", (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong))
+    if prctl is not None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # (it died before that took effect)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
 def _empty_or_missing(path: str) -> bool:
     try:
         with os.scandir(path) as it:
@@ -391,7 +406,7 @@ class Restorer:
         self._kids: list[_Kid] = []  # a shared restore's other processes (in the coordinator)
         self._sharing = False  # this process restores a share (Shares)
         self._child_damaged: set[bytes] = set()  # (in a child: the blobs it found damaged)
-        self._stop = False  # (in a child: set by SIGTERM, seen between entries, files and extents)
+        self._stop = 0  # (in a child: the signal that stops it, seen between entries, files and extents)
         self._dest_s = ""
 
     def warn(self, path: str, message: str, *, damaged: bool = False):
@@ -436,6 +451,7 @@ class Restorer:
         adds their counts; a failure of any one is the restore's."""
         from multiprocessing import Pipe
 
+        self._parent_pid = os.getpid()
         try:
             for k in range(1, n):
                 r, w = Pipe(duplex=False)
@@ -468,9 +484,13 @@ class Restorer:
         back into the caller's code, nor its atexit handlers)."""
         code = 1
         lock = threading.Lock()
-        # (its coordinator's SIGTERM: stop at the next entry, file or extent,
-        # removing what was begun, rather than die with a temporary name left)
+        # (its coordinator's SIGTERM, a Ctrl-C at the terminal, the
+        # coordinator's death: stop at the next entry, file or extent,
+        # removing what was begun, rather than die with a temporary name
+        # left, or go on writing into DEST for no one)
         signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        _stop_when_parent_dies(self._parent_pid)
 
         def send(msg):
             with lock:
@@ -489,6 +509,9 @@ class Restorer:
             send(("done", _counts(st), self._child_damaged))
             code = 0
         except BaseException as exc:  # noqa: BLE001 - told to the coordinator
+            if isinstance(exc, _Stopped):
+                exc = (KeyboardInterrupt() if self._stop == signal.SIGINT else
+                       RekkordError(f"a restore process was stopped ({signal.Signals(self._stop).name})"))
             try:
                 send(("error", exc))
             except BaseException:  # noqa: BLE001 - (an exception that does not pickle)
@@ -500,7 +523,7 @@ class Restorer:
             os._exit(code)
 
     def _on_stop(self, signum, frame) -> None:  # pragma: no cover - in a child
-        self._stop = True
+        self._stop = signum
 
     def _check_stop(self) -> None:
         if self._stop:

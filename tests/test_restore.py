@@ -1050,6 +1050,91 @@ def test_a_process_that_does_not_stop_is_killed(local_repo, shared_tree, tmp_pat
     assert forks and not any(_alive(p) for p in forks)
 
 
+def test_a_ctrl_c_in_a_process_of_a_shared_restore_interrupts_it_cleanly(local_repo, shared_tree, tmp_path,
+                                                                       monkeypatch, forks):
+    import signal
+
+    _named_temporaries(monkeypatch)
+    _fail_in(monkeypatch, True, lambda name: os.kill(os.getpid(), signal.SIGINT))
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        restorer(local_repo, shared_tree[1], processes=2).restore(None, str(out))
+    assert forks and not any(_alive(p) for p in forks)
+    assert leftovers(out) == []
+
+
+_COORDINATOR_KILLED = """
+import os, signal, sys, time
+sys.path.insert(0, {tests!r})
+from rekkord import safefs
+from rekkord.restore import Restorer
+import rekkord.restore as restore_mod
+from test_restore import restorer
+
+safefs.unnamed_supported = lambda: False  # (temporary names: what a killed process could leave)
+restore_mod.SHARE_BLOCK = 3  # (as small_blocks: each process its share of the 30 files)
+me = os.getpid()
+real_fork, real_place, real_write = os.fork, Restorer._place_file, restore_mod._write_sparse
+kids = []
+
+def fork():
+    pid = real_fork()
+    if pid:
+        kids.append(pid)
+    return pid
+
+def place(self, *a, **kw):
+    if os.getpid() == me:
+        time.sleep(0.3)
+        open({pids!r}, "w").write(" ".join(map(str, kids)))
+        os.kill(me, signal.SIGKILL)
+    return real_place(self, *a, **kw)
+
+def slow(fd, data, pos):
+    time.sleep(0.2)
+    return real_write(fd, data, pos)
+
+os.fork, Restorer._place_file, restore_mod._write_sparse = fork, place, slow
+
+class Repo:
+    def __init__(self, url, key_files):
+        self.url, self.key_files = url, key_files
+
+    def repo(self, role):
+        from rekkord import keys
+        from rekkord.repository import Repository
+        from rekkord.storage.local import LocalStorage
+        return Repository.open(LocalStorage(self.url, sync=False), keys.load(self.key_files[role]))
+
+import json
+spec = json.load(open({spec!r}))
+restorer(Repo(spec["url"], spec["key_files"]), spec["sid"], processes=2).restore(None, {out!r})
+"""
+
+
+def test_when_the_coordinator_is_killed_the_other_processes_stop_cleanly(local_repo, shared_tree, tmp_path):
+    import json
+    import signal
+    import time
+
+    spec = tmp_path / "spec.json"
+    json.dump({"url": local_repo.url, "sid": shared_tree[1], "key_files": local_repo.key_files}, open(spec, "w"))
+    pids, out = tmp_path / "pids", tmp_path / "out"
+    script = _COORDINATOR_KILLED.format(tests=os.path.dirname(__file__), pids=str(pids), spec=str(spec),
+                                        out=str(out))
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
+    assert p.returncode == -signal.SIGKILL, p.stderr.decode()
+    kids = [int(x) for x in pids.read_text().split()]
+    assert kids
+    deadline = time.monotonic() + 30
+    while any(_alive(k) for k in kids) and time.monotonic() < deadline:  # (not our children: not reaped here)
+        time.sleep(0.05)
+    assert not any(_alive(k) for k in kids)
+    assert leftovers(out) == []
+    restored = sum(len(fs) for _, _, fs in os.walk(out))
+    assert restored <= 5  # (the child's share is 10 or more: it stopped when the coordinator died)
+
+
 def test_an_interrupted_file_leaves_no_temporary_name_nor_open_file(local_repo, shared_tree, tmp_path,
                                                                    monkeypatch):
     import rekkord.restore as restore_mod
