@@ -47,8 +47,10 @@ _WAIT_LEAF = re.compile(r"pthread_cond|sem_wait|sem_timedwait|futex|__lll_lock|e
                         r"take_gil|drop_gil|PyThread_acquire_lock", re.IGNORECASE)
 _WAIT_PY = re.compile(r"\((threading|queue|concurrent/futures/\w+|selectors|multiprocessing/\w+)\.py:")
 # A reader process's pipe, read by the save's answer thread or by the worker
-# itself: a read there is blocked until the other side writes.
-_PIPE_WAIT = re.compile(r"^_recv \(rekkord/readworker\.py:")
+# itself, and a shared restore's pipes from its other processes, read by the
+# coordinator (multiprocessing's Connection): a read there is blocked until
+# the other side writes.
+_PIPE_WAIT = re.compile(r"^(_recv \(rekkord/readworker\.py:|Connection\._recv \(multiprocessing/connection\.py:)")
 
 
 def record_argv(out: Path, rate: int = 100) -> list[str]:

@@ -1,5 +1,6 @@
 """benchmarks/run.py's own nights (--nightly-dir): the order of the nights,
-and the working tree moved from one night to the next."""
+and the working tree moved from one night to the next; and how benchmarks/profiles.py
+sorts the samples of a profile."""
 
 import importlib.util
 import sys
@@ -77,3 +78,15 @@ def test_the_report_names_a_kernel_that_pages_out_idle_memory(run, tmp_path):
     _kdamond(off, "off", 5_000_000, [("pageout", 12)])
     assert run.damon_reclaim(off) == ""
     assert run.damon_reclaim(tmp_path / "absent") == ""
+
+
+def test_a_blocked_pipe_read_is_waiting_in_a_profile_and_a_write_is_kernel():
+    spec = importlib.util.spec_from_file_location("bench_profiles", ROOT / "benchmarks" / "profiles.py")
+    profiles = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profiles)
+    base = ["Restorer.restore (rekkord/restore.py:441)"]
+    kid = ["Restorer._read_kid (rekkord/restore.py:536)", "Connection._recv (multiprocessing/connection.py:395)"]
+    assert profiles.classify([*base, *kid, "os_read (libpython3.11.so.1.0)", "0x7f2 (libc.so.6)"]) == "waiting"
+    assert profiles.classify([*base, *kid, "read (libc.so.6)"]) == "waiting"
+    assert profiles.classify([*base, "_recv (rekkord/readworker.py:150)", "read (libc.so.6)"]) == "waiting"
+    assert profiles.classify([*base, "_pwrite_all (rekkord/restore.py:1768)", "pwrite64 (libc.so.6)"]) == "kernel"
