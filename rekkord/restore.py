@@ -1470,19 +1470,16 @@ class Restorer:
                     os.ftruncate(fd, e.size if pos == e.size else pos)
                 self._meta_fd(fd, comps, e, parent, created=created)
                 os.utime(fd, ns=(e.atime_ns or e.mtime_ns, e.mtime_ns))
-        except OSError as err:
+        except BaseException as err:  # (also stopped, interrupted, a failed fetch: nothing half-written left)
             os.close(fd)
             if tmp is not None:
                 safefs.unlink(dfd, tmp)
+            if not isinstance(err, OSError):
+                raise
             if err.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise NoSpace(f"no space left writing {self._show(comps)}") from None
             self.warn(self._show(comps), f"cannot write: {err.strerror}")
             return None
-        except BaseException:  # (stopped, interrupted, a failed fetch: nothing half-written left behind)
-            os.close(fd)
-            if tmp is not None:
-                safefs.unlink(dfd, tmp)
-            raise
         if damaged is not None and not self.opts.keep_damaged:
             os.close(fd)
             if tmp is not None:

@@ -1039,10 +1039,8 @@ def test_a_process_that_does_not_stop_is_killed(local_repo, shared_tree, tmp_pat
         time.sleep(0.3)
         raise KeyboardInterrupt
 
-    me = os.getpid()
-    real = Restorer._place_file
-    monkeypatch.setattr(Restorer, "_place_file", lambda self, *a, **kw: (
-        interrupt if os.getpid() == me else hang)(a[1]) or real(self, *a, **kw))
+    _fail_in(monkeypatch, True, hang)
+    _fail_in(monkeypatch, False, interrupt)
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         restorer(local_repo, shared_tree[1], processes=2).restore(None, str(tmp_path / "out"))
